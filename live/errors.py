@@ -1,0 +1,29 @@
+"""User-facing errors of the live loop.
+
+A UserError carries a complete one-line explanation (what went wrong and what to do), so the CLI can print
+``error: <msg>`` and exit with status 2 instead of dumping a traceback for problems the user can fix.
+"""
+
+
+class UserError(Exception):
+    """An error whose message is a complete one-line explanation for the user."""
+
+
+class CaptureError(UserError):
+    """The webcam / driving video / image folder cannot be opened or stopped delivering frames."""
+
+
+class SinkError(UserError):
+    """The virtual camera or output file cannot be opened or written."""
+
+
+class AvatarError(UserError):
+    """The avatar image or folder is missing or unreadable."""
+
+
+class WeightsError(UserError):
+    """The model checkpoint is missing, cannot be downloaded, or fails its checksum."""
+
+
+class DisplayError(UserError):
+    """A preview window was requested but there is no display to show it on."""
