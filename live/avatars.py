@@ -1,0 +1,125 @@
+"""Avatar images: find them on disk and load them as the square RGB image the model animates.
+
+Loading rules (every avatar ends up uint8 RGB [size, size, 3]):
+- grayscale is replicated to three channels;
+- 16-bit and float images are scaled to 8 bit;
+- transparency is composited over WHITE: a cut-out portrait then looks like a studio photo, which the face model
+  handles better than the arbitrary colour hidden under transparent pixels (often black or garbage);
+- non-square images are centre-cropped to a square of the shorter side (faces are usually centred; cropping keeps
+  the aspect ratio instead of squashing the face), then resized with INTER_AREA to shrink (no aliasing) or
+  INTER_CUBIC to enlarge (sharper than linear).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from live.errors import AvatarError
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+
+
+def _is_image_name(path: Path) -> bool:
+    # Dot-files are skipped: macOS leaves "._face.png" resource forks next to real images on shared drives.
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith('.')
+
+
+def list_avatar_paths(path) -> list[Path]:
+    """A file -> [file]; a folder -> its images sorted by name. Raises AvatarError if there is nothing to load."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise AvatarError(f"avatar not found: {p}")
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise AvatarError(f"avatar path is neither a file nor a folder: {p}")
+    images = sorted((c for c in p.iterdir() if c.is_file() and _is_image_name(c)),
+                    key=lambda c: (c.name.lower(), c.name))
+    if not images:
+        raise AvatarError(f"no avatar images in folder {p} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def _decode(path: Path, flags: int) -> np.ndarray | None:
+    # np.fromfile + imdecode instead of cv2.imread: imread cannot open non-ASCII paths on Windows.
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, flags)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        # Float images (EXR/TIFF) are nominally 0..1; NaN/inf become 0/clipped rather than garbage.
+        return (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.integer):
+        info = np.iinfo(img.dtype)
+        scaled = (img.astype(np.float64) - info.min) / (info.max - info.min)
+        return (scaled * 255.0 + 0.5).astype(np.uint8)
+    raise ValueError(f"unsupported pixel type {img.dtype}")
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    """Decoded OpenCV image (any channel count) -> uint8 RGB, alpha composited over white."""
+    img = _to_uint8(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 2:  # gray + alpha
+        img = np.dstack([img[:, :, 0]] * 3 + [img[:, :, 1]])
+        channels = 4
+    if channels == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        bgr = img[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return cv2.cvtColor((bgr + 0.5).astype(np.uint8), cv2.COLOR_BGR2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    raise ValueError(f"unsupported channel count {channels}")
+
+
+def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square of the shorter side, then resize to size x size."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = rgb[top:top + side, left:left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(square, (size, size), interpolation=interp)
+
+
+def load_avatar(path, size: int = 256) -> np.ndarray:
+    """Load an avatar image as uint8 RGB [size, size, 3]. Raises AvatarError naming the file if it can't."""
+    if not isinstance(size, (int, np.integer)) or size <= 0:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise AvatarError(f"avatar not found: {p}")
+    if not p.is_file():
+        raise AvatarError(f"avatar is not a file: {p}")
+    try:
+        # UNCHANGED keeps alpha and 16-bit depth but ignores EXIF orientation; phone JPEGs need that orientation,
+        # so images without alpha are decoded again with orientation applied (and depth kept).
+        img = _decode(p, cv2.IMREAD_UNCHANGED)
+        if img is not None and not (img.ndim == 3 and img.shape[2] in (2, 4)):
+            img = _decode(p, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except (OSError, cv2.error) as e:
+        raise AvatarError(f"cannot read avatar image {p}: {e}") from None
+    if img is None or img.size == 0:
+        raise AvatarError(f"cannot read avatar image {p}: not an image, or the file is corrupt or in an "
+                          f"unsupported format (use {', '.join(IMAGE_EXTENSIONS)})")
+    try:
+        rgb = _to_rgb(img)
+    except ValueError as e:
+        raise AvatarError(f"cannot use avatar image {p}: {e}") from None
+    return square_resize(rgb, size)

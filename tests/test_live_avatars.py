@@ -1,0 +1,164 @@
+import cv2
+import numpy as np
+import pytest
+
+from live.avatars import IMAGE_EXTENSIONS, list_avatar_paths, load_avatar
+from live.errors import AvatarError, UserError
+
+
+def _write(path, img):
+    assert cv2.imwrite(str(path), img), path
+    return path
+
+
+def test_list_single_file(tmp_path):
+    f = _write(tmp_path / "face.png", np.zeros((8, 8, 3), np.uint8))
+    assert list_avatar_paths(f) == [f]
+    assert list_avatar_paths(str(f)) == [f]
+
+
+def test_list_folder_sorted_images_only(tmp_path):
+    for name in ["b.jpg", "A.png", "c.PNG"]:
+        _write(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "._b.png").write_bytes(b"\0\0")  # macOS resource fork: not an image
+    (tmp_path / "sub.png").mkdir()
+    assert [p.name for p in list_avatar_paths(tmp_path)] == ["A.png", "b.jpg", "c.PNG"]
+
+
+def test_list_missing_path(tmp_path):
+    with pytest.raises(AvatarError, match="avatar not found: .*nope"):
+        list_avatar_paths(tmp_path / "nope")
+
+
+def test_list_folder_without_images(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(AvatarError, match="no avatar images in folder"):
+        list_avatar_paths(tmp_path)
+    assert issubclass(AvatarError, UserError)
+
+
+def test_extensions_are_lowercase_with_dot():
+    assert all(e.startswith(".") and e == e.lower() for e in IMAGE_EXTENSIONS)
+    assert ".png" in IMAGE_EXTENSIONS and ".jpg" in IMAGE_EXTENSIONS
+
+
+def test_load_color_is_rgb(tmp_path):
+    bgr = np.zeros((64, 64, 3), np.uint8)
+    bgr[:] = (255, 0, 0)  # pure blue in BGR
+    out = load_avatar(_write(tmp_path / "blue.png", bgr), size=32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert tuple(out[16, 16]) == (0, 0, 255)
+
+
+def test_load_grayscale(tmp_path):
+    gray = np.full((50, 50), 77, np.uint8)
+    out = load_avatar(_write(tmp_path / "g.png", gray), size=50)
+    assert out.shape == (50, 50, 3)
+    assert (out == 77).all()
+
+
+def test_load_16bit(tmp_path):
+    img = np.full((40, 40, 3), 65535, np.uint16)
+    img[:, :, 0] = 0
+    img[:, :, 1] = 257 * 128
+    out = load_avatar(_write(tmp_path / "deep.png", img), size=40)
+    assert out.dtype == np.uint8
+    assert tuple(out[0, 0]) == (255, 128, 0)  # BGR (0, 128, 255) -> RGB
+
+
+def test_load_rgba_composited_over_white(tmp_path):
+    bgra = np.zeros((20, 20, 4), np.uint8)
+    bgra[:, :10] = (0, 0, 255, 255)  # opaque red on the left
+    bgra[:, 10:] = (0, 0, 0, 0)      # fully transparent (black underneath) on the right
+    out = load_avatar(_write(tmp_path / "cut.png", bgra), size=20)
+    assert tuple(out[5, 2]) == (255, 0, 0)
+    assert tuple(out[5, 17]) == (255, 255, 255)
+
+
+def test_load_half_transparent_blends(tmp_path):
+    bgra = np.zeros((10, 10, 4), np.uint8)
+    bgra[..., 3] = 128
+    out = load_avatar(_write(tmp_path / "half.png", bgra), size=10)
+    assert abs(int(out[5, 5, 0]) - 127) <= 1
+
+
+def test_non_square_centre_crop(tmp_path):
+    # 100 wide x 50 high: left/right quarters red/blue, centre half green -> the crop keeps only the green.
+    bgr = np.zeros((50, 100, 3), np.uint8)
+    bgr[:, :25] = (0, 0, 255)
+    bgr[:, 25:75] = (0, 255, 0)
+    bgr[:, 75:] = (255, 0, 0)
+    out = load_avatar(_write(tmp_path / "wide.png", bgr), size=50)
+    assert out.shape == (50, 50, 3)
+    assert (out == (0, 255, 0)).all()
+
+    tall = np.ascontiguousarray(bgr.transpose(1, 0, 2))
+    out = load_avatar(_write(tmp_path / "tall.png", tall), size=25)
+    assert out.shape == (25, 25, 3)
+    assert (out == (0, 255, 0)).all()
+
+
+@pytest.mark.parametrize("src", [16, 256, 700])
+def test_resize_up_and_down(tmp_path, src):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (src, src, 3), dtype=np.uint8)
+    out = load_avatar(_write(tmp_path / "r.png", img), size=256)
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
+    if src == 256:
+        assert (out == img[:, :, ::-1]).all()  # same size: untouched apart from BGR->RGB
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(AvatarError, match="avatar not found: .*missing.png"):
+        load_avatar(tmp_path / "missing.png")
+
+
+def test_load_corrupt_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"this is not a jpeg" * 10)
+    with pytest.raises(AvatarError, match="cannot read avatar image .*broken.jpg") as e:
+        load_avatar(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_load_empty_file(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(AvatarError, match="empty.png"):
+        load_avatar(empty)
+
+
+def test_load_truncated_png(tmp_path):
+    good = _write(tmp_path / "full.png", np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(AvatarError, match="cut.png"):
+        load_avatar(cut)
+
+
+def test_load_folder_is_not_a_file(tmp_path):
+    with pytest.raises(AvatarError, match="not a file"):
+        load_avatar(tmp_path)
+
+
+def test_load_every_listed_extension(tmp_path):
+    img = np.full((12, 12, 3), 200, np.uint8)
+    for ext in IMAGE_EXTENSIONS:
+        path = tmp_path / f"a{ext}"
+        if not cv2.imwrite(str(path), img):
+            continue  # this OpenCV build cannot write the format; reading is what matters
+        out = load_avatar(path, size=12)
+        assert out.shape == (12, 12, 3), ext
+        assert abs(int(out.mean()) - 200) <= 3, ext
+
+
+def test_non_ascii_path(tmp_path):
+    folder = tmp_path / "аватары"
+    folder.mkdir()
+    # cv2.imwrite has the same non-ASCII limitation on Windows, so write through imencode.
+    ok, buf = cv2.imencode(".png", np.full((8, 8, 3), 9, np.uint8))
+    f = folder / "лицо.png"
+    buf.tofile(str(f))
+    assert list_avatar_paths(folder) == [f]
+    assert (load_avatar(f, size=8) == 9).all()
