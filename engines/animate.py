@@ -1,0 +1,117 @@
+"""Offline animation: an avatar image + driving frames (numpy array or video file) -> output frames.
+
+    python -m engines.animate --avatar face.png --driving clip.mp4 --output out.mp4 --checkpoint vox-cpk.pth.tar
+
+FOMM demo semantics: the first driving frame is the neutral (initial) pose, motion is relative to it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from calibration.relative_motion import movement_scale, normalize_kp
+
+from .checkpoint import CheckpointError
+from .engine import FOMMEngine
+from .image import to_model_input, to_uint8_image
+
+
+def animate(engine: FOMMEngine, avatar_rgb: np.ndarray, driving_rgb: Iterable[np.ndarray], *, relative=True,
+            adapt_movement_scale=True, relative_jacobian=True) -> Iterator[np.ndarray]:
+    """Yield one uint8 RGB frame (model size) per driving frame (uint8 or float RGB, any size)."""
+    state = engine.encode(to_model_input(avatar_rgb, engine.image_size, engine.device))
+    kp_initial = None
+    scale = None
+    for frame in driving_rgb:
+        kp = engine.detect(to_model_input(frame, engine.image_size, engine.device))
+        if kp_initial is None:
+            kp_initial = kp
+            # The movement scale depends only on the avatar and the initial frame: compute the hull once.
+            if adapt_movement_scale:
+                scale = movement_scale(state.kp.value, kp_initial.value).alpha
+        kp_norm = normalize_kp(state.kp, kp, kp_initial, relative_movement=relative,
+                               relative_jacobian=relative_jacobian, adapt_movement_scale=adapt_movement_scale,
+                               scale=scale)
+        yield to_uint8_image(engine.render(state, kp_norm))
+
+
+def read_video_rgb(path) -> tuple[Iterator[np.ndarray], float, int]:
+    """(frames iterator, fps, frame count) of a video file, frames as RGB uint8."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"{path}: cannot open as a video")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+
+    def frames():
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+
+    return frames(), fps, count
+
+
+def _read_image_rgb(path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: missing or not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engines.animate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--avatar", required=True, help="avatar image")
+    parser.add_argument("--driving", required=True, help="driving video file")
+    parser.add_argument("--output", required=True, help="output .mp4")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="vox-cpk.pth.tar or vox-adv-cpk.pth.tar")
+    weights.add_argument("--deterministic-weights", action="store_true",
+                         help="generated weights (tests/demos; output is not a face)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--absolute", action="store_true", help="absolute keypoints instead of relative motion")
+    parser.add_argument("--no-adapt-scale", action="store_true")
+    parser.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
+                        help="grid_sample semantics: True = torch 1.0 (training time, default)")
+    args = parser.parse_args(argv)
+    try:
+        avatar = _read_image_rgb(args.avatar)
+        frames, fps, count = read_video_rgb(args.driving)
+        if args.deterministic_weights:
+            engine = FOMMEngine.from_deterministic_weights(device=args.device, align_corners=args.align_corners)
+        else:
+            engine = FOMMEngine.from_checkpoint(args.checkpoint, device=args.device,
+                                                align_corners=args.align_corners)
+    except (ValueError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    size = engine.image_size
+    writer = cv2.VideoWriter(str(args.output), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+    if not writer.isOpened():
+        print(f"error: {args.output}: cannot write a video here", file=sys.stderr)
+        return 2
+    try:
+        for frame in tqdm(animate(engine, avatar, frames, relative=not args.absolute,
+                                  adapt_movement_scale=not args.no_adapt_scale),
+                          total=count or None, unit="frame"):
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()  # finalise what was written even when interrupted
+    print(f"wrote {Path(args.output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
