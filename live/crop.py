@@ -1,0 +1,214 @@
+"""Face crop: find the head in the webcam frame and cut a steady square around it for the 256x256 model input.
+
+FOMM's vox checkpoints were trained on crops where the whole head (hair to chin, a bit of neck) fills most of the
+square, so the crop is the detected face box scaled by `scale`. Detection is OpenCV's Haar cascade (fast, offline,
+ships with opencv-python<5) on a downscaled gray frame every `detect_every` frames. The box follows the face through
+a dead-zone (jitter of the detector does not move it) and an exponential moving average (real moves are followed
+smoothly). Manual zoom/pan sit on top of the tracked box; with tracking off the manual box is all there is.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square in frame pixels: centre (cx, cy) and side length `size` (floats; may extend past the frame)."""
+
+    cx: float
+    cy: float
+    size: float
+
+    def corners(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) integer pixel bounds, x1/y1 exclusive, exactly `round(size)` wide and high."""
+        side = max(1, int(round(self.size)))
+        x0 = int(math.floor(self.cx - side / 2.0 + 0.5))
+        y0 = int(math.floor(self.cy - side / 2.0 + 0.5))
+        return x0, y0, x0 + side, y0 + side
+
+
+def centred_box(width: int, height: int) -> CropBox:
+    """The largest square centred in the frame: the starting box and the box with tracking off."""
+    return CropBox(width / 2.0, height / 2.0, float(min(width, height)))
+
+
+def fit_box(box: CropBox, width: int, height: int, min_size: float = 16.0) -> CropBox:
+    """Keep the box usable: side within [min_size, max(width, height)], and inside the frame along every axis the
+    box fits in (shifting beats padding: a face at the edge stays sharp instead of half black)."""
+    size = float(np.clip(box.size, min(min_size, width, height), max(width, height)))
+    cx, cy = box.cx, box.cy
+    cx = float(np.clip(cx, size / 2.0, width - size / 2.0)) if size <= width else width / 2.0
+    cy = float(np.clip(cy, size / 2.0, height - size / 2.0)) if size <= height else height / 2.0
+    return CropBox(cx, cy, size)
+
+
+def crop_square(frame: np.ndarray, box: CropBox, out_size: int = 256) -> np.ndarray:
+    """Cut `box` out of `frame` (any channel order, kept) and resize to out_size x out_size.
+
+    Parts of the box outside the frame are filled by repeating the edge pixels: a hard black bar would be a strong
+    edge the keypoint detector could latch onto.
+    """
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = box.corners()
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 <= cx0 or cy1 <= cy0:  # box entirely off-frame: nothing sensible to show, fall back to the centre
+        return crop_square(frame, centred_box(w, h), out_size)
+    patch = frame[cy0:cy1, cx0:cx1]
+    pad = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
+    if any(pad):
+        patch = cv2.copyMakeBorder(patch, *pad, borderType=cv2.BORDER_REPLICATE)
+    shrinking = patch.shape[0] > out_size
+    return cv2.resize(patch, (out_size, out_size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+class HaarFaceDetector:
+    """Frontal-face Haar cascade on a gray frame downscaled to at most `max_width` pixels wide (speed: detection
+    cost grows with pixel count, and a webcam face is large enough to survive the downscale)."""
+
+    def __init__(self, max_width: int = 320, min_face_fraction: float = 0.12, cascade: str | None = None):
+        path = cascade or cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(f"could not load the Haar cascade {path}; reinstall opencv-python (<5)")
+        self.max_width = max_width
+        self.min_face_fraction = min_face_fraction
+
+    def __call__(self, frame_bgr: np.ndarray) -> list[tuple[float, float, float, float]]:
+        """Faces as (x, y, w, h) in the coordinates of the full-size frame."""
+        gray = frame_bgr if frame_bgr.ndim == 2 else cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+        factor = min(1.0, self.max_width / gray.shape[1])
+        if factor < 1.0:
+            gray = cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        gray = cv2.equalizeHist(gray)  # webcam exposure varies a lot; the cascade prefers normalised contrast
+        smallest = max(20, int(min(gray.shape[:2]) * self.min_face_fraction))
+        faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
+        return [tuple(float(v) / factor for v in face) for face in faces]
+
+
+@dataclass
+class TrackerSettings:
+    scale: float = 1.8          # crop side / detected face side: the whole head plus a little neck, like vox crops
+    offset_y: float = 0.0       # shift of the crop centre, in face sides (negative = up, shows more hair)
+    detect_every: int = 3       # run the detector on every Nth frame; the box coasts in between
+    smoothing: float = 0.35     # EMA weight of the target per frame (1 = jump at once, small = slow and steady)
+    dead_zone: float = 0.06     # ignore detections whose centre/size differ by less than this fraction of the side
+    zoom_step: float = 1.1      # one zoom key press scales the box by this factor
+    pan_step: float = 0.05      # one pan key press moves the box by this fraction of its side
+
+
+class FaceTracker:
+    """Per-frame crop box: tracked face (if enabled) with manual zoom/pan on top.
+
+    `update(frame)` returns the box to crop for that frame; `crop(frame)` does both and returns the model input.
+    """
+
+    def __init__(self, settings: TrackerSettings | None = None, *, tracking: bool = True, detector=None,
+                 out_size: int = 256):
+        self.settings = settings or TrackerSettings()
+        self.tracking = tracking
+        self.out_size = out_size
+        self._detector = detector
+        self._frame_shape: tuple[int, int] | None = None
+        self._frame_index = 0
+        self._target: CropBox | None = None   # where the face is (after dead-zone filtering)
+        self._box: CropBox | None = None      # where the smoothed box is now
+        self._acquired = False                 # a face has been seen since the last reset (first one: snap to it)
+        self.zoom = 1.0
+        self.pan_x = 0.0
+        self.pan_y = 0.0
+        self.face_found = False                # last detection attempt found a face (status/HUD)
+
+    # --- manual adjustments -------------------------------------------------------------------------------------
+    def zoom_in(self) -> None:
+        self.zoom = min(self.zoom * self.settings.zoom_step, 8.0)
+
+    def zoom_out(self) -> None:
+        self.zoom = max(self.zoom / self.settings.zoom_step, 0.25)
+
+    def pan(self, dx: int, dy: int) -> None:
+        """Move the crop by dx/dy steps (right/down positive)."""
+        self.pan_x = float(np.clip(self.pan_x + dx * self.settings.pan_step, -1.0, 1.0))
+        self.pan_y = float(np.clip(self.pan_y + dy * self.settings.pan_step, -1.0, 1.0))
+
+    def reset(self) -> None:
+        """Undo manual zoom/pan and re-acquire the face from scratch on the next frame."""
+        self.zoom, self.pan_x, self.pan_y = 1.0, 0.0, 0.0
+        self._target = self._box = None
+        self._acquired = False
+        self._frame_index = 0
+
+    def toggle_tracking(self) -> bool:
+        self.tracking = not self.tracking
+        self._frame_index = 0  # detect right away when switched on
+        return self.tracking
+
+    # --- per frame ----------------------------------------------------------------------------------------------
+    def update(self, frame: np.ndarray) -> CropBox:
+        h, w = frame.shape[:2]
+        if self._frame_shape != (h, w):  # new camera mode / next file in a folder: old boxes mean nothing
+            self._frame_shape = (h, w)
+            self._target = self._box = None
+            self._acquired = False
+            self._frame_index = 0
+        if self.tracking:
+            base = self._track(frame)
+        else:
+            base = centred_box(w, h)
+        self._frame_index += 1
+        size = base.size / self.zoom
+        box = CropBox(base.cx + self.pan_x * size, base.cy + self.pan_y * size, size)
+        return fit_box(box, w, h)
+
+    def crop(self, frame: np.ndarray) -> tuple[np.ndarray, CropBox]:
+        box = self.update(frame)
+        return crop_square(frame, box, self.out_size), box
+
+    def _track(self, frame: np.ndarray) -> CropBox:
+        h, w = frame.shape[:2]
+        s = self.settings
+        if self._frame_index % max(1, s.detect_every) == 0:
+            if self._detector is None:
+                self._detector = HaarFaceDetector()
+            faces = self._detector(frame)
+            self.face_found = bool(faces)
+            if faces and not self._acquired:
+                self._target = self._box = self._face_to_box(max(faces, key=lambda f: f[2] * f[3]))
+                self._acquired = True
+            elif faces:
+                self._retarget(self._face_to_box(self._nearest(faces)))
+        if self._target is None:  # no face yet: the centred square until one shows up
+            self._target = centred_box(w, h)
+        if self._box is None:
+            self._box = self._target
+        else:
+            a, b, t = s.smoothing, self._box, self._target
+            if max(abs(t.cx - b.cx), abs(t.cy - b.cy), abs(t.size - b.size)) < 0.25:
+                self._box = t  # settle exactly: endless sub-pixel creeping would resample every frame differently
+            else:
+                self._box = CropBox(b.cx + a * (t.cx - b.cx), b.cy + a * (t.cy - b.cy),
+                                    b.size + a * (t.size - b.size))
+        return self._box
+
+    def _nearest(self, faces):
+        """The face nearest the tracked one: a face passing in the background must not steal the crop."""
+        t = self._target
+        return min(faces, key=lambda f: math.hypot(f[0] + f[2] / 2 - t.cx, f[1] + f[3] / 2 - t.cy))
+
+    def _face_to_box(self, face) -> CropBox:
+        x, y, fw, fh = face
+        side = max(fw, fh)
+        return CropBox(x + fw / 2.0, y + fh / 2.0 + self.settings.offset_y * side, side * self.settings.scale)
+
+    def _retarget(self, box: CropBox) -> None:
+        """Accept a detection as the new target only if it moved beyond the dead-zone (detector jitter is a few
+        pixels every frame; following it would make the avatar's whole frame shiver)."""
+        t = self._target
+        dz = self.settings.dead_zone
+        moved = math.hypot(box.cx - t.cx, box.cy - t.cy) > dz * t.size
+        resized = abs(box.size - t.size) > dz * t.size
+        if moved or resized:
+            self._target = box
