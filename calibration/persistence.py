@@ -1,0 +1,142 @@
+"""Remember the neutral pose between runs, so a restart with the same camera and model needs no recalibration.
+
+The file is small JSON (a few KB): human-inspectable, no pickle, and trivially validated. A saved pose is only
+meaningful for the same camera and the same keypoint model/config, so both are recorded and checked; anything
+unexpected (stale, corrupt, truncated) is ignored with a one-line notice rather than crashing the live loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engines.keypoints import Keypoints
+
+FORMAT_NAME = "live-avatar-calibration"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """kp: the saved neutral keypoints (float32, CPU) or None. notice: why a file was ignored, else None."""
+
+    kp: Keypoints | None
+    notice: str | None = None
+
+
+def cache_dir() -> Path:
+    """$LIVE_AVATAR_CACHE if set, else ~/.cache/live-avatar."""
+    env = os.environ.get("LIVE_AVATAR_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "live-avatar"
+
+
+def default_calibration_path(camera_id) -> Path:
+    """One file per camera; the id is made filename-safe and a short hash keeps distinct ids apart."""
+    camera_id = str(camera_id)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", camera_id).strip("._")[:40] or "camera"
+    digest = hashlib.sha1(camera_id.encode("utf-8")).hexdigest()[:8]
+    return cache_dir() / f"calibration-{safe}-{digest}.json"
+
+
+def make_config_hash(config) -> str:
+    """Stable short hash of any JSON-serialisable description of the model/config (convenience for callers)."""
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def save_calibration(path, kp_initial: Keypoints, *, config_hash: str, camera_id: str) -> Path:
+    """Write the neutral keypoints atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    record = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config_hash": str(config_hash),
+        "camera_id": str(camera_id),
+        "created": time.time(),
+        "created_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # float32 -> Python float -> JSON repr round-trips exactly.
+        "value": kp_initial.value.detach().to("cpu", torch.float32).tolist(),
+        "jacobian": kp_initial.jacobian.detach().to("cpu", torch.float32).tolist(),
+    }
+    data = json.dumps(record, allow_nan=False).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is an atomic rename: readers see the old file or the new one, never half.
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _tensor(data, name: str, tail: tuple[int, ...]) -> torch.Tensor:
+    try:
+        t = torch.tensor(data, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise _Invalid(f"'{name}' is not a numeric array") from None
+    if t.dim() != 1 + len(tail) + 1 or tuple(t.shape[2:]) != tail or t.shape[0] < 1 or t.shape[1] < 1:
+        raise _Invalid(f"'{name}' has shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise _Invalid(f"'{name}' holds non-finite numbers")
+    return t
+
+
+def load_calibration(path, *, config_hash: str, camera_id: str) -> LoadResult:
+    """Read a saved neutral pose; never raises. Missing file -> (None, None); unusable file -> (None, notice)."""
+    path = Path(path)
+    ignore = f"Ignoring saved calibration {path}"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return LoadResult(None, None)
+    except OSError as exc:
+        return LoadResult(None, f"{ignore}: cannot read it ({exc.strerror or exc}); please calibrate again.")
+    try:
+        record = json.loads(raw.decode("utf-8"))
+        if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
+            raise _Invalid("not a calibration file")
+    except (UnicodeDecodeError, ValueError, RecursionError, _Invalid):
+        return LoadResult(None, f"{ignore}: the file is corrupt or truncated; please calibrate again.")
+
+    if record.get("version") != FORMAT_VERSION:
+        reason = f"it has format version {record.get('version')!r}, this build reads {FORMAT_VERSION}"
+    elif record.get("config_hash") != str(config_hash):
+        reason = "it was made with a different model/config"
+    elif record.get("camera_id") != str(camera_id):
+        reason = f"it was made for camera {record.get('camera_id')!r}, not {str(camera_id)!r}"
+    else:
+        reason = None
+    if reason:
+        return LoadResult(None, f"{ignore}: {reason}; please calibrate again.")
+
+    try:
+        created = record.get("created")
+        if not isinstance(created, (int, float)) or not math.isfinite(created):
+            raise _Invalid("'created' is missing")
+        value = _tensor(record.get("value"), "value", (2,))
+        jacobian = _tensor(record.get("jacobian"), "jacobian", (2, 2))
+        if value.shape[:2] != jacobian.shape[:2]:
+            raise _Invalid("'value' and 'jacobian' disagree on batch/keypoint count")
+    except _Invalid as exc:
+        return LoadResult(None, f"{ignore}: the file is damaged ({exc}); please calibrate again.")
+    return LoadResult(Keypoints(value, jacobian), None)

@@ -1,0 +1,137 @@
+"""Calibration file: round trip, staleness checks, and robustness against damaged files."""
+import json
+import os
+
+import pytest
+import torch
+
+from calibration import persistence
+from calibration.persistence import (FORMAT_VERSION, default_calibration_path, load_calibration, make_config_hash,
+                                     save_calibration)
+from engines.keypoints import Keypoints
+
+CFG, CAM = "cfg-abc123", "0"
+
+
+def _kp():
+    g = torch.Generator().manual_seed(7)
+    return Keypoints(torch.rand(1, 10, 2, generator=g) * 2 - 1, torch.randn(1, 10, 2, 2, generator=g))
+
+
+def _load(path, cfg=CFG, cam=CAM):
+    return load_calibration(path, config_hash=cfg, camera_id=cam)
+
+
+def test_round_trip_is_exact(tmp_path):
+    kp = _kp()
+    path = save_calibration(tmp_path / "sub" / "cal.json", kp, config_hash=CFG, camera_id=CAM)
+    assert path.is_file()
+    record = json.loads(path.read_text())
+    assert record["version"] == FORMAT_VERSION and record["config_hash"] == CFG and record["camera_id"] == CAM
+    assert isinstance(record["created"], float)
+    result = _load(path)
+    assert result.notice is None
+    assert result.kp.value.dtype == torch.float32
+    assert torch.equal(result.kp.value, kp.value) and torch.equal(result.kp.jacobian, kp.jacobian)
+    assert not list(path.parent.glob("*.tmp"))  # no temp file left behind
+
+
+def test_missing_file_is_silent(tmp_path):
+    result = _load(tmp_path / "nope.json")
+    assert result.kp is None and result.notice is None
+
+
+@pytest.mark.parametrize("cfg, cam, field, word", [
+    ("other-config", CAM, None, "model/config"),
+    (CFG, "1", None, "camera"),
+    (CFG, CAM, ("version", 999), "version"),
+])
+def test_stale_files_are_ignored_with_notice(tmp_path, cfg, cam, field, word):
+    path = save_calibration(tmp_path / "cal.json", _kp(), config_hash=CFG, camera_id=CAM)
+    if field:
+        record = json.loads(path.read_text())
+        record[field[0]] = field[1]
+        path.write_text(json.dumps(record))
+    result = _load(path, cfg, cam)
+    assert result.kp is None
+    assert word in result.notice and "\n" not in result.notice and str(path) in result.notice
+
+
+def _valid_record(tmp_path):
+    path = save_calibration(tmp_path / "valid.json", _kp(), config_hash=CFG, camera_id=CAM)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("make", [
+    lambda good: os.urandom(300),                                  # garbage bytes
+    lambda good: b"\xff\xfe\x00garbage",                           # not UTF-8
+    lambda good: good[: len(good) // 2],                           # truncated mid-write
+    lambda good: good[:-1],                                        # lost the final brace
+    lambda good: b"",                                              # empty
+    lambda good: b"[1, 2, 3]",                                     # valid JSON, wrong type
+    lambda good: b'{"hello": "world"}',                            # valid JSON, wrong keys
+    lambda good: b"[" * 100000,                                    # pathological nesting
+])
+def test_corrupt_files_give_notice_not_exception(tmp_path, make):
+    path = tmp_path / "cal.json"
+    path.write_bytes(make(_valid_record(tmp_path)))
+    result = _load(path)
+    assert result.kp is None
+    assert isinstance(result.notice, str) and "\n" not in result.notice
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda r: r.pop("value"),
+    lambda r: r.pop("jacobian"),
+    lambda r: r.pop("created"),
+    lambda r: r.update(value="abc"),
+    lambda r: r.update(value=[[1.0, 2.0]]),                         # wrong rank
+    lambda r: r.update(value=[[[1.0, 2.0, 3.0]]]),                  # wrong last dim
+    lambda r: r.update(value=[[[1.0, 2.0], [1.0]]]),                # ragged
+    lambda r: r.update(jacobian=r["jacobian"][0][:3]),             # rank drop
+    lambda r: r.update(jacobian=[r["jacobian"][0][:3]]),           # K mismatch with value
+    lambda r: r.update(value=[[[1e400, 0.0]] * 10]),                # inf
+    lambda r: r.update(value=[]),
+])
+def test_wrong_or_missing_keys_give_notice(tmp_path, mutate):
+    path = save_calibration(tmp_path / "cal.json", _kp(), config_hash=CFG, camera_id=CAM)
+    record = json.loads(path.read_text())
+    mutate(record)
+    path.write_text(json.dumps(record))
+    result = _load(path)
+    assert result.kp is None and "damaged" in result.notice
+
+
+def test_unreadable_path_gives_notice(tmp_path):
+    (tmp_path / "dir.json").mkdir()
+    result = _load(tmp_path / "dir.json")
+    assert result.kp is None and result.notice
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = save_calibration(tmp_path / "cal.json", _kp(), config_hash=CFG, camera_id=CAM)
+    before = path.read_bytes()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(persistence.os, "replace", boom)
+    with pytest.raises(OSError):
+        save_calibration(path, Keypoints(_kp().value + 1, _kp().jacobian), config_hash=CFG, camera_id=CAM)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.json"]  # temp file cleaned up
+
+
+def test_default_path_uses_env_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path / "cache"))
+    a, b = default_calibration_path("/dev/video0"), default_calibration_path("/dev/video1")
+    assert a.parent == tmp_path / "cache" and a != b
+    assert a == default_calibration_path("/dev/video0") and "/" not in a.name[len("calibration-"):]
+    assert default_calibration_path(0).name.endswith(".json")
+    monkeypatch.delenv("LIVE_AVATAR_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_calibration_path("0").parent == tmp_path / "home" / ".cache" / "live-avatar"
+
+
+def test_make_config_hash_is_stable():
+    assert make_config_hash({"a": 1, "b": [1, 2]}) == make_config_hash({"b": [1, 2], "a": 1})
+    assert make_config_hash({"a": 1}) != make_config_hash({"a": 2})
