@@ -132,11 +132,18 @@ class NeutralPose:
         """The driving keypoints as avatar keypoints (FOMM relative mode, see relative_motion.normalize_kp)."""
         with self._lock:
             kp_source, kp_initial, scale = self._kp_source, self._kp_initial, self._scale
-        if kp_initial is None:
-            raise NotCalibratedError("No neutral pose yet: " + instructions())
-        if kp_source is None:
-            raise NotCalibratedError("No avatar keypoints yet: call set_source() with the avatar's keypoints "
-                                     "before normalize().")
+            if kp_initial is None:
+                raise NotCalibratedError("No neutral pose yet: " + instructions())
+            if kp_source is None:
+                raise NotCalibratedError("No avatar keypoints yet: call set_source() with the avatar's keypoints "
+                                         "before normalize().")
+            # A saved calibration loads on the CPU in float32 while the engine may run on a GPU / in half
+            # precision: follow the driving keypoints once, and keep the converted copies for later frames.
+            like = kp_driving.value
+            if kp_initial.value.device != like.device or kp_initial.value.dtype != like.dtype:
+                kp_initial = self._kp_initial = kp_initial.to(device=like.device, dtype=like.dtype)
+            if kp_source.value.device != like.device or kp_source.value.dtype != like.dtype:
+                kp_source = self._kp_source = kp_source.to(device=like.device, dtype=like.dtype)
         return normalize_kp(kp_source, kp_driving, kp_initial, relative_movement=True,
                             relative_jacobian=self.relative_jacobian,
                             adapt_movement_scale=self.adapt_movement_scale, scale=scale.alpha)

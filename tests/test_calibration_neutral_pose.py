@@ -50,6 +50,16 @@ def test_calibration_is_a_snapshot():
     assert not torch.equal(pose.kp_initial.value, initial.value)
 
 
+def test_saved_calibration_follows_the_driving_dtype_and_device():
+    source, initial, driving = _kp(1, 0.6), _kp(2, 0.4), _kp(3, 0.4)
+    pose = NeutralPose()
+    pose.set_source(source)
+    pose.calibrate(initial.to(torch.float64))  # e.g. loaded from disk in another precision
+    out = pose.normalize(driving)
+    assert out.value.dtype == torch.float32 and pose.kp_initial.value.dtype == torch.float32
+    torch.testing.assert_close(out.value, normalize_kp(source, driving, initial).value)
+
+
 def test_switches_are_passed_through():
     source, initial, driving = _kp(1, 0.6), _kp(2, 0.4), _kp(3, 0.4)
     pose = NeutralPose(relative_jacobian=False, adapt_movement_scale=False)
