@@ -1,0 +1,83 @@
+"""The avatars of one run (`--avatar FILE|FOLDER`) and which one is active.
+
+Switching must be instant mid-call, so each avatar is encoded by the engine (the source half of FOMM) once and
+cached. The first `eager` avatars (the ones keys 1-9 reach) are encoded up front; the rest on first use. All images
+are *read* up front, so a broken file in the folder is reported at start, not in the middle of a call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engines.image import to_model_input
+from live.avatars import list_avatar_paths, load_avatar
+
+
+@dataclass
+class Avatar:
+    name: str
+    image: np.ndarray               # uint8 RGB [S, S, 3]: what is shown "at rest" and what the engine encodes
+    state: object = field(default=None, repr=False)  # engine SourceState, filled by AvatarSet on first use
+
+
+class AvatarSet:
+    """Ordered avatars with a current one; `on_change(avatar)` runs after every switch (and once at start), which is
+    how the neutral pose learns the new avatar keypoints (NeutralPose.set_source)."""
+
+    def __init__(self, avatars: list[Avatar], engine, *, on_change: Callable[[Avatar], None] | None = None,
+                 eager: int = 9):
+        if not avatars:
+            raise ValueError("AvatarSet needs at least one avatar")
+        self._avatars = list(avatars)
+        self._engine = engine
+        self._on_change = on_change
+        self.index = 0
+        for avatar in self._avatars[:eager]:
+            self._ensure_encoded(avatar)
+
+    @classmethod
+    def load(cls, path, engine, **kwargs) -> "AvatarSet":
+        """Avatars from a file or a folder; raises AvatarError (one line) when nothing usable is there."""
+        avatars = [Avatar(Path(p).name, load_avatar(p, size=engine.image_size)) for p in list_avatar_paths(path)]
+        return cls(avatars, engine, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._avatars)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self._avatars]
+
+    @property
+    def current(self) -> Avatar:
+        return self._ensure_encoded(self._avatars[self.index])
+
+    def set_listener(self, on_change: Callable[[Avatar], None] | None, *, notify: bool = True) -> None:
+        self._on_change = on_change
+        if notify and on_change is not None:
+            on_change(self.current)
+
+    def select(self, index: int) -> bool:
+        """Switch to avatar `index` (0-based); False (and no change) when there is no such avatar."""
+        if not 0 <= index < len(self._avatars):
+            return False
+        self.index = index
+        avatar = self.current
+        if self._on_change is not None:
+            self._on_change(avatar)
+        return True
+
+    def next(self) -> bool:
+        return self.select((self.index + 1) % len(self._avatars))
+
+    def previous(self) -> bool:
+        return self.select((self.index - 1) % len(self._avatars))
+
+    def _ensure_encoded(self, avatar: Avatar) -> Avatar:
+        if avatar.state is None:
+            x = to_model_input(avatar.image, size=self._engine.image_size, device=self._engine.device)
+            avatar.state = self._engine.encode(x)
+        return avatar

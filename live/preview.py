@@ -1,0 +1,93 @@
+"""Preview window: the webcam with the crop box next to the avatar output, plus HUD and a status line.
+
+Only ever opened where a display exists: without one, cv2.imshow aborts the whole process (no exception to catch),
+so the caller checks live.display first. `compose()` builds the picture without any window (tests, screenshots).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from live.crop import CropBox
+from live.hotkeys import key_from_waitkey
+from live.hud import draw_text_lines
+
+PANEL_HEIGHT = 384  # both panels are scaled to this height: large enough to judge the face, fits a laptop screen
+STATUS_HEIGHT = 28
+
+
+def compose(camera_bgr: np.ndarray, box: CropBox | None, output_rgb: np.ndarray, *, hud_lines=(),
+            status: str = "", panel_height: int = PANEL_HEIGHT) -> np.ndarray:
+    """BGR image: [camera with crop box | avatar output] above a status bar; HUD lines top-left."""
+    h, w = camera_bgr.shape[:2]
+    scale = panel_height / h
+    camera = cv2.resize(camera_bgr, (max(1, int(round(w * scale))), panel_height), interpolation=cv2.INTER_AREA
+                        if scale < 1 else cv2.INTER_LINEAR)
+    if box is not None:
+        x0, y0, x1, y1 = box.corners()
+        cv2.rectangle(camera, (int(x0 * scale), int(y0 * scale)), (int(x1 * scale) - 1, int(y1 * scale) - 1),
+                      (0, 255, 0), 2)
+    output = cv2.cvtColor(output_rgb, cv2.COLOR_RGB2BGR)
+    output = cv2.resize(output, (panel_height, panel_height), interpolation=cv2.INTER_LINEAR)
+    top = np.hstack([camera, output])
+    bar = np.zeros((STATUS_HEIGHT, top.shape[1], 3), np.uint8)
+    if status:
+        cv2.putText(bar, status, (8, STATUS_HEIGHT - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    image = np.vstack([top, bar])
+    if hud_lines:
+        draw_text_lines(image, list(hud_lines))
+    return image
+
+
+class PreviewWindow:
+    """An OpenCV window; `show()` draws one frame and returns the key names pressed since the last call."""
+
+    def __init__(self, title: str = "live avatar (q to quit)"):
+        self.title = title
+        self._open = False
+        self.closed_by_user = False
+
+    def show(self, camera_bgr, box, output_rgb, *, hud_lines=(), status: str = "") -> list[str]:
+        image = compose(camera_bgr, box, output_rgb, hud_lines=hud_lines, status=status)
+        if not self._open:
+            cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE)
+            self._open = True
+        cv2.imshow(self.title, image)
+        keys = []
+        code = cv2.waitKeyEx(1)  # also pumps the GUI event loop; without it the window never paints
+        while code != -1 and len(keys) < 16:
+            key = key_from_waitkey(code)
+            if key:
+                keys.append(key)
+            code = cv2.waitKeyEx(1)
+        if self._window_gone():
+            self.closed_by_user = True
+            keys.append("q")  # closing the window ends the session like the quit key
+        return keys
+
+    def poll(self) -> list[str]:
+        """Keys without a new frame (the camera is slow or stalled: quit must still work)."""
+        if not self._open:
+            return []
+        key = key_from_waitkey(cv2.waitKeyEx(1))
+        keys = [key] if key else []
+        if self._window_gone():
+            self.closed_by_user = True
+            keys.append("q")
+        return keys
+
+    def _window_gone(self) -> bool:
+        try:
+            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
+        except cv2.error:
+            return True
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                cv2.destroyWindow(self.title)
+                cv2.waitKey(1)  # let the GUI thread actually remove it
+            except cv2.error:
+                pass

@@ -1,0 +1,303 @@
+"""LivePipeline behaviour with injected frames, keys and sinks (a tiny fake engine keeps these fast; the real engine
+runs in test_live_e2e.py)."""
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.neutral_pose import NeutralPose
+from engines.keypoints import Keypoints
+from live.avatar_set import Avatar, AvatarSet
+from live.capture import CapturedFrame, FrameSource, LatestFrameReader
+from live.crop import FaceTracker
+from live.errors import CaptureError
+from live.loop import LivePipeline, PipelineOptions, file_feed, live_feed
+
+SIZE = 32
+K = 5
+PATTERN = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.0], [-0.4, 0.5], [0.4, 0.5]])
+
+
+class FakeEngine:
+    """detect: keypoints moved by the input's mean brightness; render: brightness follows the keypoint shift."""
+
+    image_size = SIZE
+    device = torch.device("cpu")
+    config_hash = "fake-config"
+    name = "fake"
+
+    def __init__(self):
+        self.detect_calls = 0
+        self.render_calls = 0
+
+    def detect(self, x):
+        self.detect_calls += 1
+        shift = float(x.mean()) - 0.5
+        value = (PATTERN + shift)[None].clone()
+        value[0, 2] += shift  # the middle point moves twice as far: the face *shape* changes, not just its place
+        return Keypoints(value, torch.eye(2).expand(1, K, 2, 2).clone())
+
+    def encode(self, x):
+        return SimpleNamespace(kp=self.detect(x), image=x)
+
+    def render(self, state, kp):
+        self.render_calls += 1
+        level = float((kp.value - state.kp.value).mean()) + 0.5
+        return torch.full((1, 3, SIZE, SIZE), min(max(level, 0.0), 1.0))
+
+
+class ListSink:
+    def __init__(self, fail_on_send=False, fail_on_close=False):
+        self.frames = []
+        self.closed = False
+        self.fail_on_send = fail_on_send
+        self.fail_on_close = fail_on_close
+
+    def send(self, frame):
+        if self.fail_on_send:
+            raise OSError("disk full")
+        self.frames.append(frame.copy())
+
+    def close(self):
+        self.closed = True
+        if self.fail_on_close:
+            raise OSError("close failed")
+
+
+class ScriptedKeys:
+    """Key source: returns script[n] on its n-th call (the loop polls once per frame)."""
+
+    def __init__(self, script):
+        self.script = dict(script)
+        self.calls = 0
+
+    def __call__(self):
+        keys = self.script.get(self.calls, [])
+        self.calls += 1
+        return list(keys)
+
+
+def frames(levels, shape=(48, 64)):
+    """Flat gray frames of the given brightness levels (0..255), stamped like a 30 fps camera."""
+    return [CapturedFrame(np.full((*shape, 3), level, np.uint8), i, i / 30.0) for i, level in enumerate(levels)]
+
+
+def avatar_images(n):
+    return [Avatar(f"a{i}.png", np.full((SIZE, SIZE, 3), 40 * (i + 1), np.uint8)) for i in range(n)]
+
+
+def make_pipeline(engine=None, *, n_avatars=1, keys=None, options=None, sinks=None, **kwargs):
+    engine = engine or FakeEngine()
+    avatars = AvatarSet(avatar_images(n_avatars), engine)
+    sinks = sinks if sinks is not None else [ListSink()]
+    messages = []
+    pipeline = LivePipeline(engine, avatars, sinks=sinks,
+                            tracker=FaceTracker(tracking=False, out_size=SIZE),
+                            key_sources=[keys] if keys else [], options=options or PipelineOptions(),
+                            log=messages.append, **kwargs)
+    pipeline.messages = messages
+    return pipeline
+
+
+def test_avatar_at_rest_until_calibration_then_animated():
+    keys = ScriptedKeys({3: ["c"]})
+    p = make_pipeline(keys=keys)
+    sink = p.sinks[0]
+    stats = p.run(frames([100, 110, 120, 130, 140, 150, 90]))
+    assert stats.frames == 7 and len(sink.frames) == 7
+    avatar = p.avatars.current.image
+    for out in sink.frames[:3]:
+        assert np.array_equal(out, avatar), "before calibration the avatar is shown at rest"
+    assert stats.calibrations == 1 and p.neutral.is_calibrated
+    levels = [int(f.mean()) for f in sink.frames[3:]]
+    assert levels[0] == 128, "the calibration frame renders the neutral pose"
+    assert levels[1] > levels[0] and levels[2] > levels[1] and levels[3] < levels[0], "follows the driving"
+    assert sink.closed
+    assert any("Calibrated" in m for m in p.messages)
+
+
+def test_calibrate_first_frame_option_and_media_clock():
+    p = make_pipeline(options=PipelineOptions(calibrate_first_frame=True, media_fps=25.0))
+    p.run(frames([100, 100, 140]))
+    assert p.stats.calibrations == 1
+    assert int(p.sinks[0].frames[0].mean()) == 128
+
+
+def test_quit_key_stops_and_all_sinks_are_closed():
+    sinks = [ListSink(), ListSink()]
+    p = make_pipeline(keys=ScriptedKeys({2: ["q"]}), sinks=sinks)
+    stats = p.run(frames([100] * 10))
+    assert stats.frames == 2 and stats.stopped_by_user
+    assert all(s.closed and len(s.frames) == 2 for s in sinks)
+
+
+def test_sink_error_propagates_after_closing_every_sink():
+    good, bad = ListSink(), ListSink(fail_on_send=True)
+    p = make_pipeline(sinks=[good, bad])
+    with pytest.raises(OSError, match="disk full"):
+        p.run(frames([100] * 3))
+    assert good.closed and bad.closed
+
+
+def test_close_error_does_not_hide_the_running_error():
+    bad_close = ListSink(fail_on_close=True)
+
+    def feed():
+        yield from frames([100])
+        raise KeyboardInterrupt
+
+    p = make_pipeline(sinks=[bad_close, ListSink()])
+    with pytest.raises(KeyboardInterrupt):
+        p.run(feed())
+    assert all(s.closed for s in p.sinks)
+    assert any("close failed" in m for m in p.messages)
+
+
+def test_avatar_keys_switch_and_update_the_neutral_pose():
+    engine = FakeEngine()
+    keys = ScriptedKeys({0: ["c"], 1: ["2"], 2: ["9"], 3: ["n"], 4: ["p"]})
+    p = make_pipeline(engine, n_avatars=3, keys=keys)
+    seen = []
+    for frame in frames([100] * 5):
+        p._poll_keys()
+        p.step(frame)
+        seen.append(p.avatars.index)
+    assert seen == [0, 1, 1, 2, 1]
+    assert torch.equal(p.neutral.kp_source.value, p.avatars.current.state.kp.value)
+    assert any("no avatar 9" in m for m in p.messages)
+    assert engine.detect_calls == 3 + 5, "each avatar encoded exactly once (up front), then one detect per frame"
+
+
+def test_passthrough_sends_the_camera_crop_without_running_the_engine():
+    engine = FakeEngine()
+    p = make_pipeline(engine, keys=ScriptedKeys({0: ["o"]}))
+    calls_before = engine.detect_calls
+    p.run(frames([77, 77]))
+    assert engine.detect_calls == calls_before
+    assert all(f.shape == (SIZE, SIZE, 3) and (f == 77).all() for f in p.sinks[0].frames)
+
+
+def test_mirror_flips_the_driving_frame():
+    p = make_pipeline(keys=ScriptedKeys({0: ["o", "m"]}))
+    frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+    frame[:, : SIZE // 2] = 200  # bright left half
+    p.run([CapturedFrame(frame, 0, 0.0)])
+    out = p.sinks[0].frames[0]
+    assert out[:, -1].mean() == 200 and out[:, 0].mean() == 0
+
+
+def test_crop_keys_reach_the_tracker():
+    p = make_pipeline(keys=ScriptedKeys({0: ["+", "+", "d", "w"], 1: ["0"]}))
+    p._poll_keys()
+    assert p.tracker.zoom > 1 and p.tracker.pan_x > 0 and p.tracker.pan_y < 0
+    p._poll_keys()
+    assert p.tracker.zoom == 1 and p.tracker.pan_x == 0 and p.tracker.pan_y == 0
+
+
+def test_calibration_is_saved_loaded_and_forgotten(tmp_path):
+    path = tmp_path / "calib.json"
+    options = PipelineOptions(calibration_path=path, camera_id="camera 0")
+    p = make_pipeline(keys=ScriptedKeys({0: ["c"]}), options=options)
+    p.run(frames([120, 120]))
+    assert path.exists()
+
+    p2 = make_pipeline(options=options)
+    assert p2.neutral.is_calibrated, "a restart with the same camera/model needs no recalibration"
+    assert torch.allclose(p2.neutral.kp_initial.value, p.neutral.kp_initial.value)
+    p2.handle_keys(["x"])
+    assert not p2.neutral.is_calibrated and not path.exists()
+
+    path.write_text("{not json")
+    p3 = make_pipeline(options=options)
+    assert not p3.neutral.is_calibrated
+    assert any("corrupt" in m for m in p3.messages)
+
+
+def test_stale_calibration_for_another_camera_is_ignored_with_a_notice(tmp_path):
+    path = tmp_path / "calib.json"
+    make_pipeline(keys=ScriptedKeys({0: ["c"]}),
+                  options=PipelineOptions(calibration_path=path, camera_id="camera 0")).run(frames([120]))
+    p = make_pipeline(options=PipelineOptions(calibration_path=path, camera_id="camera 1"))
+    assert not p.neutral.is_calibrated
+    assert any("camera" in m and "Ignoring" in m for m in p.messages)
+
+
+def test_auto_calibration_after_holding_still():
+    p = make_pipeline(neutral=NeutralPose(auto_calibrate_frames=3))
+    p.run(frames([100, 140, 100, 100, 100, 100, 130]))
+    assert p.stats.calibrations == 1
+    outs = [int(f.mean()) for f in p.sinks[0].frames]
+    assert outs[:4] == [40] * 4  # avatar at rest while moving and until 3 still frames were seen
+    assert outs[4] == 128 and outs[6] > 128
+
+
+def test_best_frame_mode_recalibrates_on_better_matches():
+    # the avatar is level 40; driving frames approaching level 40 match its keypoints better and better
+    p = make_pipeline(keys=ScriptedKeys({0: ["b"], 4: ["b"]}))
+    p.run(frames([200, 150, 100, 160, 60, 40]))
+    assert p.stats.calibrations == 3  # 200, 150, 100 each improved; 160 did not; then the mode was off
+    assert p._selector is None
+    assert "best-frame" in " ".join(p.messages)
+
+
+def test_status_line_tells_how_to_calibrate_first():
+    p = make_pipeline()
+    assert "press C" in p.status
+    p.handle_keys(["c"])
+    p.step(frames([100])[0])
+    assert "Calibrated" in p.status
+
+
+class DyingCamera(FrameSource):
+    """A 'camera' that delivers a few frames, then fails like an unplugged USB webcam."""
+
+    is_live = True
+    name = "camera 0"
+    fps = 200.0
+
+    def __init__(self, n):
+        self.n = n
+
+    def read(self):
+        if self.n == 0:
+            raise CaptureError("camera 0 stopped delivering frames (unplugged?)")
+        self.n -= 1
+        time.sleep(0.005)
+        return np.full((48, 64, 3), 100, np.uint8)
+
+
+def test_camera_unplugged_mid_run_raises_a_clear_error_and_closes_sinks():
+    p = make_pipeline()
+    with LatestFrameReader(DyingCamera(3)) as reader:
+        with pytest.raises(CaptureError, match="unplugged"):
+            p.run(live_feed(reader))
+    assert p.sinks[0].closed and 1 <= p.stats.frames <= 3
+
+
+def test_stalled_camera_still_polls_keys():
+    keys = ScriptedKeys({3: ["q"]})
+    p = make_pipeline(keys=keys)
+    p.run(iter([None, None, None, None, None]))
+    assert keys.calls == 4 and p.stats.frames == 0 and p.stats.stopped_by_user
+
+
+def test_file_feed_yields_every_frame_in_order():
+    class Three(FrameSource):
+        def __init__(self):
+            self.i = 0
+
+        def read(self):
+            self.i += 1
+            return np.full((4, 4, 3), self.i, np.uint8) if self.i <= 3 else None
+
+    got = list(file_feed(Three()))
+    assert [f.index for f in got] == [0, 1, 2] and [int(f.image[0, 0, 0]) for f in got] == [1, 2, 3]
+
+
+def test_hud_timings_cover_every_stage():
+    p = make_pipeline(keys=ScriptedKeys({0: ["c"]}))
+    p.run(frames([100, 120, 140]))
+    assert {"wait", "crop", "detect", "normalize", "render", "sinks"} <= set(p.timings.stage_ms)
+    assert p.timings.fps is not None and p.timings.latency_ms is not None
