@@ -186,8 +186,7 @@ class VideoFileSource(FrameSource):
         self._cap = cap
 
     def _read_raw(self) -> np.ndarray | None:
-        with _quiet_opencv():
-            ok, frame = self._cap.read()
+        ok, frame = self._cap.read()
         return to_bgr(frame) if ok and frame is not None else None
 
     def read(self) -> np.ndarray | None:
