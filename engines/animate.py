@@ -42,6 +42,8 @@ def animate(engine: FOMMEngine, avatar_rgb: np.ndarray, driving_rgb: Iterable[np
 
 def read_video_rgb(path) -> tuple[Iterator[np.ndarray], float, int]:
     """(frames iterator, fps, frame count) of a video file, frames as RGB uint8."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: video file not found")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ValueError(f"{path}: cannot open as a video")
@@ -62,6 +64,8 @@ def read_video_rgb(path) -> tuple[Iterator[np.ndarray], float, int]:
 
 
 def _read_image_rgb(path) -> np.ndarray:
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: image file not found")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path}: missing or not a readable image")

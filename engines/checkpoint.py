@@ -47,22 +47,37 @@ def verify_checkpoint(path, expected_sha256: str | None = None, expected_size: i
         raise CheckpointError(f"{path}: sha256 {actual} does not match the expected {expected_sha256}")
 
 
+# torch.save writes either a zip archive or (legacy, torch < 1.6) a pickle that starts with this magic number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_MAGIC))
+    return head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC
+
+
 def _read(path: Path):
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty (interrupted download?)")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unknown file format)")
     try:
         # weights_only: never unpickle arbitrary code from a downloaded file. Works for both the zip and the
         # legacy (torch 1.0) serialisations.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         text = str(error)
-        if "Weights only load failed" in text:
+        if "Unsupported global" in text or "Unsupported class" in text:
             raise CheckpointError(f"{path}: refused to load: it contains Python objects other than tensors "
                                   "(not a plain FOMM checkpoint; never unpickling arbitrary code)") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
-    except (EOFError, zipfile.BadZipFile):
+        raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None
+    except (EOFError, zipfile.BadZipFile, KeyError, IndexError):
         raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None
     except RuntimeError as error:
         text = str(error)
-        if "central directory" in text or "zip archive" in text or "unexpected EOF" in text.lower():
+        if "central directory" in text or "zip archive" in text or "unexpected eof" in text.lower() or "corrupted" in text:
             raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({text.splitlines()[0]})") from None
     except (ValueError, TypeError, UnicodeDecodeError, OSError, AttributeError) as error:

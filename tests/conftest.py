@@ -1,0 +1,61 @@
+"""Shared fixtures: the reference material (shared/ lies beside the repository) and a deterministic engine."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference"
+GOLDEN = REFERENCE / "golden" / "astronaut"
+
+
+def require_reference() -> Path:
+    if not (REFERENCE / "FOMM_SPEC.md").exists():
+        pytest.skip(f"reference material not found at {REFERENCE} (shared/ must lie beside the repository)")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return require_reference()
+
+
+@pytest.fixture(scope="session")
+def manifest(reference_dir):
+    def load(name: str) -> dict:
+        return json.loads((reference_dir / f"fomm_state_dict_{name}.json").read_text())
+    return load
+
+
+@pytest.fixture(scope="session")
+def golden(reference_dir):
+    """golden(variant) -> dict of arrays; plus golden.driving [4,256,256,3] and golden.meta(variant)."""
+    class Golden:
+        driving = np.load(GOLDEN / "driving.npy")
+
+        def __call__(self, variant: str) -> dict:
+            return dict(np.load(GOLDEN / f"{variant}.npz"))
+
+        def meta(self, variant: str) -> dict:
+            return json.loads((GOLDEN / f"{variant}.json").read_text())
+
+    return Golden()
+
+
+@pytest.fixture(scope="session")
+def deterministic_engine():
+    """One engine with deterministic weights for the whole session (building it costs ~2 s)."""
+    from engines.engine import FOMMEngine
+
+    torch.manual_seed(0)
+    return FOMMEngine.from_deterministic_weights(device="cpu", align_corners=True)
+
+
+def hwc_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """[H,W,3] or [T,H,W,3] float32 -> [1,3,H,W] or [T,3,H,W]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return tensor.permute(2, 0, 1)[None] if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)

@@ -1,0 +1,171 @@
+"""Loading official-layout checkpoints (zip and legacy serialisation) and one clear error per bad input."""
+import hashlib
+import pickle
+
+import pytest
+import torch
+
+from engines.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, verify_checkpoint
+from engines.config import VOX_256
+from engines.engine import FOMMEngine
+from engines.generator import OcclusionAwareGenerator
+from engines.keypoint_detector import KeypointDetector
+
+
+def official_layout(engine) -> dict:
+    """What Logger.save_cpk writes: generator, discriminator, kp_detector, three optimisers, epoch."""
+    return {
+        "generator": engine.generator.state_dict(),
+        "discriminator": {"discs.1.conv.weight": torch.zeros(1)},
+        "kp_detector": engine.kp_detector.state_dict(),
+        "optimizer_generator": {"state": {}, "param_groups": [{"lr": 2e-4, "betas": (0.5, 0.999), "params": [0]}]},
+        "optimizer_discriminator": {"state": {}, "param_groups": []},
+        "optimizer_kp_detector": {"state": {}, "param_groups": []},
+        "epoch": 99,
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, deterministic_engine):
+    folder = tmp_path_factory.mktemp("ckpt")
+    content = official_layout(deterministic_engine)
+    paths = {"zip": folder / "zip.pth.tar", "legacy": folder / "legacy.pth.tar"}
+    torch.save(content, paths["zip"])
+    torch.save(content, paths["legacy"], _use_new_zipfile_serialization=False)
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_official_layout_loads_strictly_in_both_serialisations(checkpoints, deterministic_engine, fmt):
+    engine = FOMMEngine.from_checkpoint(checkpoints[fmt])
+    for ours, theirs in ((engine.kp_detector, deterministic_engine.kp_detector),
+                         (engine.generator, deterministic_engine.generator)):
+        reference = theirs.state_dict()
+        for key, value in ours.state_dict().items():
+            assert torch.equal(value, reference[key]), key
+    frame = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(engine.detect(frame).value, deterministic_engine.detect(frame).value)
+
+
+def _error(path, **kwargs) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, KeypointDetector(VOX_256), OcclusionAwareGenerator(VOX_256), **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def _save(path, content, legacy=False):
+    torch.save(content, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def test_missing_file(tmp_path):
+    assert "not found" in _error(tmp_path / "nope.pth.tar")
+
+
+def test_directory(tmp_path):
+    assert "not a file" in _error(tmp_path)
+
+
+@pytest.mark.parametrize("payload", [b"hello, I am a text file\n", bytes(range(256)) * 10, b"\x89PNG\r\n\x1a\n"],
+                         ids=["text", "binary", "png"])
+def test_not_a_torch_file(tmp_path, payload):
+    path = tmp_path / "junk.pth.tar"
+    path.write_bytes(payload)
+    assert "not a PyTorch checkpoint" in _error(path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pth.tar"
+    path.write_bytes(b"")
+    assert "file is empty" in _error(path)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_truncated_file(checkpoints, tmp_path, fmt):
+    data = checkpoints[fmt].read_bytes()
+    path = tmp_path / f"truncated-{fmt}.pth.tar"
+    path.write_bytes(data[: len(data) // 2])
+    assert "truncated or corrupt" in _error(path)
+
+
+@pytest.mark.parametrize("missing", ["generator", "kp_detector"])
+def test_missing_network_entry(tmp_path, deterministic_engine, missing):
+    content = official_layout(deterministic_engine)
+    del content[missing]
+    message = _error(_save(tmp_path / "partial.pth.tar", content))
+    assert f"missing '{missing}'" in message
+
+
+def test_top_level_not_a_dict(tmp_path):
+    assert "top level is list" in _error(_save(tmp_path / "list.pth.tar", [torch.zeros(1)]))
+
+
+def test_shape_mismatch_names_the_first_differing_key(tmp_path, deterministic_engine):
+    content = official_layout(deterministic_engine)
+    generator = dict(content["generator"])
+    generator["first.conv.weight"] = torch.zeros(64, 3, 5, 5)
+    generator["final.weight"] = torch.zeros(3, 64, 3, 3)
+    content["generator"] = generator
+    message = _error(_save(tmp_path / "shape.pth.tar", content))
+    assert "generator key 'first.conv.weight' has shape (64, 3, 5, 5), expected (64, 3, 7, 7)" in message
+
+
+def test_missing_and_unexpected_keys(tmp_path, deterministic_engine):
+    content = official_layout(deterministic_engine)
+    kp = dict(content["kp_detector"])
+    del kp["kp.bias"]
+    content["kp_detector"] = kp
+    assert "kp_detector is missing key 'kp.bias'" in _error(_save(tmp_path / "m.pth.tar", content))
+    content = official_layout(deterministic_engine)
+    kp = dict(content["kp_detector"])
+    kp["extra.weight"] = torch.zeros(1)
+    content["kp_detector"] = kp
+    assert "unexpected key 'extra.weight'" in _error(_save(tmp_path / "u.pth.tar", content))
+
+
+def test_optional_num_batches_tracked_and_module_prefix(tmp_path, deterministic_engine):
+    content = official_layout(deterministic_engine)
+    content["kp_detector"] = {f"module.{k}": v for k, v in content["kp_detector"].items()
+                              if not k.endswith("num_batches_tracked")}
+    engine = FOMMEngine.from_checkpoint(_save(tmp_path / "dp.pth.tar", content))
+    assert torch.equal(engine.kp_detector.kp.weight, deterministic_engine.kp_detector.kp.weight)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_arbitrary_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"generator": Payload(), "kp_detector": {}}, path)
+    assert "refused to load" in _error(path)
+    assert "arbitrary code ran" not in capsys.readouterr().out
+
+
+def test_plain_pickle_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    assert "not a PyTorch checkpoint" in _error(path)
+
+
+def test_sha256_verification(tmp_path):
+    path = tmp_path / "weights.pth.tar"
+    path.write_bytes(b"some bytes")
+    digest = hashlib.sha256(b"some bytes").hexdigest()
+    verify_checkpoint(path, digest, 10)
+    with pytest.raises(CheckpointError, match="does not match"):
+        verify_checkpoint(path, "0" * 64)
+    with pytest.raises(CheckpointError, match="size 10 bytes, expected 11"):
+        verify_checkpoint(path, digest, 11)
+    with pytest.raises(CheckpointError, match="no known sha256"):
+        verify_checkpoint(path)
+
+
+def test_known_file_name_is_checked_against_the_published_digest(tmp_path):
+    path = tmp_path / "vox-cpk.pth.tar"
+    path.write_bytes(b"not the real file")
+    with pytest.raises(CheckpointError, match="expected 728,766,691"):
+        read_checkpoint(path, verify=True)
