@@ -23,6 +23,12 @@ class Avatar:
     state: object = field(default=None, repr=False)  # engine SourceState, filled by AvatarSet on first use
 
 
+def load_avatars(path, size: int) -> list[Avatar]:
+    """Avatars from a file or a folder (images in name order); raises AvatarError (one line) for a missing or
+    unreadable file, so the app can check `--avatar` before the slow model load."""
+    return [Avatar(Path(p).name, load_avatar(p, size=size)) for p in list_avatar_paths(path)]
+
+
 class AvatarSet:
     """Ordered avatars with a current one; `on_change(avatar)` runs after every switch (and once at start), which is
     how the neutral pose learns the new avatar keypoints (NeutralPose.set_source)."""
@@ -40,9 +46,7 @@ class AvatarSet:
 
     @classmethod
     def load(cls, path, engine, **kwargs) -> "AvatarSet":
-        """Avatars from a file or a folder; raises AvatarError (one line) when nothing usable is there."""
-        avatars = [Avatar(Path(p).name, load_avatar(p, size=engine.image_size)) for p in list_avatar_paths(path)]
-        return cls(avatars, engine, **kwargs)
+        return cls(load_avatars(path, engine.image_size), engine, **kwargs)
 
     def __len__(self) -> int:
         return len(self._avatars)

@@ -84,7 +84,7 @@ class LivePipeline:
 
     def __init__(self, engine, avatars: AvatarSet, *, sinks=(), tracker: FaceTracker | None = None,
                  neutral: NeutralPose | None = None, smoother=None, preview=None,
-                 key_sources: Iterable[Callable[[], list[str]]] = (), landmarks=None,
+                 key_sources: Iterable[Callable[[], list[str]]] = (), landmarks_factory=None,
                  options: PipelineOptions | None = None, log: Callable[[str], None] = print,
                  timings: Timings | None = None):
         self.engine = engine
@@ -95,7 +95,9 @@ class LivePipeline:
         self.smoother = smoother
         self.preview = preview
         self.key_sources = list(key_sources)
-        self.landmarks = landmarks          # calibration.LandmarkSource for best-frame mode (None: engine kp)
+        # () -> calibration.LandmarkSource for best-frame mode, called on first use; None: compare engine kp
+        self._landmarks_factory = landmarks_factory
+        self._landmarks = None
         self.options = options or PipelineOptions()
         self.log = log
         self.stats = RunStats(timings=timings or Timings())
@@ -108,6 +110,7 @@ class LivePipeline:
         self.best_score: float | None = None
         self._pending_calibration = self.options.calibrate_first_frame
         self._selector: BestFrameSelector | None = None
+        self._selector_fa = False             # the selector compares face-alignment landmarks, not engine kp
         self._notice = ""
         self._notice_until = 0.0
         self._closed = False
@@ -228,12 +231,25 @@ class LivePipeline:
             Path(path).unlink(missing_ok=True)
         self.notify("Calibration cleared. " + instructions("c"))
 
+    @property
+    def landmarks(self):
+        if self._landmarks is None and self._landmarks_factory is not None:
+            self._landmarks, self._landmarks_factory = self._landmarks_factory(), None
+        return self._landmarks
+
+    def _uses_face_alignment(self) -> bool:
+        return self.landmarks is not None and getattr(self.landmarks, "backend", "") == "face-alignment"
+
     def _new_selector(self) -> BestFrameSelector:
-        image = self.avatars.current.image
-        if self.landmarks is not None:
-            reference = self.landmarks(image)
+        """Reference = the avatar's landmarks; frames must later be measured the same way (_selector_fa)."""
+        self._selector_fa = False
+        if self._uses_face_alignment():
+            reference = self.landmarks(self.avatars.current.image)
             if reference is not None:
+                self._selector_fa = True
                 return BestFrameSelector(reference)
+            self.notify("no face found in the avatar by face-alignment: comparing model keypoints instead")
+        # model keypoints of the avatar vs. of each frame: the same detector on both sides, so comparable
         return BestFrameSelector(self.avatars.current.state.kp.value)
 
     def _set_best_frame(self, on: bool) -> None:
@@ -243,7 +259,7 @@ class LivePipeline:
                     else "best-frame mode off: keeping the current calibration")
 
     def _frame_landmarks(self, crop_rgb: np.ndarray, kp):
-        if self.landmarks is not None and getattr(self.landmarks, "backend", "") == "face-alignment":
+        if self._selector_fa:
             return self.landmarks(crop_rgb)
         return kp.value  # the engine keypoints: already computed, and comparable with the avatar's kp
 

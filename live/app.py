@@ -1,0 +1,307 @@
+"""`run_live.py`: the command line, and wiring source -> pipeline -> sinks for one run.
+
+Two modes share one pipeline:
+- live (webcam, or --driving without --output): newest frame only, virtual camera on by default, calibrate by key;
+- offline (--driving FILE --output out.mp4): every frame in order with a progress bar, calibrated on the first
+  frame like FOMM's demo, no virtual camera unless asked.
+Problems the user can fix end as `error: <one line>` and exit status 2; Ctrl-C closes everything (the mp4 stays
+playable) and exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from calibration.neutral_pose import NeutralPose, instructions
+from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
+from live.errors import UserError
+from live.hotkeys import help_text
+
+AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
+    if w <= 0 or h <= 0 or w > 7680 or h > 4320:
+        raise argparse.ArgumentTypeError(f"size {text!r} out of range (1x1 .. 7680x4320)")
+    return w, h
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_live.py",
+        description="Animate an avatar image with your webcam (First Order Motion Model) and send it to a virtual "
+                    "camera, a preview window and/or a video file.",
+        epilog=help_text() + "\n\nexamples:\n"
+               "  python run_live.py --avatar face.png                      webcam 0 -> virtual camera (+ preview)\n"
+               "  python run_live.py --avatar avatars/ --camera 1           keys 1-9 switch between the images\n"
+               "  python run_live.py --avatar face.png --driving talk.mp4 --output out.mp4   offline render",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--avatar", required=True, metavar="PATH", help="avatar image, or a folder of images")
+
+    g = p.add_argument_group("input")
+    g.add_argument("--camera", type=int, default=0, metavar="N", help="webcam index (default 0)")
+    g.add_argument("--camera-size", type=_size, metavar="WxH", help="ask the webcam for this resolution")
+    g.add_argument("--driving", metavar="FILE|FOLDER",
+                   help="drive from a video file or image folder instead of the webcam")
+    g.add_argument("--loop", action="store_true", help="restart --driving at its end (live mode only)")
+    g.add_argument("--max-frames", type=_positive(int), metavar="N", help="stop after N frames")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--output", metavar="OUT.mp4", help="also write the avatar video to this mp4 file")
+    g.add_argument("--vcam", action=argparse.BooleanOptionalAction, default=None,
+                   help="send to a virtual camera (default: on, except when rendering --driving to --output)")
+    g.add_argument("--vcam-size", type=_size, default=(1280, 720), metavar="WxH",
+                   help="virtual camera resolution (default 1280x720)")
+    g.add_argument("--vcam-fps", type=_positive(float), metavar="FPS",
+                   help="virtual camera frame rate (default: the input's)")
+    g.add_argument("--vcam-device", metavar="NAME", help="virtual camera device, e.g. /dev/video2")
+    g.add_argument("--vcam-backend", metavar="NAME",
+                   help="pyvirtualcam backend: v4l2loopback, obs or unitycapture (default: the OS's first)")
+    g.add_argument("--vcam-mode", choices=("fit", "fill"), default="fit",
+                   help="square avatar on the camera canvas: fit (borders) or fill (crop); default fit")
+    g.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
+                   help="preview window with camera, crop box, avatar and HUD (default: on where a display "
+                        "exists)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", metavar="PATH",
+                   help="FOMM vox checkpoint (vox-cpk.pth.tar); default: downloaded once into the cache")
+    g.add_argument("--backend", choices=("auto", "tensorrt", "torch"), default="auto",
+                   help="inference backend (default auto: the fastest available)")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="compute device (default auto: CUDA when available)")
+    g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
+                   help="grid-sampling convention the checkpoint was trained with (default on: matches the "
+                        "original FOMM code)")
+    g.add_argument("--deterministic-weights", action="store_true", help=argparse.SUPPRESS)  # tests: no file
+
+    g = p.add_argument_group("calibration and motion")
+    g.add_argument("--auto-calibrate", action="store_true",
+                   help=f"calibrate by itself once you hold still for {AUTO_CALIBRATE_FRAMES} frames")
+    g.add_argument("--best-frame", action="store_true",
+                   help="start in best-frame mode (recalibrate whenever your pose matches the avatar better)")
+    g.add_argument("--no-calibrate-first", action="store_true",
+                   help="offline mode: do not take the first frame as the neutral pose (wait for a key/auto)")
+    g.add_argument("--no-relative-jacobian", action="store_true",
+                   help="use the driving jacobians as they are instead of relative to the neutral pose")
+    g.add_argument("--no-adapt-scale", action="store_true",
+                   help="do not scale your motion to the avatar's face size")
+    g.add_argument("--no-smoothing", action="store_true", help="turn keypoint anti-jitter filtering off")
+    g.add_argument("--smooth-min-cutoff", type=_positive(float), default=DEFAULT_MIN_CUTOFF, metavar="HZ",
+                   help=f"anti-jitter strength at rest: lower is steadier but slower (default {DEFAULT_MIN_CUTOFF})")
+    g.add_argument("--smooth-beta", type=float, default=DEFAULT_BETA, metavar="B",
+                   help=f"how fast the filter opens up for quick motion: higher lags less (default {DEFAULT_BETA})")
+
+    g = p.add_argument_group("face crop")
+    g.add_argument("--no-track", action="store_true", help="no face tracking: fixed centre crop, moved by keys")
+    g.add_argument("--crop-scale", type=_positive(float), default=None, metavar="F",
+                   help="crop side as a multiple of the detected face size (default 1.8: whole head)")
+    g.add_argument("--mirror", action="store_true", help="mirror the camera image")
+    return p
+
+
+class Session:
+    """Everything one run opens, built in an order that reports cheap mistakes before slow work: avatar images,
+    driving source, weights + engine, avatar encodings, sinks."""
+
+    def __init__(self, args, *, key_sources=(), log=None):
+        self.args = args
+        self.extra_key_sources = list(key_sources)
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.offline = args.driving is not None and args.output is not None
+        if self.offline and args.loop:
+            raise UserError("--loop cannot be combined with --output for a --driving file (the render would never "
+                            "end); drop one of them")
+
+    def run(self) -> int:
+        from engines.config import VOX_256
+        from live.avatar_set import load_avatars
+        from live.capture import LatestFrameReader, open_source
+        from live.hotkeys import TerminalKeys
+        from live.loop import file_feed, live_feed
+
+        args = self.args
+        # Cheap checks first: a typo in --avatar or a missing camera driver should not cost a model download/load.
+        avatars = load_avatars(args.avatar, VOX_256.image_size)
+        with ExitStack() as stack:
+            w, h = args.camera_size or (None, None)
+            spec = args.driving if args.driving is not None else args.camera
+            source = stack.enter_context(open_source(spec, loop=args.loop and not self.offline, width=w, height=h))
+            preview = self._preview()
+            if preview is not None:
+                stack.callback(preview.close)
+            sinks = self._sinks(source)
+            for sink in sinks:
+                stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
+            engine = self._engine()
+            pipeline = self._pipeline(engine, source, avatars, sinks, preview)
+            terminal = stack.enter_context(TerminalKeys())
+            pipeline.key_sources = [terminal.read, *self.extra_key_sources]
+            self._greet(pipeline, source, terminal.active)
+            if self.offline:
+                feed = file_feed(source)
+            else:  # a --driving file in live mode plays at its own frame rate, like a camera
+                feed = live_feed(stack.enter_context(LatestFrameReader(source, realtime=not source.is_live)))
+            stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack))
+        self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
+                 + (f"; wrote {args.output}" if args.output else ""))
+        return 0
+
+    # --- pieces ---------------------------------------------------------------------------------------------
+    def _engine(self):
+        from engines.backends import create_engine
+        args = self.args
+        checkpoint = None
+        if not args.deterministic_weights:
+            from live.weights import resolve_checkpoint
+            checkpoint = resolve_checkpoint(args.checkpoint)
+        engine, notices = create_engine(backend=args.backend, device=args.device, checkpoint=checkpoint,
+                                        deterministic_weights=args.deterministic_weights,
+                                        align_corners=args.align_corners)
+        for notice in notices:
+            self.log(f"notice: {notice}")
+        if args.deterministic_weights:
+            self.log("notice: generated test weights, the output is not a face (use --checkpoint)")
+        return engine
+
+    def _pipeline(self, engine, source, avatar_list, sinks, preview):
+        from calibration.best_frame import LandmarkSource
+        from calibration.persistence import default_calibration_path
+        from engines.image import to_model_input
+        from live.avatar_set import AvatarSet, load_avatars
+        from live.crop import FaceTracker, TrackerSettings
+        from live.loop import LivePipeline, PipelineOptions
+
+        args = self.args
+        if avatar_list[0].image.shape[0] != engine.image_size:
+            avatar_list = load_avatars(args.avatar, engine.image_size)
+        avatars = AvatarSet(avatar_list, engine)
+        if len(avatars) > 1:
+            self.log(f"{len(avatars)} avatars: " + ", ".join(f"{i + 1}={name}" for i, name in
+                                                          enumerate(avatars.names[:9]))
+                     + (" ..." if len(avatars) > 9 else ""))
+        settings = TrackerSettings() if args.crop_scale is None else TrackerSettings(scale=args.crop_scale)
+        tracker = FaceTracker(settings, tracking=not args.no_track, out_size=engine.image_size)
+        neutral = NeutralPose(relative_jacobian=not args.no_relative_jacobian,
+                              adapt_movement_scale=not args.no_adapt_scale,
+                              auto_calibrate_frames=AUTO_CALIBRATE_FRAMES if args.auto_calibrate else 0)
+        smoother = None if args.no_smoothing else KeypointSmoother(args.smooth_min_cutoff, args.smooth_beta,
+                                                                   DEFAULT_D_CUTOFF)
+        camera = source.is_live
+        options = PipelineOptions(
+            mirror=args.mirror,
+            calibrate_first_frame=self.offline and not (args.no_calibrate_first or args.auto_calibrate
+                                                        or args.best_frame),
+            best_frame=args.best_frame,
+            media_fps=None if camera else source.fps,
+            # a saved neutral pose only makes sense for the same webcam; files are calibrated per run
+            calibration_path=default_calibration_path(f"camera {args.camera}") if camera else None,
+            camera_id=f"camera {args.camera}")
+        def landmarks():  # built on first use of best-frame mode: face-alignment takes seconds to load
+            def engine_kp(rgb):
+                return engine.detect(to_model_input(rgb, size=engine.image_size, device=engine.device)).value
+            source = LandmarkSource(engine_kp, device=str(engine.device))
+            self.log(f"best-frame mode compares {source.backend} landmarks")
+            return source
+
+        # log through a lambda: the offline progress bar swaps self.log for its write() later
+        return LivePipeline(engine, avatars, sinks=sinks, tracker=tracker, neutral=neutral, smoother=smoother,
+                            preview=preview, landmarks_factory=landmarks, options=options,
+                            log=lambda message: self.log(message))
+
+    def _sinks(self, source) -> list:
+        from live.sinks import VideoFileSink, VirtualCameraSink
+        args = self.args
+        sinks = []
+        try:
+            if args.output:
+                sinks.append(VideoFileSink(args.output, fps=source.fps))
+            vcam = args.vcam if args.vcam is not None else not self.offline
+            if vcam:
+                width, height = args.vcam_size
+                cam = VirtualCameraSink(width, height, args.vcam_fps or source.fps, mode=args.vcam_mode,
+                                        device=args.vcam_device, backend=args.vcam_backend)
+                sinks.append(cam)
+                self.log(f"virtual camera: {cam.name} ({width}x{height}) - pick it in your video call app")
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
+        return sinks
+
+    def _preview(self):
+        want = self.args.preview
+        if want is False:
+            return None
+        from live.display import has_display, require_display
+        from live.preview import PreviewWindow
+        if want is None:
+            want = has_display() and not self.offline
+        elif want:
+            require_display()
+        return PreviewWindow() if want else None
+
+    def _greet(self, pipeline, source, terminal_keys: bool) -> None:
+        self.log(f"engine {pipeline.engine.name}; input {source.name}"
+                 + (f" ({source.frame_count} frames)" if source.frame_count else ""))
+        if not pipeline.sinks and pipeline.preview is None:
+            self.log("notice: no output selected (no --vcam, --preview or --output): only timings are shown")
+        if not self.offline:
+            where = "the preview window" if pipeline.preview is not None else "this terminal"
+            if pipeline.preview is not None or terminal_keys:
+                self.log(f"hotkeys in {where}: c calibrate, 1-9 avatar, o passthrough, q quit (all: --help)")
+            if not pipeline.neutral.is_calibrated and not self.args.auto_calibrate and not self.args.best_frame:
+                self.log(instructions("c"))
+
+    def _progress(self, source, stack):
+        """tqdm bar for offline renders (its write() keeps messages from breaking the bar); None when live."""
+        if not self.offline:
+            return None
+        from tqdm import tqdm
+        total = source.frame_count
+        if self.args.max_frames:
+            total = min(total, self.args.max_frames) if total else self.args.max_frames
+        bar = stack.enter_context(tqdm(total=total, unit="frame", desc="rendering", dynamic_ncols=True))
+        previous_log = self.log
+
+        def log_above_bar(message: str) -> None:
+            with tqdm.external_write_mode():  # clears the bar, prints, redraws it
+                previous_log(message)
+
+        def update(frames: int) -> None:
+            bar.update(frames - bar.n)
+
+        self.log = log_above_bar
+        stack.callback(lambda: setattr(self, "log", previous_log))
+        return update
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from engines.checkpoint import CheckpointError
+    try:
+        return Session(args).run()
+    except (UserError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped (Ctrl-C); outputs closed", file=sys.stderr)
+        return 130
