@@ -228,12 +228,15 @@ class Session:
                             log=lambda message: self.log(message))
 
     def _sinks(self, source) -> list:
+        from live.loop import RealtimePacer
         from live.sinks import VideoFileSink, VirtualCameraSink
         args = self.args
         sinks = []
         try:
             if args.output:
-                sinks.append(VideoFileSink(args.output, fps=source.fps))
+                video = VideoFileSink(args.output, fps=source.fps)
+                # live: repeat/drop frames by the clock so the recording plays at real speed on a slow machine
+                sinks.append(video if self.offline else RealtimePacer(video, source.fps))
             vcam = args.vcam if args.vcam is not None else not self.offline
             if vcam:
                 width, height = args.vcam_size

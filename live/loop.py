@@ -58,6 +58,30 @@ def live_feed(reader, poll_seconds: float = 0.05) -> Iterator[CapturedFrame | No
         yield None
 
 
+class RealtimePacer:
+    """Wraps a fixed-frame-rate sink (a video file) for live runs: each frame is written as many times as frame
+    slots have passed since the last one (0 when we are faster than `fps`), so a recording made at 5 processed
+    frames per second still plays at real speed instead of 6x fast."""
+
+    def __init__(self, sink, fps: float, clock: Callable[[], float] = time.perf_counter):
+        self.sink, self.fps, self.clock = sink, float(fps), clock
+        self.name = getattr(sink, "name", "paced sink")
+        self._start: float | None = None
+        self.written = 0
+
+    def send(self, frame: np.ndarray) -> None:
+        now = self.clock()
+        if self._start is None:
+            self._start = now
+        due = int((now - self._start) * self.fps) + 1
+        for _ in range(due - self.written):
+            self.sink.send(frame)
+        self.written = max(self.written, due)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
 # --- pipeline ---------------------------------------------------------------------------------------------------
 @dataclass
 class PipelineOptions:
@@ -318,11 +342,11 @@ class LivePipeline:
         iterator = iter(feed)
         failed = True
         try:
+            waiting_since = time.perf_counter()
             while not self.quit_requested:
                 self._poll_keys()
                 if self.quit_requested or (max_frames is not None and self.stats.frames >= max_frames):
                     break
-                start = time.perf_counter()
                 try:
                     frame = next(iterator)
                 except StopIteration:
@@ -331,8 +355,9 @@ class LivePipeline:
                     if self.preview is not None:
                         self.handle_keys(self.preview.poll())
                     continue
-                self.timings.record("wait", (time.perf_counter() - start) * 1000.0)
+                self.timings.record("wait", (time.perf_counter() - waiting_since) * 1000.0)
                 self.step(frame)
+                waiting_since = time.perf_counter()
                 if on_frame is not None:
                     on_frame(self.stats.frames)
             self.stats.stopped_by_user = self.quit_requested

@@ -181,3 +181,12 @@ def test_run_live_script_prints_one_line_without_traceback(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: avatar not found: {tmp_path / 'x.png'}"]
+
+
+@pytest.mark.slow
+def test_live_mode_from_a_folder_without_outputs(capsys, avatar, driving_folder):
+    code, err = run_main(capsys, ["--avatar", avatar, "--driving", driving_folder, "--no-vcam", "--no-preview",
+                                  "--deterministic-weights", "--device", "cpu"])
+    assert code == 0, err
+    assert "no output selected" in err and "press C to calibrate" in err
+    assert "done:" in err

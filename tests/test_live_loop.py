@@ -11,9 +11,10 @@ from calibration.neutral_pose import NeutralPose
 from engines.keypoints import Keypoints
 from live.avatar_set import Avatar, AvatarSet
 from live.capture import CapturedFrame, FrameSource, LatestFrameReader
-from live.crop import FaceTracker
+from live.crop import CropBox, FaceTracker
 from live.errors import CaptureError
-from live.loop import LivePipeline, PipelineOptions, file_feed, live_feed
+from live.loop import LivePipeline, PipelineOptions, RealtimePacer, file_feed, live_feed
+from live.preview import STATUS_HEIGHT, compose
 
 SIZE = 32
 K = 5
@@ -301,3 +302,54 @@ def test_hud_timings_cover_every_stage():
     p.run(frames([100, 120, 140]))
     assert {"wait", "crop", "detect", "normalize", "render", "sinks"} <= set(p.timings.stage_ms)
     assert p.timings.fps is not None and p.timings.latency_ms is not None
+
+
+def test_realtime_pacer_repeats_frames_when_slow_and_drops_when_fast():
+    now = {"t": 0.0}
+    inner = ListSink()
+    pacer = RealtimePacer(inner, fps=10, clock=lambda: now["t"])
+    for t, level in [(0.0, 1), (0.35, 2), (0.36, 3), (0.52, 4)]:
+        now["t"] = t
+        pacer.send(np.full((2, 2, 3), level, np.uint8))
+    # slots 0..5 of a 10 fps timeline: frame 1 once, frame 2 fills slots 1-3, frame 3 is dropped, frame 4 two
+    assert [int(f[0, 0, 0]) for f in inner.frames] == [1, 2, 2, 2, 4, 4]
+    pacer.close()
+    assert inner.closed
+
+
+class FakePreview:
+    def __init__(self, keys_per_frame):
+        self.keys = list(keys_per_frame)
+        self.shown = []
+        self.closed = False
+
+    def show(self, camera, box, output, *, hud_lines=(), status=""):
+        self.shown.append((camera.shape, box, output.shape, list(hud_lines), status))
+        return self.keys.pop(0) if self.keys else []
+
+    def poll(self):
+        return []
+
+    def close(self):
+        self.closed = True
+
+
+def test_preview_gets_camera_box_output_hud_and_its_keys_are_applied():
+    preview = FakePreview([[], ["h"], ["q"]])
+    p = make_pipeline(preview=preview)
+    p.run(frames([100] * 5))
+    assert p.stats.frames == 3 and preview.closed
+    camera_shape, box, output_shape, hud, status = preview.shown[0]
+    assert camera_shape == (48, 64, 3) and output_shape == (SIZE, SIZE, 3) and box.size == 48
+    assert hud and hud[0].startswith("FPS") and "press C" in status
+    assert preview.shown[2][3] == [], "h hides the HUD"
+
+
+def test_compose_puts_camera_and_avatar_side_by_side():
+    camera = np.zeros((120, 160, 3), np.uint8)
+    output = np.full((SIZE, SIZE, 3), 255, np.uint8)
+    image = compose(camera, CropBox(80, 60, 100), output, hud_lines=["FPS 30"], status="hello", panel_height=240)
+    assert image.shape == (240 + STATUS_HEIGHT, 320 + 240, 3)
+    assert (image[100:200, 400:500] == 255).all(), "avatar panel on the right"
+    assert image[120, 58:64, 1].max() == 255, "crop box (left edge x=30 -> 60 at 2x) drawn in green"
+    assert image[120, 70:250].max() == 0, "inside the box the camera picture is untouched"
