@@ -81,3 +81,15 @@ def test_terminal_reader_reads_keys_and_restores_the_mode_even_on_error():
     finally:
         stream.close()
         os.close(master)
+
+
+def test_readme_hotkey_table_covers_every_key():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("## Live loop")
+    section = readme[start:readme.index("### Virtual camera setup", start)]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+    for b in BINDINGS:
+        for key in b.keys:
+            shown = {"esc": "Esc", "up": "arrows", "down": "arrows", "left": "arrows", "right": "arrows"}.get(key, key)
+            assert shown in table, f"README hotkey table lacks {key!r} ({b.description})"
