@@ -1,7 +1,11 @@
 """run_live.py: bad input ends in one line `error: ...` with exit status 2 (never a traceback), and the happy paths
 write what they promise."""
+import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -190,3 +194,99 @@ def test_live_mode_from_a_folder_without_outputs(capsys, avatar, driving_folder)
     assert code == 0, err
     assert "no output selected" in err and "press C to calibrate" in err
     assert "done:" in err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Windows/macOS always have a desktop")
+def test_preview_requested_without_a_display(capsys, avatar, driving_folder, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    code, err = run_main(capsys, ["--avatar", avatar, "--driving", driving_folder, "--preview", "--no-vcam"])
+    assert_one_line_error(code, err, "no display", "--no-preview")
+
+
+class LineCollector(threading.Thread):
+    """Reads a child's stderr line by line so the test can wait for a message while the child keeps running."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream, self.lines = stream, []
+
+    def run(self):
+        for line in self.stream:
+            self.lines.append(line)
+
+    def wait_for(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return True
+            time.sleep(0.2)
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xdotool")),
+                    reason="needs Xvfb and xdotool for a virtual display (apt-get install xvfb xdotool)")
+def test_preview_window_under_a_virtual_display_takes_keys(avatar, driving_folder):
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        env = {**os.environ, "DISPLAY": ":" + xvfb.stdout.readline().strip()}
+        child = subprocess.Popen([sys.executable, str(REPO / "run_live.py"), "--avatar", str(avatar),
+                                  "--driving", str(driving_folder), "--loop", "--no-vcam", "--preview",
+                                  "--deterministic-weights", "--device", "cpu"],
+                                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+        errors = LineCollector(child.stderr)
+        errors.start()
+        try:
+            found = subprocess.run(["xdotool", "search", "--sync", "--name", "live avatar"], env=env,
+                                   capture_output=True, text=True, timeout=120)
+            window = found.stdout.split()[0]
+            subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=20, check=True)
+            subprocess.run(["xdotool", "key", "c"], env=env, timeout=20, check=True)
+            assert errors.wait_for("Calibrated", 120), "".join(errors.lines)
+            subprocess.run(["xdotool", "key", "q"], env=env, timeout=20, check=True)
+            assert child.wait(timeout=60) == 0, "".join(errors.lines)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        errors.join(5)
+        text = "".join(errors.lines)
+        assert "hotkeys in the preview window" in text and "done:" in text and "Traceback" not in text
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name == "nt", reason="pseudo-terminals are POSIX only")
+def test_headless_keys_from_the_terminal(avatar, driving_folder):
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    child = subprocess.Popen([sys.executable, str(REPO / "run_live.py"), "--avatar", str(avatar),
+                              "--driving", str(driving_folder), "--loop", "--no-vcam", "--deterministic-weights",
+                              "--device", "cpu"],
+                             cwd=REPO, env=env, stdin=slave, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    errors = LineCollector(child.stderr)
+    errors.start()
+    try:
+        assert errors.wait_for("hotkeys in this terminal", 120), "".join(errors.lines)
+        os.write(master, b"c")
+        assert errors.wait_for("Calibrated", 120), "".join(errors.lines)
+        os.write(master, b"q")
+        assert child.wait(timeout=60) == 0, "".join(errors.lines)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        errors.join(5)
+    assert termios.tcgetattr(slave) == before, "the terminal mode must be restored at exit"
+    os.close(master)
+    os.close(slave)
