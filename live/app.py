@@ -161,6 +161,8 @@ class Session:
             else:  # a --driving file in live mode plays at its own frame rate, like a camera
                 feed = live_feed(stack.enter_context(LatestFrameReader(source, realtime=not source.is_live)))
             stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack))
+            if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
+                self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
                  + (f"; wrote {args.output}" if args.output else ""))
         return 0

@@ -193,6 +193,7 @@ def test_live_mode_from_a_folder_without_outputs(capsys, avatar, driving_folder)
                                   "--deterministic-weights", "--device", "cpu"])
     assert code == 0, err
     assert "no output selected" in err and "press C to calibrate" in err
+    assert "end of driving (--loop plays it again)" in err
     assert "done:" in err
 
 
