@@ -231,6 +231,7 @@ class Session:
 
     def _sinks(self, source) -> list:
         from live.loop import RealtimePacer
+        from live.errors import SinkError
         from live.sinks import VideoFileSink, VirtualCameraSink
         args = self.args
         sinks = []
@@ -242,8 +243,13 @@ class Session:
             vcam = args.vcam if args.vcam is not None else not self.offline
             if vcam:
                 width, height = args.vcam_size
-                cam = VirtualCameraSink(width, height, args.vcam_fps or source.fps, mode=args.vcam_mode,
-                                        device=args.vcam_device, backend=args.vcam_backend)
+                try:
+                    cam = VirtualCameraSink(width, height, args.vcam_fps or source.fps, mode=args.vcam_mode,
+                                            device=args.vcam_device, backend=args.vcam_backend)
+                except SinkError as exc:
+                    if args.vcam:  # asked for explicitly: the driver hint is the whole story
+                        raise
+                    raise SinkError(f"{exc}; or run without a virtual camera: --no-vcam") from None
                 sinks.append(cam)
                 self.log(f"virtual camera: {cam.name} ({width}x{height}) - pick it in your video call app")
         except BaseException:

@@ -291,3 +291,9 @@ def test_headless_keys_from_the_terminal(avatar, driving_folder):
     assert termios.tcgetattr(slave) == before, "the terminal mode must be restored at exit"
     os.close(master)
     os.close(slave)
+
+
+def test_default_virtual_camera_failure_suggests_no_vcam(capsys, avatar, driving_folder):
+    code, err = run_main(capsys, ["--avatar", avatar, "--driving", driving_folder, "--vcam-backend", "nope",
+                                  "--no-preview"])
+    assert_one_line_error(code, err, "virtual camera backend", "--no-vcam")
