@@ -1,0 +1,296 @@
+"""TensorRT backend: the keypoint detector and the per-frame generator compiled with torch-tensorrt (dynamo IR).
+
+- Static shapes, batch 1, 256x256; the avatar state enters the renderer as inputs, so switching avatars needs no
+  rebuild (the graphs are the ones engines/export.py proves exportable).
+- Precision: the renderer is fp16 by default (fp32 on request). The keypoint detector is always fp32 with TF32 off:
+  its temperature-0.1 softmax over 3364 logits amplifies logit rounding into keypoint jitter, and it is ~3% of the
+  per-frame FLOPs.
+- fp16 is expressed in the graph itself (a half copy of the generator between fp32 casts), so it means the same
+  under TensorRT's strong typing (use_explicit_typing, the default in recent torch-tensorrt) and under the older
+  weak typing with enabled_precisions.
+- Compiled engines are serialized (torch_tensorrt.save, ExportedProgram format) into a cache folder keyed by
+  everything that makes an engine invalid; a second start loads them in seconds.
+
+The cache logic (keys, entry validation, load-or-build) is plain Python and tested on CPU with fake payloads.
+The compile/save/load calls need a CUDA GPU with TensorRT and were NOT RUN in this task (no GPU machine was lent);
+they follow the torch-tensorrt 2.x documentation and the 2.13.0 wheel's signatures (checked by reading the
+wheel's Python sources here: dynamo.compile has no enabled_precisions/use_explicit_typing any more, TensorRT 11
+networks are strongly typed), adapting to keyword renames across 2.x by inspecting signatures.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..engine import FOMMEngine
+from ..export import example_inputs, frame_renderer
+from .common import AcceleratedEngine, check_precision, weights_digest
+
+SUPPORTED_PRECISIONS = ("fp16", "fp32")
+DEFAULT_PRECISION = "fp16"
+CACHE_FORMAT = 1  # bump when the entry layout or the compiled graphs change meaning
+PAYLOAD = "engine.ep"
+META = "meta.json"
+
+
+# --- availability ----------------------------------------------------------------------------------------------
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, reason). torch_tensorrt raises a plain Exception (not ImportError) when its TensorRT libraries
+    are missing, so every exception counts as 'not available'."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU is available to this torch build"
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - see docstring
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return False, f"torch_tensorrt cannot be imported ({type(error).__name__}: {first_line})"
+    return True, "ok"
+
+
+def runtime_versions() -> dict:
+    """Versions that make a serialized engine invalid when they change (call only when TensorRT imports)."""
+    import torch_tensorrt
+
+    try:
+        import tensorrt
+        trt_version = tensorrt.__version__
+    except Exception:  # noqa: BLE001 - some wheels expose the version only through torch_tensorrt
+        trt_version = getattr(getattr(torch_tensorrt, "_version", None), "__tensorrt_version__", "unknown")
+    return {"tensorrt": str(trt_version), "torch_tensorrt": str(torch_tensorrt.__version__),
+            "torch": torch.__version__, "cuda": str(torch.version.cuda)}
+
+
+def gpu_identity(device: torch.device) -> dict:
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"gpu": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+# --- cache: pure functions -------------------------------------------------------------------------------------
+def default_cache_dir(environ=None) -> Path:
+    """$LIVE_AVATAR_CACHE/trt, else ~/.cache/live-avatar/trt."""
+    environ = os.environ if environ is None else environ
+    root = environ.get("LIVE_AVATAR_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "live-avatar"
+    return base / "trt"
+
+
+def cache_fields(*, graph: str, weights: str, config_hash: str, precision: str, shapes, gpu: dict,
+                 versions: dict) -> dict:
+    """Everything an engine depends on. `shapes` are the static input shapes of the graph."""
+    return {"format": CACHE_FORMAT, "graph": graph, "weights": weights, "config": config_hash,
+            "precision": precision, "shapes": [list(s) for s in shapes], **gpu, **versions}
+
+
+def cache_key(fields: dict) -> str:
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def entry_dir(cache_dir: Path, fields: dict) -> Path:
+    # Readable prefix for people looking into the folder; the key makes it unique.
+    return Path(cache_dir) / f"{fields['graph']}-{fields['precision']}-{cache_key(fields)}"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_entry(directory: Path, fields: dict) -> tuple[str, str]:
+    """('ok' | 'missing' | 'corrupt' | 'mismatch', reason) for the cache entry in `directory`."""
+    directory = Path(directory)
+    meta_path, payload = directory / META, directory / PAYLOAD
+    if not directory.exists():
+        return "missing", "no cached engine"
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected_fields, size, sha = meta["fields"], int(meta["size"]), str(meta["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return "corrupt", f"unreadable {META} ({type(error).__name__})"
+    if expected_fields != fields:
+        differing = sorted(k for k in set(fields) | set(expected_fields)
+                           if fields.get(k) != expected_fields.get(k))
+        return "mismatch", f"built for a different {', '.join(differing)}"
+    if not payload.is_file():
+        return "corrupt", f"{PAYLOAD} is missing"
+    if payload.stat().st_size != size:
+        return "corrupt", f"{PAYLOAD} has {payload.stat().st_size} bytes, expected {size}"
+    if file_digest(payload) != sha:
+        return "corrupt", f"{PAYLOAD} checksum differs"
+    return "ok", "cached engine is valid"
+
+
+def describe_other_entries(cache_dir: Path, fields: dict) -> str | None:
+    """For a missing entry: which fields differ in the newest cached entry of the same graph and precision (so the
+    notice can say 'built for a different gpu, tensorrt'), or None when there is none."""
+    newest, newest_time = None, -1.0
+    for meta_path in Path(cache_dir).glob(f"{fields['graph']}-{fields['precision']}-*/{META}"):
+        try:
+            other = json.loads(meta_path.read_text())["fields"]
+            mtime = meta_path.stat().st_mtime
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(other, dict) and mtime > newest_time:
+            newest, newest_time = other, mtime
+    if newest is None:
+        return None
+    differing = sorted(k for k in set(fields) | set(newest) if fields.get(k) != newest.get(k))
+    return ", ".join(differing) or None
+
+
+def write_entry(directory: Path, fields: dict, save_payload: Callable[[Path], None]) -> None:
+    """Write payload + meta into a temporary sibling, then move it into place: a crash leaves no half entry."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_payload(staging / PAYLOAD)
+        meta = {"fields": fields, "size": (staging / PAYLOAD).stat().st_size,
+                "sha256": file_digest(staging / PAYLOAD), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_or_build(cache_dir: Path, fields: dict, *, build: Callable[[], object],
+                  save: Callable[[object, Path], None], load: Callable[[Path], object], label: str):
+    """(module, notices): the cached module when its entry is valid and loads, else a fresh build (saved)."""
+    notices = []
+    directory = entry_dir(cache_dir, fields)
+    status, reason = check_entry(directory, fields)
+    if status == "ok":
+        try:
+            return load(directory / PAYLOAD), notices
+        except Exception as error:  # noqa: BLE001 - an entry that does not deserialize is as bad as a corrupt one
+            status, reason = "corrupt", f"it does not load ({type(error).__name__}: {str(error)[:120]})"
+    if status == "missing":
+        other = describe_other_entries(cache_dir, fields)
+        why = f"the cached ones were built for a different {other}" if other else "none cached for this setup"
+        notices.append(f"building the TensorRT {label} engine ({why}; this may take minutes)")
+    else:
+        notices.append(f"cached TensorRT {label} engine at {directory} is {status}: {reason}; rebuilding it")
+    module = build()
+    try:
+        write_entry(directory, fields, lambda path: save(module, path))
+    except Exception as error:  # noqa: BLE001 - an unwritable cache must not stop the app
+        notices.append(f"could not save the TensorRT {label} engine to {directory}: {error}")
+    return module, notices
+
+
+# --- compilation (needs CUDA + TensorRT) ---------------------------------------------------------------------
+class HalfRenderer(torch.nn.Module):
+    """fp32 in, fp32 out, fp16 inside: the precision is part of the graph, not a builder hint."""
+
+    def __init__(self, renderer: torch.nn.Module):
+        super().__init__()
+        self.renderer = copy.deepcopy(renderer).half()
+
+    def forward(self, *inputs):
+        return self.renderer(*(t.half() for t in inputs)).float()
+
+
+def compile_settings(parameters, *, precision: str, fp32_strict: bool) -> dict:
+    """torch-tensorrt keyword arguments for a graph whose dtypes already say its precision.
+
+    `parameters`: names accepted by torch_tensorrt.dynamo.compile (they changed across 2.x releases).
+    """
+    parameters = set(parameters)
+    settings = {}
+    if "use_explicit_typing" in parameters:  # 2.5 - 2.12: opt into strong typing
+        settings["use_explicit_typing"] = True  # respect the graph's fp16/fp32 casts exactly
+    elif "enabled_precisions" in parameters:  # older: weak typing, the builder may use what is enabled
+        settings["enabled_precisions"] = {torch.float16, torch.float32} if precision == "fp16" else {torch.float32}
+    # else (2.13 with TensorRT 11): networks are always strongly typed, the graph's dtypes are the precision.
+    if fp32_strict and "disable_tf32" in parameters:
+        settings["disable_tf32"] = True
+    if "min_block_size" in parameters:
+        settings["min_block_size"] = 1  # convert every supported op: small graph pieces stay on the GPU anyway
+    if "truncate_double" in parameters:
+        settings["truncate_double"] = True
+    return settings
+
+
+def _inputs_keyword(function) -> str:
+    parameters = inspect.signature(function).parameters
+    return "arg_inputs" if "arg_inputs" in parameters else "inputs"
+
+
+def compile_graph(module: torch.nn.Module, inputs: tuple, *, precision: str, fp32_strict: bool):
+    import torch_tensorrt
+
+    program = torch.export.export(module.eval(), tuple(inputs), strict=False)
+    compile_fn = torch_tensorrt.dynamo.compile
+    settings = compile_settings(inspect.signature(compile_fn).parameters, precision=precision,
+                                fp32_strict=fp32_strict)
+    settings[_inputs_keyword(compile_fn)] = list(inputs)
+    return compile_fn(program, **settings)
+
+
+def save_graph(module, path: Path, inputs: tuple) -> None:
+    import torch_tensorrt
+
+    keywords = {_inputs_keyword(torch_tensorrt.save): list(inputs)}
+    if "pickle_protocol" in inspect.signature(torch_tensorrt.save).parameters:
+        keywords["pickle_protocol"] = 4  # the docs advise >= 4 for large models (the renderer is ~90-180 MB)
+    torch_tensorrt.save(module, str(path), output_format="exported_program", **keywords)
+
+
+def load_graph(path: Path):
+    import torch_tensorrt  # registers the TensorRT runtime classes the saved program refers to
+
+    loader = getattr(torch_tensorrt, "load", None) or torch.export.load
+    return loader(str(path)).module()
+
+
+def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None):
+    """(engine, notices). `base` must live on a CUDA device and torch_tensorrt must import."""
+    if base.device.type != "cuda":
+        raise ValueError("the TensorRT backend needs an engine on a CUDA device")
+    precision, notices = check_precision(precision, SUPPORTED_PRECISIONS, DEFAULT_PRECISION)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    detector_inputs, renderer_inputs_ = example_inputs(base)
+    common = {"weights": weights_digest(base), "config_hash": base.config_hash, "gpu": gpu_identity(base.device),
+              "versions": runtime_versions()}
+
+    def renderer_module():  # built only when compiling: a cached engine needs no half copy of the weights
+        module = frame_renderer(base)
+        return HalfRenderer(module) if precision == "fp16" else module
+
+    graphs = {}
+    for label, graph, make_module, inputs, graph_precision in (
+            ("keypoint detector", "keypoint_detector", lambda: base.kp_detector, detector_inputs, "fp32"),
+            ("renderer", "frame_renderer", renderer_module, renderer_inputs_, precision)):
+        fields = cache_fields(graph=graph, precision=graph_precision, shapes=[t.shape for t in inputs], **common)
+        started = time.perf_counter()
+        graphs[graph], graph_notices = load_or_build(
+            cache_dir, fields, label=label,
+            build=lambda m=make_module, i=inputs, p=graph_precision: compile_graph(m(), i, precision=p,
+                                                                                     fp32_strict=p == "fp32"),
+            save=lambda compiled, path, i=inputs: save_graph(compiled, path, i),
+            load=load_graph)
+        notices += graph_notices
+        if graph_notices:
+            notices.append(f"TensorRT {label} engine ready in {time.perf_counter() - started:.0f} s")
+
+    engine = AcceleratedEngine(base, name=f"tensorrt-{precision}", detector=graphs["keypoint_detector"],
+                               renderer=graphs["frame_renderer"], precision=precision,
+                               details={"backend": "tensorrt", "precision": precision, "detector": "fp32",
+                                        "cache_dir": str(cache_dir), **common["gpu"], **common["versions"]})
+    return engine, notices
