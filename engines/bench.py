@@ -1,0 +1,275 @@
+"""Benchmark every backend available here against the plain eager fp32 engine, in one run.
+
+    python -m engines.bench [--frames N] [--device auto|cpu|cuda] [--checkpoint PATH] [--cpu-study] [--json out.json]
+
+Per backend: keypoint-detector ms, per-frame (cached-source) renderer ms, and for the eager fp32 baseline also the
+full generator forward ms (the original FOMM path, no caching). Ratios are against the baseline measured in the
+same run, and the backends are timed round-robin (one call each per round) so a machine whose load changes during
+the run (shared CPUs) penalises all of them alike. Medians over the timed rounds, after warm-up rounds.
+Accuracy: the renderer of each backend is fed the baseline's avatar state and keypoints, and its frame is compared
+with the baseline's (max |diff| and PSNR on [0,1]); keypoints are compared as max |diff| in normalised units.
+Default weights are the deterministic ones (same cost as the real checkpoint; the output is not a face).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine import FOMMEngine
+from .keypoints import Keypoints
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden" / "astronaut"
+
+
+@dataclass
+class Row:
+    name: str
+    engine: object
+    detect_ms: list = field(default_factory=list)
+    render_ms: list = field(default_factory=list)
+    full_ms: list = field(default_factory=list)
+    kp_max_diff: float = float("nan")
+    max_diff: float = float("nan")
+    psnr: float = float("nan")
+    note: str = ""
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    if torch.version.cuda:
+        found["cuda"] = torch.version.cuda
+    for module in ("torch_tensorrt", "tensorrt", "onnxruntime"):
+        try:
+            found[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - torch_tensorrt raises plain Exceptions when its libraries are missing
+            pass
+    return found
+
+
+def load_frames(size: int):
+    """(source [1,3,S,S], driving [T,3,S,S]): the golden astronaut where the reference lies beside the repo."""
+    if (REFERENCE / "driving.npy").exists():
+        import cv2
+
+        from .image import to_model_input
+
+        source = to_model_input(cv2.cvtColor(cv2.imread(str(REFERENCE / "source.png")), cv2.COLOR_BGR2RGB), size)
+        driving = torch.from_numpy(np.load(REFERENCE / "driving.npy")).permute(0, 3, 1, 2).contiguous()
+        return source, driving, "golden astronaut"
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(1, 3, size, size, generator=generator), torch.rand(4, 3, size, size, generator=generator),
+            "synthetic")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device):
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, (time.perf_counter() - start) * 1000.0
+
+
+def build_rows(base: FOMMEngine, args) -> tuple[list[Row], list[str]]:
+    """The baseline row plus one row per backend available on base.device."""
+    from .backends import cuda_available, tensorrt_status
+
+    rows = [Row("torch eager fp32 (baseline)", base)]
+    notices = []
+    if base.device.type == "cpu":
+        from .backends.cpu_backend import DEFAULT_OPTIONS, CpuOptions, build_cpu_engine
+
+        variants = [DEFAULT_OPTIONS]
+        if args.cpu_study:
+            study = [CpuOptions("fp32", True, False), CpuOptions("bf16", False, False),
+                     CpuOptions("bf16", True, False), CpuOptions("fp32", False, True),
+                     CpuOptions("fp32", True, True), CpuOptions("bf16", False, True)]
+            variants += [o for o in study if o != DEFAULT_OPTIONS]
+        for options in variants:
+            started = time.perf_counter()
+            engine, more = build_cpu_engine(base, options=options)
+            default = " [default]" if options == DEFAULT_OPTIONS else ""
+            setup = f"setup {time.perf_counter() - started:.0f} s" if options.torch_compile else ""
+            rows.append(Row(f"cpu {engine.name}{default}", engine, note=setup))
+            notices += more
+        return rows, notices
+    if cuda_available():
+        from .backends.cuda_backend import build_cuda_engine
+
+        started = time.perf_counter()
+        engine, more = build_cuda_engine(base, precision=args.precision)
+        rows.append(Row(f"cuda {engine.name}", engine, note=f"setup {time.perf_counter() - started:.0f} s"))
+        notices += more
+        ok, reason = tensorrt_status()
+        if ok:
+            from .backends.tensorrt_backend import build_tensorrt_engine
+
+            started = time.perf_counter()
+            engine, more = build_tensorrt_engine(base, precision=args.precision if args.precision != "bf16" else None)
+            rows.append(Row(f"tensorrt {engine.name}", engine, note=f"setup {time.perf_counter() - started:.0f} s"))
+            notices += more
+        else:
+            notices.append(f"TensorRT not benchmarked: {reason}")
+    return rows, notices
+
+
+def run(args) -> dict:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.manual_seed(0)
+    if args.checkpoint:
+        base = FOMMEngine.from_checkpoint(args.checkpoint, device=device)
+        weights = Path(args.checkpoint).name
+    else:
+        base = FOMMEngine.from_deterministic_weights(device=device)
+        weights = "deterministic (generated; same cost as a checkpoint)"
+    source, driving, frames_name = load_frames(base.image_size)
+    rows, notices = build_rows(base, args)
+
+    # Reference outputs of the baseline on every driving frame.
+    state = base.encode(source)
+    kps = [base.detect(driving[i:i + 1]) for i in range(len(driving))]
+    references = [base.render(state, kp) for kp in kps]
+    for row in rows[1:]:
+        engine = row.engine
+        kp_diff, out_diff, errors = 0.0, 0.0, []
+        for frame, kp, reference in zip(driving, kps, references):
+            own = engine.detect(frame[None])
+            kp_diff = max(kp_diff, float((own.value.cpu() - kp.value.cpu()).abs().max()))
+            out = engine.render(state, Keypoints(kp.value, kp.jacobian)).cpu()
+            out_diff = max(out_diff, float((out - reference.cpu()).abs().max()))
+            errors.append(float(((out - reference.cpu()) ** 2).mean()))
+        row.kp_max_diff, row.max_diff = kp_diff, out_diff
+        mse = statistics.fmean(errors)
+        row.psnr = float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+    rows[0].kp_max_diff, rows[0].max_diff, rows[0].psnr = 0.0, 0.0, float("inf")
+
+    # Round-robin timing.
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    frames = [driving[i % len(driving)][None].to(device) for i in range(args.warmup + args.frames)]
+    engine_states = {id(row): row.engine.encode(source) for row in rows}
+    for index, frame in enumerate(frames):
+        timed = index >= args.warmup
+        for row in rows:
+            kp, detect_ms = _timed(lambda: row.engine.detect(frame), device)
+            _, render_ms = _timed(lambda: row.engine.render(engine_states[id(row)], kp), device)
+            if timed:
+                row.detect_ms.append(detect_ms)
+                row.render_ms.append(render_ms)
+        if not args.no_full:
+            kp = rows[0].engine.detect(frame)
+            _, full_ms = _timed(lambda: base.forward_full(source, kp, state.kp), device)
+            if timed:
+                rows[0].full_ms.append(full_ms)
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"device": device_name(device), "device_type": device.type, "versions": versions(),
+            "load_average": [load_before, load] if load else None,
+            "weights": weights, "frames": frames_name, "timed_rounds": args.frames, "warmup_rounds": args.warmup,
+            "notices": notices,
+            "rows": [{"backend": r.name, "detect_ms": statistics.median(r.detect_ms),
+                      "render_ms": statistics.median(r.render_ms), "render_min_ms": min(r.render_ms),
+                      "full_ms": statistics.median(r.full_ms) if r.full_ms else None,
+                      "kp_max_diff": r.kp_max_diff, "max_diff": r.max_diff, "psnr_db": r.psnr, "note": r.note}
+                     for r in rows]}
+
+
+def format_report(result: dict) -> str:
+    rows = result["rows"]
+    base = rows[0]
+    lines = [f"device: {result['device']}",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+             f"weights: {result['weights']}; frames: {result['frames']}; medians of {result['timed_rounds']} "
+             f"round-robin rounds after {result['warmup_rounds']} warm-up rounds"]
+    if result.get("load_average"):
+        (before, after) = result["load_average"]
+        lines.append(f"load average (1/5/15 min) before timing {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, "
+                     f"after {after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f}: above the thread count means other "
+                     "processes shared the CPU (compare ratios, and the min column)")
+    lines.append("")
+    header = (f"{'backend':44s} {'kp ms':>7s} {'x base':>7s} {'frame ms':>9s} {'x base':>7s} {'min ms':>7s} "
+              f"{'x base':>7s} {'kp max|d|':>10s} {'max|d|':>9s} {'PSNR dB':>8s}")
+    lines += [header, "-" * len(header)]
+    for row in rows:
+        psnr_text = "inf" if math.isinf(row["psnr_db"]) else f"{row['psnr_db']:.1f}"
+        lines.append(f"{row['backend']:44s} {row['detect_ms']:7.1f} {base['detect_ms'] / row['detect_ms']:6.2f}x "
+                     f"{row['render_ms']:9.1f} {base['render_ms'] / row['render_ms']:6.2f}x "
+                     f"{row['render_min_ms']:7.1f} {base['render_min_ms'] / row['render_min_ms']:6.2f}x "
+                     f"{row['kp_max_diff']:10.2e} {row['max_diff']:9.2e} {psnr_text:>8s}"
+                     + (f"  ({row['note']})" if row["note"] else ""))
+    if base["full_ms"]:
+        lines += ["", f"baseline full generator forward (no caching): {base['full_ms']:.1f} ms; cached per-frame "
+                      f"renderer: {base['render_ms']:.1f} ms = {base['render_ms'] / base['full_ms']:.2f} of it "
+                      f"({base['full_ms'] / base['render_ms']:.2f}x faster)",
+                  "per frame (detector + renderer) vs baseline full path (detector + full forward):"]
+        full = base["detect_ms"] + base["full_ms"]
+        for row in rows:
+            frame = row["detect_ms"] + row["render_ms"]
+            lines.append(f"  {row['backend']:42s} {frame:8.1f} ms  {full / frame:5.2f}x  ({1000 / frame:.1f} fps)")
+    lines += [f"notice: {n}" for n in result["notices"]]
+    lines.append("x base = baseline ms / backend ms (higher is faster); frame = the cached per-frame renderer; "
+                 "differences vs the eager fp32 baseline")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engines.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=12, help="timed round-robin rounds (default 12: ~1 min here)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--checkpoint", help="vox-cpk.pth.tar (default: deterministic weights)")
+    parser.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default=None,
+                        help="GPU backends' precision (default fp16)")
+    parser.add_argument("--cpu-study", action="store_true",
+                        help="CPU: every option combination (channels_last, bf16 autocast, torch.compile)")
+    parser.add_argument("--no-full", action="store_true", help="skip the baseline's full generator forward")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.frames < 1:
+        print("error: --frames must be >= 1", file=sys.stderr)
+        return 2
+    result = run(args)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
