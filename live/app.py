@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="compute device (default auto: CUDA when available)")
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
-                   help="grid-sampling convention the checkpoint was trained with (default on: matches the "
-                        "original FOMM code)")
+                   help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
+                        "trained with; off = the original FOMM code as it runs on today's torch")
     g.add_argument("--deterministic-weights", action="store_true", help=argparse.SUPPRESS)  # tests: no file
 
     g = p.add_argument_group("calibration and motion")
