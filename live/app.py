@@ -84,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", metavar="PATH",
                    help="FOMM vox checkpoint (vox-cpk.pth.tar); default: downloaded once into the cache")
-    g.add_argument("--backend", choices=("auto", "tensorrt", "torch"), default="auto",
-                   help="inference backend (default auto: the fastest available)")
+    g.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "cpu", "torch"), default="auto",
+                   help="inference backend: auto (default) picks TensorRT, else torch CUDA fp16 + torch.compile, "
+                        "else the CPU; torch = plain eager fp32 reference")
+    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="numeric precision where the backend supports it (default: the backend's own)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="compute device (default auto: CUDA when available)")
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
@@ -177,7 +180,7 @@ class Session:
             checkpoint = resolve_checkpoint(args.checkpoint)
         engine, notices = create_engine(backend=args.backend, device=args.device, checkpoint=checkpoint,
                                         deterministic_weights=args.deterministic_weights,
-                                        align_corners=args.align_corners)
+                                        align_corners=args.align_corners, precision=args.precision)
         for notice in notices:
             self.log(f"notice: {notice}")
         if args.deterministic_weights:
