@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from engines.keypoints import Keypoints
+from engines.storage import cache_root as cache_dir
 
 FORMAT_NAME = "live-avatar-calibration"
 FORMAT_VERSION = 1
@@ -32,24 +33,12 @@ class LoadResult:
     notice: str | None = None
 
 
-def cache_dir() -> Path:
-    """$LIVE_AVATAR_CACHE if set, else ~/.cache/live-avatar."""
-    env = os.environ.get("LIVE_AVATAR_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "live-avatar"
-
-
 def default_calibration_path(camera_id) -> Path:
     """One file per camera; the id is made filename-safe and a short hash keeps distinct ids apart."""
     camera_id = str(camera_id)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", camera_id).strip("._")[:40] or "camera"
     digest = hashlib.sha1(camera_id.encode("utf-8")).hexdigest()[:8]
     return cache_dir() / f"calibration-{safe}-{digest}.json"
-
-
-def make_config_hash(config) -> str:
-    """Stable short hash of any JSON-serialisable description of the model/config (convenience for callers)."""
-    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def save_calibration(path, kp_initial: Keypoints, *, config_hash: str, camera_id: str) -> Path:

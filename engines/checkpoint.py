@@ -1,13 +1,14 @@
 """Loading the official FOMM checkpoints (vox-cpk.pth.tar, vox-adv-cpk.pth.tar) safely and with clear errors."""
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
+
+from .storage import sha256_file
 
 # Published digests, for optional verification (the file name selects the entry).
 KNOWN_CHECKPOINTS = {
@@ -23,14 +24,6 @@ class CheckpointError(Exception):
     """A checkpoint problem, with a one-line message naming the file and what is wrong."""
 
 
-def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_checkpoint(path, expected_sha256: str | None = None, expected_size: int | None = None) -> None:
     """Compare size and sha256 with the expected values, or with the published ones for a known file name."""
     path = Path(path)
@@ -42,7 +35,7 @@ def verify_checkpoint(path, expected_sha256: str | None = None, expected_size: i
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
         raise CheckpointError(f"{path}: size {size:,} bytes, expected {expected_size:,} (incomplete download?)")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected_sha256:
         raise CheckpointError(f"{path}: sha256 {actual} does not match the expected {expected_sha256}")
 

@@ -12,7 +12,6 @@ atomically renamed, so the cache never holds a partial file under the real name.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -23,42 +22,26 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from engines.checkpoint import KNOWN_CHECKPOINTS as PUBLISHED
+from engines.storage import CACHE_ENV, sha256_file
+from engines.storage import cache_root as cache_dir
 from live.errors import WeightsError
 
 DEFAULT_URL = ("https://github.com/graphemecluster/first-order-model-demo/releases/download/checkpoints/"
                "vox-cpk.pth.tar")
 OFFICIAL_SOURCE = "https://drive.google.com/drive/folders/1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH"
 URL_ENV = "LIVE_AVATAR_WEIGHTS_URL"
-CACHE_ENV = "LIVE_AVATAR_CACHE"
 MARKER_SUFFIX = ".sha256-ok"
 
 KNOWN_CHECKPOINTS = {
     "vox-cpk": {
         "filename": "vox-cpk.pth.tar",
-        "sha256": "abb41ab1f279f26326c0d6e4d20702de6658364665aa1313daa7a63e89ea2b23",
-        "size": 728766691,
+        **PUBLISHED["vox-cpk.pth.tar"],  # sha256 and size, kept in one place
         "url": DEFAULT_URL,
     },
 }
 
 _CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """$LIVE_AVATAR_CACHE, else ~/.cache/live-avatar."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "live-avatar"
-
-
-def sha256_file(path: Path, progress: bool = False) -> str:
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
-                                     desc=f"verifying {path.name}", disable=not progress) as bar:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
 
 
 def _marker(target: Path) -> Path:

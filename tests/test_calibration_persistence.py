@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from calibration import persistence
-from calibration.persistence import (FORMAT_VERSION, default_calibration_path, load_calibration, make_config_hash,
+from calibration.persistence import (FORMAT_VERSION, default_calibration_path, load_calibration,
                                      save_calibration)
 from engines.keypoints import Keypoints
 
@@ -131,7 +131,3 @@ def test_default_path_uses_env_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_calibration_path("0").parent == tmp_path / "home" / ".cache" / "live-avatar"
 
-
-def test_make_config_hash_is_stable():
-    assert make_config_hash({"a": 1, "b": [1, 2]}) == make_config_hash({"b": [1, 2], "a": 1})
-    assert make_config_hash({"a": 1}) != make_config_hash({"a": 2})

@@ -34,6 +34,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
+from ..storage import cache_root, sha256_file
 from .common import AcceleratedEngine, check_precision, weights_digest
 
 SUPPORTED_PRECISIONS = ("fp16", "fp32")
@@ -78,10 +79,7 @@ def gpu_identity(device: torch.device) -> dict:
 # --- cache: pure functions -------------------------------------------------------------------------------------
 def default_cache_dir(environ=None) -> Path:
     """$LIVE_AVATAR_CACHE/trt, else ~/.cache/live-avatar/trt."""
-    environ = os.environ if environ is None else environ
-    root = environ.get("LIVE_AVATAR_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "live-avatar"
-    return base / "trt"
+    return cache_root(environ) / "trt"
 
 
 def cache_fields(*, graph: str, weights: str, config_hash: str, precision: str, shapes, gpu: dict,
@@ -99,14 +97,6 @@ def cache_key(fields: dict) -> str:
 def entry_dir(cache_dir: Path, fields: dict) -> Path:
     # Readable prefix for people looking into the folder; the key makes it unique.
     return Path(cache_dir) / f"{fields['graph']}-{fields['precision']}-{cache_key(fields)}"
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_entry(directory: Path, fields: dict) -> tuple[str, str]:
@@ -128,7 +118,7 @@ def check_entry(directory: Path, fields: dict) -> tuple[str, str]:
         return "corrupt", f"{PAYLOAD} is missing"
     if payload.stat().st_size != size:
         return "corrupt", f"{PAYLOAD} has {payload.stat().st_size} bytes, expected {size}"
-    if file_digest(payload) != sha:
+    if sha256_file(payload) != sha:
         return "corrupt", f"{PAYLOAD} checksum differs"
     return "ok", "cached engine is valid"
 
@@ -159,7 +149,7 @@ def write_entry(directory: Path, fields: dict, save_payload: Callable[[Path], No
     try:
         save_payload(staging / PAYLOAD)
         meta = {"fields": fields, "size": (staging / PAYLOAD).stat().st_size,
-                "sha256": file_digest(staging / PAYLOAD), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "sha256": sha256_file(staging / PAYLOAD), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         if directory.exists():
             shutil.rmtree(directory)

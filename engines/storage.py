@@ -1,0 +1,30 @@
+"""Files the tool keeps between runs: the one cache folder they live in, and how their bytes are checked."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+CACHE_ENV = "LIVE_AVATAR_CACHE"
+_CHUNK = 1 << 20
+
+
+def cache_root(environ=None) -> Path:
+    """$LIVE_AVATAR_CACHE, else ~/.cache/live-avatar: checkpoints, calibrations and compiled engines live here."""
+    environ = os.environ if environ is None else environ
+    root = environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "live-avatar"
+
+
+def sha256_file(path, progress: bool = False) -> str:
+    """Hex sha256 of a file, read in chunks (a checkpoint is 700 MB); optionally with a progress bar."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+                                          desc=f"verifying {path.name}", disable=not progress) as bar:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
