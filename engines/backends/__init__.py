@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import FOMMEngine
+from .common import describe_error
 
 BACKENDS = ("auto", "tensorrt", "cuda", "cpu", "torch")
 DEVICES = ("auto", "cuda", "cpu")
@@ -92,11 +93,6 @@ def _build_cpu(base, *, precision, warm_up):
     return build_cpu_engine(base, precision=precision, warm_up=warm_up)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
-
-
 def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=None, deterministic_weights=False,
                   align_corners: bool = True, precision: str | None = None, cache_dir=None, warm_up: bool = True):
     """Return (engine, notices).
@@ -125,18 +121,18 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
             engine, more = _build_tensorrt(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up)
             return engine, notices + more
         except Exception as error:  # noqa: BLE001 - a failed TensorRT build must not stop the app
-            notices.append(f"TensorRT build failed ({_first_line(error)}): using the CUDA backend")
+            notices.append(f"TensorRT build failed ({describe_error(error)}): using the CUDA backend")
             choice = "cuda"
     if choice == "cuda":
         try:
             engine, more = _build_cuda(base, precision=precision, warm_up=warm_up)
             return engine, notices + more
         except Exception as error:  # noqa: BLE001
-            notices.append(f"CUDA backend failed ({_first_line(error)}): using the plain torch CUDA engine")
+            notices.append(f"CUDA backend failed ({describe_error(error)}): using the plain torch CUDA engine")
             return base, notices
     try:
         engine, more = _build_cpu(base, precision=precision, warm_up=warm_up)
         return engine, notices + more
     except Exception as error:  # noqa: BLE001
-        notices.append(f"CPU backend failed ({_first_line(error)}): using the plain torch CPU engine")
+        notices.append(f"CPU backend failed ({describe_error(error)}): using the plain torch CPU engine")
         return base, notices

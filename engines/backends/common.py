@@ -78,6 +78,12 @@ def weights_digest(engine: FOMMEngine) -> str:
     return digest.hexdigest()
 
 
+def describe_error(error: BaseException, limit: int = 200) -> str:
+    """'Type: first line of the message' for one-line notices (compiler errors can run to pages)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__
+
+
 def check_precision(precision: str | None, supported: tuple[str, ...], default: str) -> tuple[str, list[str]]:
     """(precision to use, notices): unknown names are an error; known but unsupported ones fall back with a notice."""
     if precision in (None, "auto"):

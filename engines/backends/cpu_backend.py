@@ -15,7 +15,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
-from .common import AcceleratedEngine, check_precision
+from .common import AcceleratedEngine, check_precision, describe_error
 
 SUPPORTED_PRECISIONS = ("fp32", "bf16")
 
@@ -74,7 +74,7 @@ class _CompiledWithFallback:
             try:
                 return self.compiled(*inputs)
             except Exception as error:  # noqa: BLE001 - e.g. no C++ compiler on this machine: run eager
-                self.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
+                self.error = describe_error(error)
         return self.eager(*inputs)
 
 

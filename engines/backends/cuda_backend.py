@@ -9,12 +9,11 @@ tests in tests/test_gpu.py exercise it where CUDA exists.
 """
 from __future__ import annotations
 
-
 import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
-from .common import DTYPES, AcceleratedEngine, check_precision
+from .common import DTYPES, AcceleratedEngine, check_precision, describe_error
 
 SUPPORTED_PRECISIONS = ("fp16", "bf16", "fp32")
 DEFAULT_PRECISION = "fp16"
@@ -51,7 +50,7 @@ class _Graph:
                     torch.compiler.cudagraph_mark_step_begin()
                 out = self.compiled(*inputs)
             except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager
-                self.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                self.error = describe_error(error)
             else:
                 if self.clone_outputs:
                     out = tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()

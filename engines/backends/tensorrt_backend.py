@@ -35,7 +35,7 @@ import torch
 from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
 from ..storage import cache_root, sha256_file
-from .common import AcceleratedEngine, check_precision, weights_digest
+from .common import AcceleratedEngine, check_precision, describe_error, weights_digest
 
 SUPPORTED_PRECISIONS = ("fp16", "fp32")
 DEFAULT_PRECISION = "fp16"
@@ -53,8 +53,7 @@ def tensorrt_status() -> tuple[bool, str]:
     try:
         import torch_tensorrt  # noqa: F401
     except Exception as error:  # noqa: BLE001 - see docstring
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return False, f"torch_tensorrt cannot be imported ({type(error).__name__}: {first_line})"
+        return False, f"torch_tensorrt cannot be imported ({describe_error(error)})"
     return True, "ok"
 
 
