@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from calibration.relative_motion import movement_scale, normalize_kp
+from calibration.neutral_pose import NeutralPose
 
 from .checkpoint import CheckpointError
 from .engine import FOMMEngine
@@ -25,19 +25,15 @@ def animate(engine: FOMMEngine, avatar_rgb: np.ndarray, driving_rgb: Iterable[np
             adapt_movement_scale=True, relative_jacobian=True) -> Iterator[np.ndarray]:
     """Yield one uint8 RGB frame (model size) per driving frame (uint8 or float RGB, any size)."""
     state = engine.encode(to_model_input(avatar_rgb, engine.image_size, engine.device))
-    kp_initial = None
-    scale = None
+    neutral = NeutralPose(relative_jacobian=relative_jacobian, adapt_movement_scale=adapt_movement_scale)
+    neutral.set_source(state.kp)
     for frame in driving_rgb:
         kp = engine.detect(to_model_input(frame, engine.image_size, engine.device))
-        if kp_initial is None:
-            kp_initial = kp
-            # The movement scale depends only on the avatar and the initial frame: compute the hull once.
-            if adapt_movement_scale:
-                scale = movement_scale(state.kp.value, kp_initial.value).alpha
-        kp_norm = normalize_kp(state.kp, kp, kp_initial, relative_movement=relative,
-                               relative_jacobian=relative_jacobian, adapt_movement_scale=adapt_movement_scale,
-                               scale=scale)
-        yield to_uint8_image(engine.render(state, kp_norm))
+        if relative:
+            if not neutral.is_calibrated:
+                neutral.calibrate(kp)  # the first driving frame is the neutral pose, as in FOMM's demo
+            kp = neutral.normalize(kp)
+        yield to_uint8_image(engine.render(state, kp))
 
 
 def read_video_rgb(path) -> tuple[Iterator[np.ndarray], float, int]:
