@@ -96,19 +96,50 @@ def _reported_fps(cap, fallback: float) -> float:
     return float(fps) if fps and 1.0 <= fps <= 240.0 else float(fallback)
 
 
-class CameraSource(FrameSource):
+class _OpenCVSource(FrameSource):
+    """A cv2.VideoCapture behind the FrameSource API: opened quietly, its first frame decoded at open (so a dead
+    camera or a broken file fails at start, not mid-run) and handed out by the first read()."""
+
+    _cap = None
+    _pending: np.ndarray | None = None
+
+    @staticmethod
+    def _open_capture(factory, target):
+        """The opened capture, or None (released) when OpenCV cannot open `target`."""
+        with _quiet_opencv():
+            cap = factory(target)
+            opened = cap is not None and cap.isOpened()
+        if opened:
+            return cap
+        if cap is not None:
+            cap.release()
+        return None
+
+    def _next_frame(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def read(self) -> np.ndarray | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        if self._cap is None:
+            return None
+        return self._next_frame()
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+
+class CameraSource(_OpenCVSource):
     is_live = True
 
     def __init__(self, index: int, *, width=None, height=None, fps=None, capture_factory=None):
         self.index = index
         self.name = f"camera {index}"
-        factory = capture_factory or cv2.VideoCapture
-        with _quiet_opencv():
-            cap = factory(index)
-            opened = cap is not None and cap.isOpened()
-        if not opened:
-            if cap is not None:
-                cap.release()
+        cap = self._open_capture(capture_factory or cv2.VideoCapture, index)
+        if cap is None:
             other = 1 if index == 0 else 0
             raise CaptureError(
                 f"cannot open camera {index}: no such device, it is in use by another program, or camera access "
@@ -138,12 +169,7 @@ class CameraSource(FrameSource):
                     f"blocked by the OS privacy settings; try another --camera or --driving FILE)")
             time.sleep(CAMERA_RETRY_DELAY_S * 5)
 
-    def read(self) -> np.ndarray | None:
-        if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
-        if self._cap is None:
-            return None
+    def _next_frame(self) -> np.ndarray:
         for _ in range(CAMERA_MAX_FAILED_READS):
             ok, frame = self._cap.read()
             if ok and frame is not None:
@@ -151,19 +177,13 @@ class CameraSource(FrameSource):
             time.sleep(CAMERA_RETRY_DELAY_S)
         raise CaptureError(f"{self.name} stopped delivering frames (unplugged?)")
 
-    def close(self) -> None:
-        cap, self._cap = getattr(self, "_cap", None), None
-        if cap is not None:
-            cap.release()
 
-
-class VideoFileSource(FrameSource):
+class VideoFileSource(_OpenCVSource):
     def __init__(self, path: Path, *, loop=False, fps=None, capture_factory=None):
         self.path = path
         self.name = path.name
         self.loop = loop
         self._factory = capture_factory or cv2.VideoCapture
-        self._cap = None
         self._open()
         self.fps = float(fps) if fps else _reported_fps(self._cap, DEFAULT_FPS)
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -176,12 +196,8 @@ class VideoFileSource(FrameSource):
                                f"unsupported codec)")
 
     def _open(self) -> None:
-        with _quiet_opencv():
-            cap = self._factory(str(self.path))
-            opened = cap is not None and cap.isOpened()
-        if not opened:
-            if cap is not None:
-                cap.release()
+        cap = self._open_capture(self._factory, str(self.path))
+        if cap is None:
             raise CaptureError(f"cannot read video file {self.path}: not a video, or corrupt / unsupported codec")
         self._cap = cap
 
@@ -189,12 +205,7 @@ class VideoFileSource(FrameSource):
         ok, frame = self._cap.read()
         return to_bgr(frame) if ok and frame is not None else None
 
-    def read(self) -> np.ndarray | None:
-        if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
-        if self._cap is None:
-            return None
+    def _next_frame(self) -> np.ndarray | None:
         frame = self._read_raw()
         if frame is None and self.loop:
             # Reopen rather than seek to 0: seeking is unreliable for some containers/codecs.
@@ -204,11 +215,6 @@ class VideoFileSource(FrameSource):
             if frame is None:
                 raise CaptureError(f"cannot restart video file {self.path} for --loop")
         return frame
-
-    def close(self) -> None:
-        cap, self._cap = self._cap, None
-        if cap is not None:
-            cap.release()
 
 
 def _read_image(path: Path) -> np.ndarray | None:
