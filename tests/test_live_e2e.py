@@ -5,43 +5,15 @@ pyvirtualcam camera whose backend is registered here, so the real pyvirtualcam.C
 import cv2
 import numpy as np
 import pytest
-import pyvirtualcam
-from pyvirtualcam.camera import BACKENDS
 
-from tests.conftest import carphone_path
 from live.app import Session, build_parser
+from tests.conftest import carphone_path
+from tests.support import MemoryCamera, read_video
 
 FRAMES = 24
 CALIBRATE_AT = 8            # the key arrives before frame 8 is processed
 VCAM_SIZE = (320, 240)
 VCAM_FPS = 24.0
-BACKEND = "e2e-recorder"
-
-
-
-
-class RecordingBackend:
-    """A pyvirtualcam backend (duck-typed like the built-in ones) that keeps every frame it is sent."""
-
-    instances = []
-
-    def __init__(self, *, width, height, fps, fourcc, device, **kw):
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self.frames = []
-        self.closed = False
-        RecordingBackend.instances.append(self)
-
-    def send(self, frame):
-        self.frames.append(np.asarray(frame).reshape(self.height, self.width, 3).copy())
-
-    def close(self):
-        self.closed = True
-
-    def device(self):
-        return "e2e test camera"
-
-    def native_fourcc(self):
-        return None
 
 
 class ScriptedKeys:
@@ -54,33 +26,12 @@ class ScriptedKeys:
         return keys
 
 
-@pytest.fixture
-def recording_backend():
-    RecordingBackend.instances.clear()
-    pyvirtualcam.register_backend(BACKEND, RecordingBackend)
-    yield RecordingBackend
-    BACKENDS.pop(BACKEND, None)
-
-
-def read_video(path):
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames, fps
-
-
 def mean_abs_diff(frames):
     return np.array([np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() for a, b in zip(frames, frames[1:])])
 
 
 @pytest.mark.slow
-def test_webcam_clip_to_mp4_and_virtual_camera(tmp_path, recording_backend):
+def test_webcam_clip_to_mp4_and_virtual_camera(tmp_path, memory_backend):
     clip = carphone_path()
     avatar = tmp_path / "avatar.png"
     from skimage.data import astronaut  # bundled with scikit-image: a real portrait, no download
@@ -88,7 +39,7 @@ def test_webcam_clip_to_mp4_and_virtual_camera(tmp_path, recording_backend):
     out = tmp_path / "out.mp4"
     args = build_parser().parse_args([
         "--avatar", str(avatar), "--driving", str(clip), "--output", str(out),
-        "--vcam", "--vcam-backend", BACKEND, "--vcam-size", "x".join(map(str, VCAM_SIZE)),
+        "--vcam", "--vcam-backend", memory_backend, "--vcam-size", "x".join(map(str, VCAM_SIZE)),
         "--vcam-fps", str(VCAM_FPS), "--no-preview", "--no-calibrate-first", "--max-frames", str(FRAMES),
         "--deterministic-weights", "--device", "cpu"])
     messages = []
@@ -103,7 +54,7 @@ def test_webcam_clip_to_mp4_and_virtual_camera(tmp_path, recording_backend):
     assert fps == pytest.approx(30000 / 1001, abs=0.01)  # carphone is 29.97 fps
 
     # --- the virtual camera: same frames, placed on the requested canvas --------------------------------------
-    (cam,) = recording_backend.instances
+    (cam,) = MemoryCamera.instances
     assert cam.closed and (cam.width, cam.height, cam.fps) == (*VCAM_SIZE, VCAM_FPS)
     assert len(cam.frames) == FRAMES and cam.frames[0].shape == (VCAM_SIZE[1], VCAM_SIZE[0], 3)
     side = VCAM_SIZE[1]

@@ -1,15 +1,14 @@
 import glob
 import platform
 
-import cv2
 import numpy as np
 import pytest
-import pyvirtualcam
 from pyvirtualcam.camera import BACKENDS
 
 from live.errors import SinkError, UserError
 from live.sinks import (CANVAS_MODES, DEFAULT_CANVAS_COLOR, MultiSink, NullSink, Sink, VideoFileSink,
                         VirtualCameraSink, install_hint, place_on_canvas)
+from tests.support import MemoryCamera, read_video
 
 
 def _avatar(size=256, color=(200, 50, 10)) -> np.ndarray:
@@ -70,41 +69,6 @@ def test_canvas_bad_input():
 
 
 # ---------------------------------------------------------------- virtual camera
-
-class MemoryCamera:
-    """An in-memory pyvirtualcam backend: frames arrive here through the real pyvirtualcam.Camera API."""
-
-    instances = []
-
-    def __init__(self, *, width, height, fps, fourcc, device, **kw):
-        if device not in (None, "mem0", "mem1"):
-            raise RuntimeError(f"Device {device} does not exist.")
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self._device = device or "mem0"
-        self.frames = []
-        self.closed = 0
-        MemoryCamera.instances.append(self)
-
-    def send(self, frame):
-        self.frames.append(frame.reshape(self.height, self.width, 3).copy())
-
-    def device(self):
-        return self._device
-
-    def native_fourcc(self):
-        return None
-
-    def close(self):
-        self.closed += 1
-
-
-@pytest.fixture
-def memory_backend():
-    MemoryCamera.instances = []
-    pyvirtualcam.register_backend("memory-test", MemoryCamera)
-    yield "memory-test"
-    BACKENDS.pop("memory-test", None)
-
 
 def test_virtual_camera_receives_canvas_frames(memory_backend):
     with VirtualCameraSink(640, 360, fps=25, backend=memory_backend) as sink:
@@ -212,27 +176,13 @@ def test_virtual_camera_bad_format():
 
 # ---------------------------------------------------------------- video file
 
-def _read_back(path):
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), path
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    cap.release()
-    return frames, fps
-
-
 def test_video_file_roundtrip(tmp_path):
     path = tmp_path / "out.mp4"
     with VideoFileSink(path, fps=25) as sink:
         for i in range(12):
             sink.send(_avatar(64, color=(i * 20, 100, 200)))
         assert sink.size == (64, 64) and sink.frames_sent == 12
-    frames, fps = _read_back(path)
+    frames, fps = read_video(path)
     assert len(frames) == 12 and fps == pytest.approx(25)
     assert frames[0].shape == (64, 64, 3)
     # Colour survives (stored BGR by OpenCV, so the RGB orange-ish blue reads back as B=200 R=0).
@@ -246,7 +196,7 @@ def test_video_file_fixed_size_places_frames(tmp_path):
         sink.send(_avatar(48))
     sink.close()
     sink.close()  # safe twice
-    frames, fps = _read_back(path)
+    frames, fps = read_video(path)
     assert len(frames) == 3 and frames[0].shape == (96, 160, 3) and fps == pytest.approx(12)
     with pytest.raises(RuntimeError, match="after close"):
         sink.send(_avatar(48))
@@ -259,7 +209,7 @@ def test_video_file_survives_exception_in_loop(tmp_path):
             for i in range(7):
                 sink.send(_avatar(32))
             raise KeyboardInterrupt  # the user pressed Ctrl+C mid-run
-    frames, _ = _read_back(path)
+    frames, _ = read_video(path)
     assert len(frames) == 7
 
 
@@ -271,7 +221,7 @@ def test_video_file_finalised_by_garbage_collection(tmp_path):
     del sink
     import gc
     gc.collect()
-    assert len(_read_back(path)[0]) == 4
+    assert len(read_video(path)[0]) == 4
 
 
 def test_video_file_unwritable(tmp_path):
@@ -340,4 +290,4 @@ def test_multi_sink_with_file_and_null(tmp_path):
     with MultiSink([VideoFileSink(path, fps=10), NullSink()]) as multi:
         for _ in range(5):
             multi.send(_avatar(16))
-    assert len(_read_back(path)[0]) == 5 and multi.frames_sent == 5
+    assert len(read_video(path)[0]) == 5 and multi.frames_sent == 5
