@@ -43,8 +43,11 @@ def list_avatar_paths(path) -> list[Path]:
     return images
 
 
-def _decode(path: Path, flags: int) -> np.ndarray | None:
-    # np.fromfile + imdecode instead of cv2.imread: imread cannot open non-ASCII paths on Windows.
+def decode_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """The decoded image, or None for an empty/undecodable file.
+
+    np.fromfile + imdecode instead of cv2.imread: imread cannot open non-ASCII paths on Windows.
+    """
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         return None
@@ -110,9 +113,9 @@ def load_avatar(path, size: int = 256) -> np.ndarray:
     try:
         # UNCHANGED keeps alpha and 16-bit depth but ignores EXIF orientation; phone JPEGs need that orientation,
         # so images without alpha are decoded again with orientation applied (and depth kept).
-        img = _decode(p, cv2.IMREAD_UNCHANGED)
+        img = decode_image(p, cv2.IMREAD_UNCHANGED)
         if img is not None and not (img.ndim == 3 and img.shape[2] in (2, 4)):
-            img = _decode(p, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+            img = decode_image(p, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except (OSError, cv2.error) as e:
         raise AvatarError(f"cannot read avatar image {p}: {e}") from None
     if img is None or img.size == 0:

@@ -23,7 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from live.avatars import IMAGE_EXTENSIONS
+from live.avatars import IMAGE_EXTENSIONS, decode_image
 from live.errors import CaptureError
 
 DEFAULT_FPS = 30.0
@@ -217,14 +217,6 @@ class VideoFileSource(_OpenCVSource):
         return frame
 
 
-def _read_image(path: Path) -> np.ndarray | None:
-    # imdecode(fromfile) instead of imread: imread cannot open non-ASCII paths on Windows.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
-
-
 class ImageFolderSource(FrameSource):
     def __init__(self, paths: list[Path], *, name: str, loop=False, fps=None):
         self.paths = paths
@@ -244,7 +236,7 @@ class ImageFolderSource(FrameSource):
             self._next = 0
         path = self.paths[self._next]
         self._next += 1
-        img = _read_image(path)
+        img = decode_image(path)
         if img is None:
             raise CaptureError(f"cannot read image {path} (corrupt or not an image)")
         return to_bgr(img)
@@ -288,7 +280,7 @@ def open_source(spec, *, loop=False, width=None, height=None, fps=None,
         return ImageFolderSource(images, name=path.name or str(path), loop=loop, fps=fps)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         source = ImageFolderSource([path], name=path.name, loop=loop, fps=fps)
-        if _read_image(path) is None:
+        if decode_image(path) is None:
             raise CaptureError(f"cannot read image {path} (corrupt or not an image)")
         return source
     return VideoFileSource(path, loop=loop, fps=fps, capture_factory=capture_factory)
