@@ -444,3 +444,60 @@ def test_half_renderer_keeps_an_fp32_interface_and_leaves_the_original_fp32(dete
     half = trt.HalfRenderer(original)
     assert all(p.dtype == torch.float16 for p in half.parameters())
     assert all(p.dtype == torch.float32 for p in original.parameters())
+
+
+# --- one compile-with-fallback wrapper; TF32 off for the detector ------------------------------------------------
+def test_a_failing_compiled_graph_runs_eager_and_reports_once():
+    from engines.backends.common import CompiledWithFallback
+
+    reports, calls = [], []
+
+    def compiled(x):
+        calls.append("compiled")
+        raise RuntimeError("InductorError: no C++ compiler\nlong trace ...")
+    graph = CompiledWithFallback("renderer", lambda x: x + 1, compiled, report=reports.append)
+    assert graph(1) == 2 and graph(2) == 3
+    assert calls == ["compiled"], "after the first failure the compiled graph is not tried again"
+    assert graph.fell_back and reports == ["torch.compile failed for the renderer (RuntimeError: InductorError: no "
+                                           "C++ compiler): running it eager"]
+
+
+def test_cpu_compile_failure_becomes_a_notice_and_an_eager_engine(monkeypatch, deterministic_engine, frames):
+    def broken_compile(module, **kwargs):
+        def run(*inputs):
+            raise RuntimeError("no working C++ compiler found")
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    options = CpuOptions("fp32", channels_last=False, torch_compile=True)
+    engine, notices = build_cpu_engine(deterministic_engine, options=options)
+    assert engine.name == CpuOptions("fp32").label, "the name no longer claims compile"
+    assert len(notices) == 1 and "torch.compile failed for the renderer" in notices[0] and "C++" in notices[0]
+    source, driving = frames
+    state, kp = engine.encode(source), engine.detect(driving)
+    reference = deterministic_engine.render(deterministic_engine.encode(source), kp)
+    torch.testing.assert_close(engine.render(state, kp), reference, rtol=0, atol=1e-5)
+
+
+class _TF32Probe(torch.nn.Module):
+    """A stand-in keypoint detector that records whether cuDNN/matmul TF32 was allowed while it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, image):
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return torch.zeros(1, 10, 2), torch.zeros(1, 10, 2, 2)
+
+
+def test_the_detector_runs_with_tf32_off_on_every_engine_and_the_setting_is_restored(monkeypatch,
+                                                                                     deterministic_engine):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default for cuDNN
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    probe = _TF32Probe()
+    monkeypatch.setattr(deterministic_engine, "kp_detector", probe)
+    image = torch.rand(1, 3, 256, 256)
+    deterministic_engine.detect(image)                                   # the torch backend
+    AcceleratedEngine(deterministic_engine, name="x", detector=probe).detect(image)  # cuda / tensorrt graphs
+    assert probe.seen == [(False, False), (False, False)]
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, "restored afterwards"

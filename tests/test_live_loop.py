@@ -36,15 +36,15 @@ class FakeEngine:
         self.detect_calls = 0
         self.render_calls = 0
 
-    def detect(self, x):
+    def detect(self, image):
         self.detect_calls += 1
-        shift = float(x.mean()) - 0.5
+        shift = float(image.mean()) - 0.5
         value = (PATTERN + shift)[None].clone()
         value[0, 2] += shift  # the middle point moves twice as far: the face *shape* changes, not just its place
         return Keypoints(value, torch.eye(2).expand(1, K, 2, 2).clone())
 
-    def encode(self, x):
-        return SimpleNamespace(kp=self.detect(x), image=x)
+    def encode(self, image):
+        return SimpleNamespace(kp=self.detect(image), image=image)
 
     def render(self, state, kp_driving):
         self.render_calls += 1
@@ -377,8 +377,8 @@ class NaNEngine(FakeEngine):
         self.nan_renders, self.nan_detects = set(nan_renders), set(nan_detects)
         self.frame = -1  # detect calls per driving frame (after the avatar encodings)
 
-    def detect(self, x):
-        kp = super().detect(x)
+    def detect(self, image):
+        kp = super().detect(image)
         if getattr(self, "_driving", False):
             self.frame += 1
             if self.frame in self.nan_detects:
