@@ -34,3 +34,12 @@ def test_a_test_needing_absent_reference_data_fails_under_ci_and_skips_otherwise
     local, ci = run(None), run("true")
     assert local.returncode == 0 and "1 skipped" in local.stdout and "reference material not found" in local.stdout
     assert ci.returncode == 1 and "1 failed" in ci.stdout and "CI=true" in ci.stdout
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "export CI=true" in ci
+    ci_command = [line for line in ci.splitlines() if line.startswith("python -m pytest")]
+    assert ci_command == ["python -m pytest -q -rs"]
+    assert f"```bash\nCI=true {ci_command[0]}\n```" in readme
