@@ -483,3 +483,21 @@ def test_absolute_mode_animates_without_calibration():
     outs = [int(f.mean()) for f in p.sinks[0].frames]
     assert outs[0] != 40 and outs[1] > outs[0], "rendered from the raw keypoints, not the avatar at rest"
     assert "press C" not in p.status
+
+
+def test_auto_calibration_calibrates_once_and_saves_that_pose(tmp_path):
+    class CountingPose(NeutralPose):
+        calls = 0
+
+        def calibrate(self, kp_frame):
+            CountingPose.calls += 1
+            return super().calibrate(kp_frame)
+
+    path = tmp_path / "calib.json"
+    p = make_pipeline(neutral=CountingPose(auto_calibrate_frames=2),
+                      options=PipelineOptions(calibration_path=path, camera_id="camera 0"))
+    p.run(frames([100, 100, 100, 130]))
+    assert CountingPose.calls == 1 and p.stats.calibrations == 1
+    assert any("auto: you held still" in m and "movement scale" in m for m in p.messages)
+    saved = make_pipeline(options=PipelineOptions(calibration_path=path, camera_id="camera 0"))
+    assert torch.equal(saved.neutral.kp_initial.value, p.neutral.kp_initial.value)
