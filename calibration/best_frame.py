@@ -77,10 +77,6 @@ class BestFrameSelector:
         self._reference = normalize_landmarks(reference_landmarks)
         self.reset()
 
-    @property
-    def reference(self) -> np.ndarray:
-        return self._reference
-
     def reset(self) -> None:
         self.best_payload: Any = None
         self.best_score: float | None = None  # similarity 0..100 of best_payload, None before any frame

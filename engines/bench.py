@@ -1,6 +1,7 @@
 """Benchmark every backend available here against the plain eager fp32 engine, in one run.
 
     python -m engines.bench [--frames N] [--device auto|cpu|cuda] [--checkpoint PATH] [--cpu-study] [--json out.json]
+                            [--source IMAGE --driving FRAMES.npy|VIDEO]
 
 Per backend: keypoint-detector ms, per-frame (cached-source) renderer ms, and for the eager fp32 baseline also the
 full generator forward ms (the original FOMM path, no caching). Ratios are against the baseline measured in the
@@ -8,7 +9,8 @@ same run, and the backends are timed round-robin (one call each per round) so a 
 the run (shared CPUs) penalises all of them alike. Medians over the timed rounds, after warm-up rounds.
 Accuracy: the renderer of each backend is fed the baseline's avatar state and keypoints, and its frame is compared
 with the baseline's (max |diff| and PSNR on [0,1]); keypoints are compared as max |diff| in normalised units.
-Default weights are the deterministic ones (same cost as the real checkpoint; the output is not a face).
+Default weights are the deterministic ones (same cost as the real checkpoint; the output is not a face); default
+frames are synthetic (random, seeded) unless --source/--driving name real ones.
 """
 from __future__ import annotations
 
@@ -28,9 +30,6 @@ import torch
 
 from .engine import FOMMEngine
 from .keypoints import Keypoints
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden" / "astronaut"
-
 
 @dataclass
 class Row:
@@ -69,19 +68,42 @@ def versions() -> dict:
     return found
 
 
-def load_frames(size: int):
-    """(source [1,3,S,S], driving [T,3,S,S]): the golden astronaut where the reference lies beside the repo."""
-    if (REFERENCE / "driving.npy").exists():
-        import cv2
+def load_frames(size: int, source_path=None, driving_path=None, max_driving: int = 8):
+    """(source [1,3,S,S], driving [T,3,S,S], description). `source_path`: an image; `driving_path`: a .npy of
+    [T,H,W,3] RGB floats in [0,1] (like the golden reference's driving.npy) or a video (first `max_driving` frames).
+    Either one missing: seeded random frames instead (timings do not depend on the content)."""
+    import cv2
 
-        from .image import to_model_input
+    from .image import to_model_input
 
-        source = to_model_input(cv2.cvtColor(cv2.imread(str(REFERENCE / "source.png")), cv2.COLOR_BGR2RGB), size)
-        driving = torch.from_numpy(np.load(REFERENCE / "driving.npy")).permute(0, 3, 1, 2).contiguous()
-        return source, driving, "golden astronaut"
     generator = torch.Generator().manual_seed(0)
-    return (torch.rand(1, 3, size, size, generator=generator), torch.rand(4, 3, size, size, generator=generator),
-            "synthetic")
+    if source_path is None:
+        source = torch.rand(1, 3, size, size, generator=generator)
+    else:
+        image = cv2.imread(str(source_path), cv2.IMREAD_COLOR) if Path(source_path).is_file() else None
+        if image is None:
+            raise ValueError(f"{source_path}: missing or not a readable image")
+        source = to_model_input(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size)
+    if driving_path is None:
+        driving = torch.rand(4, 3, size, size, generator=generator)
+    elif not Path(driving_path).is_file():
+        raise ValueError(f"{driving_path}: file not found")
+    elif str(driving_path).endswith(".npy"):
+        frames = np.load(driving_path)
+        driving = torch.cat([to_model_input(np.asarray(f, np.float32), size) for f in frames])
+    else:
+        capture, frames = cv2.VideoCapture(str(driving_path)), []
+        while len(frames) < max_driving:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(to_model_input(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), size))
+        capture.release()
+        if not frames:
+            raise ValueError(f"{driving_path}: no frames could be read")
+        driving = torch.cat(frames)
+    names = [Path(p).name for p in (source_path, driving_path) if p is not None]
+    return source, driving, " + ".join(names) if names else "synthetic"
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -155,7 +177,7 @@ def run(args) -> dict:
     else:
         base = FOMMEngine.from_deterministic_weights(device=device)
         weights = "deterministic (generated; same cost as a checkpoint)"
-    source, driving, frames_name = load_frames(base.image_size)
+    source, driving, frames_name = load_frames(base.image_size, args.source, args.driving)
     rows, notices = build_rows(base, args)
 
     # Reference outputs of the baseline on every driving frame.
@@ -257,6 +279,9 @@ def main(argv=None) -> int:
                         help="CPU: every option combination (channels_last, bf16 autocast, torch.compile)")
     parser.add_argument("--no-full", action="store_true", help="skip the baseline's full generator forward")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--source", metavar="IMAGE", help="avatar image for the accuracy columns (default: random)")
+    parser.add_argument("--driving", metavar="FRAMES.npy|VIDEO",
+                        help="driving frames: a .npy [T,H,W,3] in [0,1] or a video (default: random)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -264,7 +289,11 @@ def main(argv=None) -> int:
     if args.frames < 1:
         print("error: --frames must be >= 1", file=sys.stderr)
         return 2
-    result = run(args)
+    try:
+        result = run(args)
+    except (ValueError, OSError) as error:  # unreadable --source/--driving/--checkpoint
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))

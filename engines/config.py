@@ -49,6 +49,6 @@ class FOMMConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# vox-adv-256 differs from vox-256 only in its discriminator and training settings: the inference networks and
+# state_dict keys are the same, so vox-adv-cpk.pth.tar loads with this config too (--checkpoint).
 VOX_256 = FOMMConfig()
-# vox-adv-256 differs only in its discriminator and training settings: same inference networks and state_dict keys.
-VOX_ADV_256 = FOMMConfig(name="vox-adv-256")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,26 @@ class SourceState:
     gaussians: torch.Tensor       # [1,K,64,64] source keypoint heatmaps
 
 
+def renderer_inputs(state: SourceState, kp_driving: Keypoints) -> tuple[torch.Tensor, ...]:
+    """The per-frame renderer's positional inputs from an avatar state and driving keypoints, in the order of
+    FrameRenderer.forward and of the exported graphs (engines.export.RENDERER_INPUTS)."""
+    return (state.features, state.image_small, state.gaussians, state.kp.value, state.kp.jacobian,
+            kp_driving.value, kp_driving.jacobian)
+
+
+@contextmanager
+def fp32_strict():
+    """Convolutions and matmuls in true fp32 inside: cuDNN allows TF32 by default, and TF32 keeps fp16's 10-bit
+    mantissa, the rounding the keypoint detector's temperature-0.1 softmax turns into jitter. No-op on the CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,10 +72,6 @@ class FOMMEngine:
         self.name = f"torch-{self.device.type}-fp32"
 
     # --- construction ---------------------------------------------------------------------------------------
-    @classmethod
-    def build(cls, config: FOMMConfig = VOX_256, **kwargs) -> "FOMMEngine":
-        return cls(KeypointDetector(config), OcclusionAwareGenerator(config), config=config, **kwargs)
-
     @classmethod
     def from_checkpoint(cls, path, *, config: FOMMConfig = VOX_256, verify: bool = False, **kwargs):
         kp_detector, generator = KeypointDetector(config), OcclusionAwareGenerator(config)
@@ -93,7 +110,8 @@ class FOMMEngine:
 
     @torch.inference_mode()
     def detect(self, image: torch.Tensor) -> Keypoints:
-        value, jacobian = self.kp_detector(self._input(image))
+        with fp32_strict():
+            value, jacobian = self.kp_detector(self._input(image))
         return Keypoints(value, jacobian)
 
     @torch.inference_mode()
@@ -107,8 +125,7 @@ class FOMMEngine:
     def render(self, state: SourceState, kp_driving: Keypoints) -> torch.Tensor:
         """[1,3,256,256] in [0,1]: runs only the per-frame part (dense motion, warp, decoder)."""
         kp_driving = kp_driving.to(self.device, torch.float32)
-        return self.generator.render(state.features, state.image_small, state.gaussians, kp_driving.value,
-                                     kp_driving.jacobian, state.kp.value, state.kp.jacobian)[0]
+        return self.generator.render(*renderer_inputs(state, kp_driving))[0]
 
     @torch.inference_mode()
     def forward_full(self, source: torch.Tensor, kp_driving: Keypoints, kp_source: Keypoints | None = None) -> dict:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .engine import FOMMEngine, SourceState
+from .engine import FOMMEngine, renderer_inputs
 from .generator import FrameRenderer
-from .keypoints import Keypoints
 
 DETECTOR_INPUTS = ("image",)
 DETECTOR_OUTPUTS = ("kp_value", "kp_jacobian")
+# The renderer graph's inputs, in FrameRenderer.forward's order (= engine.renderer_inputs): avatar state first.
 RENDERER_INPUTS = ("features", "source_small", "source_gaussians", "kp_source_value", "kp_source_jacobian",
                    "kp_driving_value", "kp_driving_jacobian")
 RENDERER_OUTPUTS = ("prediction",)
@@ -34,12 +34,6 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     # Tensors made under inference_mode cannot be traced by torch.export: clone them outside it.
     with torch.inference_mode(False):
         return tensor.detach().clone()
-
-
-def renderer_inputs(state: SourceState, kp_driving: Keypoints) -> tuple[torch.Tensor, ...]:
-    """The FrameRenderer's positional inputs (order of RENDERER_INPUTS) from an avatar state and driving keypoints."""
-    return (state.features, state.image_small, state.gaussians, state.kp.value, state.kp.jacobian,
-            kp_driving.value, kp_driving.jacobian)
 
 
 def example_inputs(engine: FOMMEngine, source: torch.Tensor | None = None, driving: torch.Tensor | None = None):

@@ -71,9 +71,13 @@ class OcclusionAwareGenerator(nn.Module):
             out = block(out)
         return torch.sigmoid(self.final(out))
 
-    def render(self, features, source_small, source_gaussians, kp_driving_value, kp_driving_jacobian,
-               kp_source_value, kp_source_jacobian):
-        """Per-frame path on cached avatar tensors -> (prediction, deformation, occlusion, mask, sparse_deformed)."""
+    def render(self, features, source_small, source_gaussians, kp_source_value, kp_source_jacobian,
+               kp_driving_value, kp_driving_jacobian):
+        """Per-frame path on cached avatar tensors -> (prediction, deformation, occlusion, mask, sparse_deformed).
+
+        Arguments in the order of FrameRenderer.forward and of the exported graphs' inputs
+        (engines.export.RENDERER_INPUTS): the avatar state (source keypoints included), then the driving keypoints.
+        """
         deformation, occlusion, mask, sparse = self.dense_motion_network.forward_cached(
             source_small, source_gaussians, kp_driving_value, kp_driving_jacobian, kp_source_value,
             kp_source_jacobian)
@@ -86,7 +90,7 @@ class OcclusionAwareGenerator(nn.Module):
         """
         features, small, gaussians = self.encode_source(source_image, kp_source_value)
         prediction, deformation, occlusion, mask, sparse = self.render(
-            features, small, gaussians, kp_driving_value, kp_driving_jacobian, kp_source_value, kp_source_jacobian)
+            features, small, gaussians, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian)
         # `deformed` is visualisation only: the source warped by the field resized to full resolution.
         field = F.interpolate(deformation.permute(0, 3, 1, 2), size=source_image.shape[2:], mode="bilinear",
                               align_corners=False).permute(0, 2, 3, 1)
@@ -97,7 +101,11 @@ class OcclusionAwareGenerator(nn.Module):
 
 class FrameRenderer(nn.Module):
     """The per-frame generator as a plain-tensor graph: the avatar state enters as inputs, so one compiled graph
-    (TensorRT, ONNX, torch.compile) serves every avatar without a rebuild. Returns the prediction only."""
+    (TensorRT, ONNX, torch.compile) serves every avatar without a rebuild. Returns the prediction only.
+
+    Input order (also the exported graphs' input order, engines.export.RENDERER_INPUTS): features, source_small,
+    source_gaussians, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian.
+    """
 
     def __init__(self, generator: OcclusionAwareGenerator):
         super().__init__()
@@ -105,5 +113,5 @@ class FrameRenderer(nn.Module):
 
     def forward(self, features, source_small, source_gaussians, kp_source_value, kp_source_jacobian,
                 kp_driving_value, kp_driving_jacobian):
-        return self.generator.render(features, source_small, source_gaussians, kp_driving_value,
-                                     kp_driving_jacobian, kp_source_value, kp_source_jacobian)[0]
+        return self.generator.render(features, source_small, source_gaussians, kp_source_value,
+                                     kp_source_jacobian, kp_driving_value, kp_driving_jacobian)[0]

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"calibrate by itself once you hold still for {AUTO_CALIBRATE_FRAMES} frames")
     g.add_argument("--best-frame", action="store_true",
                    help="start in best-frame mode (recalibrate whenever your pose matches the avatar better)")
+    g.add_argument("--absolute", action="store_true",
+                   help="absolute motion: use your keypoints as they are, no calibration (only looks right when "
+                        "your face is framed like the avatar's)")
     g.add_argument("--no-calibrate-first", action="store_true",
                    help="offline mode: do not take the first frame as the neutral pose (wait for a key/auto)")
     g.add_argument("--no-relative-jacobian", action="store_true",
@@ -215,6 +218,7 @@ class Session:
             calibrate_first_frame=self.offline and not (args.no_calibrate_first or args.auto_calibrate
                                                         or args.best_frame),
             best_frame=args.best_frame,
+            absolute=args.absolute,
             media_fps=None if camera else source.fps,
             # a saved neutral pose only makes sense for the same webcam; files are calibrated per run
             calibration_path=default_calibration_path(f"camera {args.camera}") if camera else None,
@@ -281,7 +285,8 @@ class Session:
             where = "the preview window" if pipeline.preview is not None else "this terminal"
             if pipeline.preview is not None or terminal_keys:
                 self.log(f"hotkeys in {where}: c calibrate, 1-9 avatar, o passthrough, q quit (all: --help)")
-            if not pipeline.neutral.is_calibrated and not self.args.auto_calibrate and not self.args.best_frame:
+            if not (pipeline.neutral.is_calibrated or self.args.auto_calibrate or self.args.best_frame
+                    or self.args.absolute):
                 self.log(instructions("c"))
 
     def _progress(self, source, stack):

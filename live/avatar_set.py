@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -30,23 +29,17 @@ def load_avatars(path, size: int) -> list[Avatar]:
 
 
 class AvatarSet:
-    """Ordered avatars with a current one; `on_change(avatar)` runs after every switch (and once at start), which is
-    how the neutral pose learns the new avatar keypoints (NeutralPose.set_source)."""
+    """Ordered avatars with a current one. It only holds and encodes them: whoever switches (the live loop) tells
+    the rest (the neutral pose needs the new avatar's keypoints)."""
 
-    def __init__(self, avatars: list[Avatar], engine, *, on_change: Callable[[Avatar], None] | None = None,
-                 eager: int = 9):
+    def __init__(self, avatars: list[Avatar], engine, *, eager: int = 9):
         if not avatars:
             raise ValueError("AvatarSet needs at least one avatar")
         self._avatars = list(avatars)
         self._engine = engine
-        self._on_change = on_change
         self.index = 0
         for avatar in self._avatars[:eager]:
             self._ensure_encoded(avatar)
-
-    @classmethod
-    def load(cls, path, engine, **kwargs) -> "AvatarSet":
-        return cls(load_avatars(path, engine.image_size), engine, **kwargs)
 
     def __len__(self) -> int:
         return len(self._avatars)
@@ -59,26 +52,13 @@ class AvatarSet:
     def current(self) -> Avatar:
         return self._ensure_encoded(self._avatars[self.index])
 
-    def set_listener(self, on_change: Callable[[Avatar], None] | None, *, notify: bool = True) -> None:
-        self._on_change = on_change
-        if notify and on_change is not None:
-            on_change(self.current)
-
     def select(self, index: int) -> bool:
         """Switch to avatar `index` (0-based); False (and no change) when there is no such avatar."""
         if not 0 <= index < len(self._avatars):
             return False
         self.index = index
-        avatar = self.current
-        if self._on_change is not None:
-            self._on_change(avatar)
+        self._ensure_encoded(self._avatars[index])  # avatars beyond the eager ones: encoded on first use
         return True
-
-    def next(self) -> bool:
-        return self.select((self.index + 1) % len(self._avatars))
-
-    def previous(self) -> bool:
-        return self.select((self.index - 1) % len(self._avatars))
 
     def _ensure_encoded(self, avatar: Avatar) -> Avatar:
         if avatar.state is None:

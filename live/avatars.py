@@ -18,13 +18,7 @@ import cv2
 import numpy as np
 
 from live.errors import AvatarError
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
-
-
-def _is_image_name(path: Path) -> bool:
-    # Dot-files are skipped: macOS leaves "._face.png" resource forks next to real images on shared drives.
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith('.')
+from live.images import IMAGE_EXTENSIONS, decode_image, image_files
 
 
 def list_avatar_paths(path) -> list[Path]:
@@ -36,22 +30,10 @@ def list_avatar_paths(path) -> list[Path]:
         return [p]
     if not p.is_dir():
         raise AvatarError(f"avatar path is neither a file nor a folder: {p}")
-    images = sorted((c for c in p.iterdir() if c.is_file() and _is_image_name(c)),
-                    key=lambda c: (c.name.lower(), c.name))
+    images = image_files(p)
     if not images:
         raise AvatarError(f"no avatar images in folder {p} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return images
-
-
-def decode_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
-    """The decoded image, or None for an empty/undecodable file.
-
-    np.fromfile + imdecode instead of cv2.imread: imread cannot open non-ASCII paths on Windows.
-    """
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, flags)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

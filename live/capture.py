@@ -23,7 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from live.avatars import IMAGE_EXTENSIONS, decode_image
+from live.images import IMAGE_EXTENSIONS, decode_image, image_files
 from live.errors import CaptureError
 
 DEFAULT_FPS = 30.0
@@ -272,9 +272,7 @@ def open_source(spec, *, loop=False, width=None, height=None, fps=None,
     if not path.exists():
         raise CaptureError(f"driving video not found: {path}")
     if path.is_dir():
-        images = sorted((p for p in path.iterdir()
-                         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
-                        key=lambda p: (p.name.lower(), p.name))
+        images = image_files(path)
         if not images:
             raise CaptureError(f"no images in driving folder {path} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return ImageFolderSource(images, name=path.name or str(path), loop=loop, fps=fps)

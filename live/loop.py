@@ -1,27 +1,34 @@
 """LivePipeline: one driving frame in, one avatar frame out to every sink.
 
-    frame -> mirror -> face crop -> engine.detect -> smoothing -> neutral pose -> engine.render -> sinks (+ preview)
+    capture -> (mirror) -> face crop -> detect -> smooth -> calibrate/normalise -> render -> sinks (+ preview)
 
-Before the first calibration the avatar is sent at rest (its own image) while the status line explains how to
-calibrate. Keys (preview window, terminal, or injected by tests) are applied between frames. Frames come from a
-*feed*: `live_feed` for cameras (newest frame only, bounded latency) or `file_feed` (every frame in order, for
-offline rendering). The pipeline owns its sinks and preview and closes them however the run ends.
+`LivePipeline.step` is that data path and nothing else. What decides the neutral pose (key C, auto-calibration,
+best-frame mode, the saved file) lives in `live.calibration_control.CalibrationController`; what a key does is one
+table from hotkey actions to methods (`LivePipeline.actions`). Keys come from key sources - the terminal, tests,
+and the preview window, which is one more source - all read in one place, between frames. Before the first
+calibration the avatar is sent at rest (its own image) while the status line explains how to calibrate; a frame
+the engine turns into NaN/inf is never sent either (the avatar at rest again, and a notice saying why).
+Frames come from a *feed*: `live_feed` for cameras (newest frame only, bounded latency) or `file_feed` (every
+frame in order, for offline rendering). The pipeline owns its sinks and preview and closes them however the run
+ends.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
+import torch
 
-from calibration.best_frame import BestFrameSelector
-from calibration.neutral_pose import NeutralPose, instructions
-from calibration.persistence import load_calibration, save_calibration
+from calibration.neutral_pose import NeutralPose
 from engines.image import to_model_input, to_uint8_image
+from engines.keypoints import Keypoints
+from engines.protocol import Engine
 from live.avatar_set import Avatar, AvatarSet
+from live.calibration_control import CalibrationController
 from live.capture import CapturedFrame
 from live.crop import FaceTracker
 from live.errors import CaptureError
@@ -85,11 +92,14 @@ class RealtimePacer:
 # --- pipeline ---------------------------------------------------------------------------------------------------
 @dataclass
 class PipelineOptions:
+    """How the run starts. The pipeline keeps its own copy and toggles it (m, o, h), so it is always current."""
+
     mirror: bool = False
     passthrough: bool = False
     show_hud: bool = True
     calibrate_first_frame: bool = False   # offline rendering: the first frame is the neutral pose (FOMM demo)
     best_frame: bool = False              # start in best-frame mode
+    absolute: bool = False                # FOMM's absolute mode: driving keypoints as they are, no calibration
     media_fps: float | None = None        # smoothing on the media clock (index / fps) instead of wall time
     calibration_path: Path | None = None  # persist the neutral pose here (None: don't)
     camera_id: str = "camera"
@@ -103,10 +113,14 @@ class RunStats:
     timings: Timings = field(default_factory=Timings)
 
 
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 class LivePipeline:
     """The live loop's per-frame work and state; drive it with `run(feed)` or frame by frame with `step()`."""
 
-    def __init__(self, engine, avatars: AvatarSet, *, sinks=(), tracker: FaceTracker | None = None,
+    def __init__(self, engine: Engine, avatars: AvatarSet, *, sinks=(), tracker: FaceTracker | None = None,
                  neutral: NeutralPose | None = None, smoother=None, preview=None,
                  key_sources: Iterable[Callable[[], list[str]]] = (), landmarks_factory=None,
                  options: PipelineOptions | None = None, log: Callable[[str], None] = print,
@@ -115,34 +129,69 @@ class LivePipeline:
         self.avatars = avatars
         self.sinks = list(sinks)
         self.tracker = tracker or FaceTracker(out_size=engine.image_size)
-        self.neutral = neutral or NeutralPose()
-        self.smoother = smoother
         self.preview = preview
         self.key_sources = list(key_sources)
-        # () -> calibration.LandmarkSource for best-frame mode, called on first use; None: compare engine kp
-        self._landmarks_factory = landmarks_factory
-        self._landmarks = None
-        self.options = options or PipelineOptions()
+        self.options = replace(options or PipelineOptions())
         self.log = log
         self.stats = RunStats(timings=timings or Timings())
         self.timings = self.stats.timings
-        self.mirror = self.options.mirror
-        self.passthrough = self.options.passthrough
-        self.show_hud = self.options.show_hud
         self.quit_requested = False
-        self.last_output: np.ndarray | None = None
-        self.best_score: float | None = None
-        self._pending_calibration = self.options.calibrate_first_frame
-        self._selector: BestFrameSelector | None = None
-        self._selector_fa = False             # the selector compares face-alignment landmarks, not engine kp
         self._notice = ""
         self._notice_until = 0.0
+        self._nonfinite_reported = False
         self._closed = False
-
-        self.avatars.set_listener(self._avatar_changed)
-        self._load_saved_calibration()
+        self.calibration = CalibrationController(
+            neutral or NeutralPose(), config_hash=engine.config_hash, smoother=smoother,
+            path=self.options.calibration_path, camera_id=self.options.camera_id,
+            landmarks_factory=landmarks_factory, absolute=self.options.absolute, notify=self.notify, log=log)
+        self.actions: dict[Action, Callable[[object], None]] = {
+            Action.QUIT: self.quit,
+            Action.CALIBRATE: lambda _: self.calibration.request(),
+            Action.RESET_CALIBRATION: lambda _: self.calibration.forget(),
+            Action.BEST_FRAME: lambda _: self.calibration.set_best_frame(self.calibration.selector is None,
+                                                                          self.avatars.current),
+            Action.AVATAR: self.select_avatar,
+            Action.NEXT_AVATAR: lambda _: self.select_avatar((self.avatars.index + 1) % len(self.avatars)),
+            Action.PREVIOUS_AVATAR: lambda _: self.select_avatar((self.avatars.index - 1) % len(self.avatars)),
+            Action.PASSTHROUGH: self.toggle_passthrough,
+            Action.ZOOM_IN: lambda _: self.tracker.zoom_in(),
+            Action.ZOOM_OUT: lambda _: self.tracker.zoom_out(),
+            Action.PAN: lambda step: self.tracker.pan(*step),
+            Action.RESET_CROP: self.reset_crop,
+            Action.TOGGLE_TRACKING: self.toggle_tracking,
+            Action.MIRROR: self.toggle_mirror,
+            Action.TOGGLE_HUD: self.toggle_hud,
+        }
+        # The avatar set is complete here; tell the calibration about the first avatar, then the saved pose.
+        notice = self.calibration.avatar_changed(self.avatars.current)
+        if notice:
+            self.notify(f"avatar {self.avatars.index + 1}: {self.avatars.current.name} ({notice})")
+        self.calibration.load_saved()
+        # offline rendering: the first frame is the neutral pose (FOMM demo)
+        self.calibration.pending = self.options.calibrate_first_frame
         if self.options.best_frame:
-            self._set_best_frame(True)
+            self.calibration.set_best_frame(True, self.avatars.current)
+
+    # --- shortcuts to state kept elsewhere ------------------------------------------------------------------
+    @property
+    def neutral(self) -> NeutralPose:
+        return self.calibration.neutral
+
+    @property
+    def smoother(self):
+        return self.calibration.smoother
+
+    @property
+    def mirror(self) -> bool:
+        return self.options.mirror
+
+    @property
+    def passthrough(self) -> bool:
+        return self.options.passthrough
+
+    @property
+    def show_hud(self) -> bool:
+        return self.options.show_hud
 
     # --- status ---------------------------------------------------------------------------------------------
     def notify(self, message: str) -> None:
@@ -155,184 +204,126 @@ class LivePipeline:
         if self._notice and time.monotonic() < self._notice_until:
             return self._notice
         parts = []
-        if self.passthrough:
+        if self.options.passthrough:
             parts.append("PASSTHROUGH (camera shown)")
-        elif self._selector is not None:
-            score = f"{self.best_score:.0f}" if self.best_score is not None else "-"
-            best = self._selector.best_score
-            parts.append(f"best-frame: match {score}, best {best:.0f}" if best is not None
-                         else f"best-frame: match {score}")
-        elif not self.neutral.is_calibrated:
-            parts.append(instructions("c"))
+        elif (calibration := self.calibration.status()) is not None:
+            parts.append(calibration)
         parts.append(f"avatar {self.avatars.index + 1}/{len(self.avatars)} {self.avatars.current.name}")
         return " | ".join(parts)
 
-    # --- keys -----------------------------------------------------------------------------------------------
+    # --- keys: every source read in one place, one table from action to method ------------------------------
+    def _all_key_sources(self) -> list[Callable[[], list[str]]]:
+        preview = [self.preview.poll] if self.preview is not None else []
+        return [*self.key_sources, *preview]
+
+    def poll_keys(self) -> None:
+        for source in self._all_key_sources():
+            self.handle_keys(source())
+
     def handle_keys(self, keys) -> None:
         for event in events_for(keys):
             self.handle(event)
 
     def handle(self, event: KeyEvent) -> None:
-        a = event.action
-        if a is Action.QUIT:
-            self.quit_requested = True
-        elif a is Action.CALIBRATE:
-            self._pending_calibration = True   # taken on the next frame, from that frame's keypoints
-        elif a is Action.RESET_CALIBRATION:
-            self._reset_calibration()
-        elif a is Action.BEST_FRAME:
-            self._set_best_frame(self._selector is None)
-        elif a is Action.AVATAR:
-            if not self.avatars.select(int(event.arg)):
-                self.notify(f"no avatar {int(event.arg) + 1}: there are {len(self.avatars)}")
-        elif a is Action.NEXT_AVATAR:
-            self.avatars.next()
-        elif a is Action.PREVIOUS_AVATAR:
-            self.avatars.previous()
-        elif a is Action.PASSTHROUGH:
-            self.passthrough = not self.passthrough
-            self.notify("passthrough on: sending the camera" if self.passthrough else "passthrough off")
-        elif a is Action.ZOOM_IN:
-            self.tracker.zoom_in()
-        elif a is Action.ZOOM_OUT:
-            self.tracker.zoom_out()
-        elif a is Action.PAN:
-            self.tracker.pan(*event.arg)
-        elif a is Action.RESET_CROP:
-            self.tracker.reset()
-            self.notify("crop reset")
-        elif a is Action.TOGGLE_TRACKING:
-            self.notify("face tracking on" if self.tracker.toggle_tracking() else "face tracking off")
-        elif a is Action.MIRROR:
-            self.mirror = not self.mirror
-            # The neutral pose was measured on the unflipped image; mirrored motion relative to it is wrong.
-            self.notify(("mirror on" if self.mirror else "mirror off")
-                        + (": press C to calibrate again" if self.neutral.is_calibrated else ""))
-        elif a is Action.TOGGLE_HUD:
-            self.show_hud = not self.show_hud
+        self.actions[event.action](event.arg)
 
-    def _poll_keys(self) -> None:
-        for source in self.key_sources:
-            self.handle_keys(source())
+    def quit(self, _=None) -> None:
+        self.quit_requested = True
 
-    # --- calibration ----------------------------------------------------------------------------------------
-    def _avatar_changed(self, avatar: Avatar) -> None:
-        notice = self.neutral.set_source(avatar.state.kp)
-        if self._selector is not None:
-            self._selector = self._new_selector()  # "best" is relative to the avatar's pose
-        if self.stats.frames or notice:
-            self.notify(f"avatar {self.avatars.index + 1}: {avatar.name}" + (f" ({notice})" if notice else ""))
-
-    def _load_saved_calibration(self) -> None:
-        path = self.options.calibration_path
-        if path is None:
+    def select_avatar(self, index: int) -> None:
+        if not self.avatars.select(int(index)):
+            self.notify(f"no avatar {int(index) + 1}: there are {len(self.avatars)}")
             return
-        result = load_calibration(path, config_hash=self.engine.config_hash, camera_id=self.options.camera_id)
-        if result.notice:
-            self.log(result.notice)
-        if result.kp is not None:
-            self.neutral.calibrate(result.kp)
-            self.log(f"Using the saved calibration from {path} (press C to calibrate again, X to forget it).")
+        avatar = self.avatars.current
+        notice = self.calibration.avatar_changed(avatar)
+        self.notify(f"avatar {self.avatars.index + 1}: {avatar.name}" + (f" ({notice})" if notice else ""))
 
-    def _calibrate(self, kp, how: str = "") -> None:
-        message = self.neutral.calibrate(kp)
-        self.stats.calibrations += 1
-        path = self.options.calibration_path
-        if path is not None:
-            try:
-                save_calibration(path, kp, config_hash=self.engine.config_hash, camera_id=self.options.camera_id)
-            except OSError as exc:  # a read-only cache must not end the call: the calibration still works
-                message += f" (not saved: {exc.strerror or exc})"
-        self.notify(message + how)
+    def toggle_passthrough(self, _=None) -> None:
+        self.options.passthrough = not self.options.passthrough
+        self.notify("passthrough on: sending the camera" if self.options.passthrough else "passthrough off")
 
-    def _reset_calibration(self) -> None:
-        self.neutral.reset()
-        self._pending_calibration = False
-        if self._selector is not None:
-            self._selector.reset()
-        path = self.options.calibration_path
-        if path is not None:
-            Path(path).unlink(missing_ok=True)
-        self.notify("Calibration cleared. " + instructions("c"))
+    def reset_crop(self, _=None) -> None:
+        self.tracker.reset()
+        self.notify("crop reset")
 
-    @property
-    def landmarks(self):
-        if self._landmarks is None and self._landmarks_factory is not None:
-            self._landmarks, self._landmarks_factory = self._landmarks_factory(), None
-        return self._landmarks
+    def toggle_tracking(self, _=None) -> None:
+        self.notify("face tracking on" if self.tracker.toggle_tracking() else "face tracking off")
 
-    def _uses_face_alignment(self) -> bool:
-        return self.landmarks is not None and getattr(self.landmarks, "backend", "") == "face-alignment"
+    def toggle_mirror(self, _=None) -> None:
+        self.options.mirror = not self.options.mirror
+        self.calibration.reset_smoothing()  # the flipped keypoints are a jump, not motion
+        # The neutral pose was measured on the unflipped image; mirrored motion relative to it is wrong.
+        self.notify(("mirror on" if self.options.mirror else "mirror off")
+                    + (": press C to calibrate again" if self.neutral.is_calibrated else ""))
 
-    def _new_selector(self) -> BestFrameSelector:
-        """Reference = the avatar's landmarks; frames must later be measured the same way (_selector_fa)."""
-        self._selector_fa = False
-        if self._uses_face_alignment():
-            reference = self.landmarks(self.avatars.current.image)
-            if reference is not None:
-                self._selector_fa = True
-                return BestFrameSelector(reference)
-            self.notify("no face found in the avatar by face-alignment: comparing model keypoints instead")
-        # model keypoints of the avatar vs. of each frame: the same detector on both sides, so comparable
-        return BestFrameSelector(self.avatars.current.state.kp.value)
+    def toggle_hud(self, _=None) -> None:
+        self.options.show_hud = not self.options.show_hud
 
-    def _set_best_frame(self, on: bool) -> None:
-        self._selector = self._new_selector() if on else None
-        self.best_score = None
-        self.notify("best-frame mode on: move until the match score peaks" if on
-                    else "best-frame mode off: keeping the current calibration")
-
-    def _frame_landmarks(self, crop_rgb: np.ndarray, kp):
-        if self._selector_fa:
-            return self.landmarks(crop_rgb)
-        return kp.value  # the engine keypoints: already computed, and comparable with the avatar's kp
-
-    # --- per frame ------------------------------------------------------------------------------------------
+    # --- per frame: the data path ---------------------------------------------------------------------------
     def step(self, frame: CapturedFrame) -> np.ndarray:
         """Process one driving frame: returns the RGB frame sent to the sinks."""
-        t = self.timings
-        image = cv2.flip(frame.image, 1) if self.mirror else frame.image
-        with t.stage("crop"):
-            crop_bgr, box = self.tracker.crop(image)
-            crop_rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
+        image = self._capture(frame)
+        crop_rgb, box = self._crop(image)
         avatar = self.avatars.current
-        if self.passthrough:
+        if self.options.passthrough:
             output = crop_rgb
         else:
             output = self._animate(frame, crop_rgb, avatar)
-        with t.stage("sinks"):
-            for sink in self.sinks:
-                sink.send(output)
-        t.frame_done(frame.timestamp)
+        self._send(output)
+        self.timings.frame_done(frame.timestamp)
         self.stats.frames += 1
-        self.last_output = output
-        if self.preview is not None:
-            hud = t.lines() if self.show_hud else ()
-            self.handle_keys(self.preview.show(image, box, output, hud_lines=hud, status=self.status))
+        self.stats.calibrations = self.calibration.calibrations
+        self._show(image, box, output)
         return output
 
+    def _capture(self, frame: CapturedFrame) -> np.ndarray:
+        return cv2.flip(frame.image, 1) if self.options.mirror else frame.image
+
+    def _crop(self, image: np.ndarray):
+        with self.timings.stage("crop"):
+            crop_bgr, box = self.tracker.crop(image)
+            return cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB), box
+
     def _animate(self, frame: CapturedFrame, crop_rgb: np.ndarray, avatar: Avatar) -> np.ndarray:
-        t = self.timings
-        with t.stage("detect"):
-            kp = self.engine.detect(to_model_input(crop_rgb, size=self.engine.image_size, device=self.engine.device))
-        with t.stage("normalize"):
-            if self.smoother is not None:
-                clock = frame.index / self.options.media_fps if self.options.media_fps else frame.timestamp
-                kp = self.smoother(kp, clock)
-            if self._pending_calibration:
-                self._pending_calibration = False
-                self._calibrate(kp)
-            elif self._selector is not None:
-                self.best_score, is_best = self._selector.update(self._frame_landmarks(crop_rgb, kp), kp)
-                if is_best:
-                    self._calibrate(self._selector.best_payload, f" (best frame, match {self.best_score:.0f})")
-            elif not self.neutral.is_calibrated and self.neutral.observe(kp):
-                self._calibrate(kp, " (auto: you held still)")  # observe() set it; this saves and reports it
-            if not self.neutral.is_calibrated:
-                return avatar.image  # at rest until calibrated: moving it relative to nothing would be random
-            kp_avatar = self.neutral.normalize(kp)
-        with t.stage("render"):
-            return to_uint8_image(self.engine.render(avatar.state, kp_avatar))
+        kp = self._detect(crop_rgb)
+        if not _finite(kp.value, kp.jacobian):  # before the smoother: one NaN would poison its history
+            return self._at_rest(avatar, "the keypoint detector returned NaN/inf")
+        with self.timings.stage("normalize"):
+            kp = self.calibration.smooth(kp, self._clock(frame))
+            kp_avatar = self.calibration.neutralise(kp, crop_rgb, avatar)
+        if kp_avatar is None:
+            return avatar.image  # at rest until calibrated
+        with self.timings.stage("render"):
+            rendered = self.engine.render(avatar.state, kp_avatar)
+        if not _finite(rendered):
+            return self._at_rest(avatar, "the renderer returned NaN/inf")
+        self._nonfinite_reported = False  # a good frame again: a later failure is news worth a notice
+        return to_uint8_image(rendered)
+
+    def _detect(self, crop_rgb: np.ndarray) -> Keypoints:
+        with self.timings.stage("detect"):
+            x = to_model_input(crop_rgb, size=self.engine.image_size, device=self.engine.device)
+            return self.engine.detect(x)
+
+    def _clock(self, frame: CapturedFrame) -> float:
+        return frame.index / self.options.media_fps if self.options.media_fps else frame.timestamp
+
+    def _at_rest(self, avatar: Avatar, why: str) -> np.ndarray:
+        """Never send a broken frame: the avatar at rest instead, and say why once per run of bad frames."""
+        if not self._nonfinite_reported:
+            self._nonfinite_reported = True
+            self.notify(f"{why} on this frame ({self.engine.name}): showing the avatar at rest")
+        return avatar.image
+
+    def _send(self, output: np.ndarray) -> None:
+        with self.timings.stage("sinks"):
+            for sink in self.sinks:
+                sink.send(output)
+
+    def _show(self, image: np.ndarray, box, output: np.ndarray) -> None:
+        if self.preview is not None:  # its keys are read by poll_keys, with every other key source
+            hud = self.timings.lines() if self.options.show_hud else ()
+            self.preview.show(image, box, output, hud_lines=hud, status=self.status)
 
     # --- running --------------------------------------------------------------------------------------------
     def run(self, feed: Iterable[CapturedFrame | None], *, max_frames: int | None = None,
@@ -344,16 +335,14 @@ class LivePipeline:
         try:
             waiting_since = time.perf_counter()
             while not self.quit_requested:
-                self._poll_keys()
+                self.poll_keys()  # also while the camera stalls (frame None): quit must still work
                 if self.quit_requested or (max_frames is not None and self.stats.frames >= max_frames):
                     break
                 try:
                     frame = next(iterator)
                 except StopIteration:
                     break
-                if frame is None:  # no new camera frame yet: keep the window responsive
-                    if self.preview is not None:
-                        self.handle_keys(self.preview.poll())
+                if frame is None:  # no new camera frame yet
                     continue
                 self.timings.record("wait", (time.perf_counter() - waiting_since) * 1000.0)
                 self.step(frame)

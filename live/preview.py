@@ -40,42 +40,46 @@ def compose(camera_bgr: np.ndarray, box: CropBox | None, output_rgb: np.ndarray,
     return image
 
 
+MAX_KEYS_PER_POLL = 64  # a key held down auto-repeats; stop draining somewhere so a frame always follows
+
+
 class PreviewWindow:
-    """An OpenCV window; `show()` draws one frame and returns the key names pressed since the last call."""
+    """An OpenCV window and a key source: `show()` draws one frame, `poll()` returns every key pressed since the
+    last poll (the live loop reads it with its other key sources, between frames)."""
 
     def __init__(self, title: str = "live avatar (q to quit)"):
         self.title = title
         self._open = False
+        self._pending: list[str] = []  # keys read while pumping the GUI in show(), until the next poll()
         self.closed_by_user = False
 
-    def show(self, camera_bgr, box, output_rgb, *, hud_lines=(), status: str = "") -> list[str]:
+    def show(self, camera_bgr, box, output_rgb, *, hud_lines=(), status: str = "") -> None:
         image = compose(camera_bgr, box, output_rgb, hud_lines=hud_lines, status=status)
         if not self._open:
             cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE)
             self._open = True
         cv2.imshow(self.title, image)
-        keys = []
-        code = cv2.waitKeyEx(1)  # also pumps the GUI event loop; without it the window never paints
-        while code != -1 and len(keys) < 16:
-            key = key_from_waitkey(code)
-            if key:
-                keys.append(key)
-            code = cv2.waitKeyEx(1)
-        if self._window_gone():
-            self.closed_by_user = True
-            keys.append("q")  # closing the window ends the session like the quit key
-        return keys
+        self._drain()  # waitKeyEx also pumps the GUI event loop; without it the window never paints
 
     def poll(self) -> list[str]:
-        """Keys without a new frame (the camera is slow or stalled: quit must still work)."""
-        if not self._open:
-            return []
-        key = key_from_waitkey(cv2.waitKeyEx(1))
-        keys = [key] if key else []
-        if self._window_gone():
-            self.closed_by_user = True
-            keys.append("q")
+        """Every key pressed since the last poll, in order (a burst of three `o` is three `o`); "q" once the
+        window was closed."""
+        if self._open:
+            self._drain()
+        keys, self._pending = self._pending, []
         return keys
+
+    def _drain(self) -> None:
+        for _ in range(MAX_KEYS_PER_POLL):
+            code = cv2.waitKeyEx(1)
+            if code == -1:
+                break
+            key = key_from_waitkey(code)
+            if key:
+                self._pending.append(key)
+        if not self.closed_by_user and self._window_gone():
+            self.closed_by_user = True
+            self._pending.append("q")  # closing the window ends the session like the quit key
 
     def _window_gone(self) -> bool:
         try:

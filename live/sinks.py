@@ -15,7 +15,7 @@ import numpy as np
 
 from live.errors import SinkError
 
-CANVAS_MODES = ("fit", "fill", "stretch")
+CANVAS_MODES = ("fit", "fill")
 DEFAULT_CANVAS_COLOR = (32, 32, 32)  # RGB dark grey: calmer than black bars, reads as "background" in calls
 
 
@@ -39,8 +39,7 @@ def place_on_canvas(frame: np.ndarray, width: int, height: int, mode: str = "fit
                     color=DEFAULT_CANVAS_COLOR) -> np.ndarray:
     """Fit an RGB frame into width x height.
 
-    fit: largest size that fits, centred, borders in `color`; fill: scale to cover, centre-crop;
-    stretch: resize to exactly width x height, ignoring the aspect ratio.
+    fit: largest size that fits, centred, borders in `color`; fill: scale to cover, centre-crop.
     """
     _check_rgb(frame)
     if mode not in CANVAS_MODES:
@@ -50,8 +49,6 @@ def place_on_canvas(frame: np.ndarray, width: int, height: int, mode: str = "fit
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return np.ascontiguousarray(frame)
-    if mode == "stretch":
-        return _resize(frame, width, height)
     if mode == "fit":
         scale = min(width / w, height / h)
         new_w, new_h = min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale)))

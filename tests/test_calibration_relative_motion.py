@@ -1,6 +1,5 @@
 """normalize_kp / movement scale: golden parity with the original FOMM code and hand-made hulls."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,14 +8,13 @@ import torch
 from calibration.relative_motion import DegenerateHullError, hull_area, movement_scale, normalize_kp
 from engines.keypoints import Keypoints
 
-# CI lays shared/ beside the repo clone: <parent>/main (repo) and <parent>/shared/reference.
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden" / "astronaut"
+from tests.conftest import GOLDEN, missing_data
 
 
 def _load_case(name):
     path = GOLDEN / f"{name}.npz"
     if not path.is_file():
-        pytest.skip(f"golden case {path} not found (shared/reference must sit beside the repo clone)")
+        missing_data(f"golden case {path} not found (shared/reference must sit beside the repo clone)")
     data = np.load(path)
     t = lambda key: torch.from_numpy(data[key])  # noqa: E731
     kp = lambda prefix, batch: Keypoints(  # noqa: E731

@@ -55,4 +55,4 @@ def test_rigid_motion_moves_the_sparse_field(deterministic_engine):
     grid = coordinate_grid(8, 8)
     assert torch.allclose(motions[0, 0], grid)
     assert torch.allclose(motions[0, 1:], (grid - torch.tensor([0.2, 0.0])).expand(10, 8, 8, 2), atol=1e-6)
-    assert isinstance(Keypoints(value, jac).num_kp, int)
+    assert Keypoints(value[:, :4], jac[:, :4]).num_kp == 4

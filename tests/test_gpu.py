@@ -42,8 +42,10 @@ def cuda_engine():
 def cases(cuda_engine):
     """(source, [driving frames]) on the GPU: the golden astronaut when the reference is there, else noise."""
     from engines.bench import load_frames
+    from tests.conftest import GOLDEN
 
-    source, driving, _ = load_frames(cuda_engine.image_size)
+    golden = (GOLDEN / "source.png", GOLDEN / "driving.npy") if (GOLDEN / "driving.npy").exists() else (None, None)
+    source, driving, _ = load_frames(cuda_engine.image_size, *golden)
     return source.cuda(), [driving[i:i + 1].cuda() for i in range(len(driving))]
 
 

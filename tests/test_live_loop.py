@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from calibration.neutral_pose import NeutralPose
+from calibration.smoothing import KeypointSmoother
 from engines.keypoints import Keypoints
 from live.avatar_set import Avatar, AvatarSet
 from live.capture import CapturedFrame, FrameSource, LatestFrameReader
 from live.crop import CropBox, FaceTracker
 from live.errors import CaptureError
 from live.loop import LivePipeline, PipelineOptions, RealtimePacer, file_feed, live_feed
-from live.preview import STATUS_HEIGHT, compose
+from live import preview as preview_module
+from live.preview import STATUS_HEIGHT, PreviewWindow, compose
 
 SIZE = 32
 K = 5
@@ -27,26 +29,33 @@ class FakeEngine:
     image_size = SIZE
     device = torch.device("cpu")
     config_hash = "fake-config"
+    weights_id = "fake-weights"
     name = "fake"
 
     def __init__(self):
         self.detect_calls = 0
         self.render_calls = 0
 
-    def detect(self, x):
+    def detect(self, image):
         self.detect_calls += 1
-        shift = float(x.mean()) - 0.5
+        shift = float(image.mean()) - 0.5
         value = (PATTERN + shift)[None].clone()
         value[0, 2] += shift  # the middle point moves twice as far: the face *shape* changes, not just its place
         return Keypoints(value, torch.eye(2).expand(1, K, 2, 2).clone())
 
-    def encode(self, x):
-        return SimpleNamespace(kp=self.detect(x), image=x)
+    def encode(self, image):
+        return SimpleNamespace(kp=self.detect(image), image=image)
 
-    def render(self, state, kp):
+    def render(self, state, kp_driving):
         self.render_calls += 1
-        level = float((kp.value - state.kp.value).mean()) + 0.5
+        level = float((kp_driving.value - state.kp.value).mean()) + 0.5
         return torch.full((1, 3, SIZE, SIZE), min(max(level, 0.0), 1.0))
+
+    def forward_full(self, source, kp_driving, kp_source=None):
+        state = self.encode(source)
+        if kp_source is not None:
+            state.kp = kp_source
+        return {"prediction": self.render(state, kp_driving)}
 
 
 class ListSink:
@@ -162,7 +171,7 @@ def test_avatar_keys_switch_and_update_the_neutral_pose():
     p = make_pipeline(engine, n_avatars=3, keys=keys)
     seen = []
     for frame in frames([100] * 5):
-        p._poll_keys()
+        p.poll_keys()
         p.step(frame)
         seen.append(p.avatars.index)
     assert seen == [0, 1, 1, 2, 1]
@@ -191,9 +200,9 @@ def test_mirror_flips_the_driving_frame():
 
 def test_crop_keys_reach_the_tracker():
     p = make_pipeline(keys=ScriptedKeys({0: ["+", "+", "d", "w"], 1: ["0"]}))
-    p._poll_keys()
+    p.poll_keys()
     assert p.tracker.zoom > 1 and p.tracker.pan_x > 0 and p.tracker.pan_y < 0
-    p._poll_keys()
+    p.poll_keys()
     assert p.tracker.zoom == 1 and p.tracker.pan_x == 0 and p.tracker.pan_y == 0
 
 
@@ -239,7 +248,7 @@ def test_best_frame_mode_recalibrates_on_better_matches():
     p = make_pipeline(keys=ScriptedKeys({0: ["b"], 4: ["b"]}))
     p.run(frames([200, 150, 100, 160, 60, 40]))
     assert p.stats.calibrations == 3  # 200, 150, 100 each improved; 160 did not; then the mode was off
-    assert p._selector is None
+    assert p.calibration.selector is None
     assert "best-frame" in " ".join(p.messages)
 
 
@@ -318,17 +327,21 @@ def test_realtime_pacer_repeats_frames_when_slow_and_drops_when_fast():
 
 
 class FakePreview:
+    """Like PreviewWindow: keys typed while a frame is shown are returned by the next poll()."""
+
     def __init__(self, keys_per_frame):
         self.keys = list(keys_per_frame)
+        self.pending = []
         self.shown = []
         self.closed = False
 
     def show(self, camera, box, output, *, hud_lines=(), status=""):
         self.shown.append((camera.shape, box, output.shape, list(hud_lines), status))
-        return self.keys.pop(0) if self.keys else []
+        self.pending += self.keys.pop(0) if self.keys else []
 
     def poll(self):
-        return []
+        keys, self.pending = self.pending, []
+        return keys
 
     def close(self):
         self.closed = True
@@ -353,3 +366,138 @@ def test_compose_puts_camera_and_avatar_side_by_side():
     assert (image[100:200, 400:500] == 255).all(), "avatar panel on the right"
     assert image[120, 58:64, 1].max() == 255, "crop box (left edge x=30 -> 60 at 2x) drawn in green"
     assert image[120, 70:250].max() == 0, "inside the box the camera picture is untouched"
+
+
+# --- non-finite engine output never reaches a sink ------------------------------------------------------------------
+class NaNEngine(FakeEngine):
+    """Renders (or detects) NaN on the frames whose index is listed."""
+
+    def __init__(self, nan_renders=(), nan_detects=()):
+        super().__init__()
+        self.nan_renders, self.nan_detects = set(nan_renders), set(nan_detects)
+        self.frame = -1  # detect calls per driving frame (after the avatar encodings)
+
+    def detect(self, image):
+        kp = super().detect(image)
+        if getattr(self, "_driving", False):
+            self.frame += 1
+            if self.frame in self.nan_detects:
+                kp.value[0, 0, 0] = float("nan")
+        return kp
+
+    def render(self, state, kp_driving):
+        out = super().render(state, kp_driving)
+        return torch.full_like(out, float("inf")) if self.frame in self.nan_renders else out
+
+
+def _nan_pipeline(engine, **kwargs):
+    p = make_pipeline(engine, options=PipelineOptions(calibrate_first_frame=True), **kwargs)
+    engine._driving = True  # count driving frames from here on (the avatar was encoded above)
+    return p
+
+
+def test_a_non_finite_render_sends_the_avatar_at_rest_and_says_why_once():
+    engine = NaNEngine(nan_renders={1, 2, 3})
+    p = _nan_pipeline(engine)
+    p.run(frames([100, 120, 120, 120, 140]))
+    outs = p.sinks[0].frames
+    avatar = p.avatars.current.image
+    assert all(np.isfinite(f).all() for f in outs)
+    assert int(outs[0].mean()) == 128 and int(outs[4].mean()) > 128, "good frames are rendered as usual"
+    assert all(np.array_equal(f, avatar) for f in outs[1:4]), "broken frames: the avatar at rest"
+    said = [m for m in p.messages if "NaN/inf" in m]
+    assert len(said) == 1 and "renderer" in said[0] and "at rest" in said[0]
+
+
+def test_non_finite_keypoints_neither_calibrate_nor_poison_the_smoother():
+    engine = NaNEngine(nan_detects={0, 2})
+    p = _nan_pipeline(engine, smoother=KeypointSmoother())
+    p.run(frames([100, 100, 100, 100]))
+    outs = p.sinks[0].frames
+    avatar = p.avatars.current.image
+    assert np.array_equal(outs[0], avatar) and np.array_equal(outs[2], avatar)
+    assert p.stats.calibrations == 1, "frame 0 (NaN) was not taken as the neutral pose; frame 1 was"
+    assert int(outs[1].mean()) == 128 and int(outs[3].mean()) == 128, "the smoother history stayed finite"
+    said = [m for m in p.messages if "NaN/inf" in m]
+    assert len(said) == 2 and all("keypoint detector" in m for m in said), "said again after a good frame"
+
+
+# --- preview keys: every pending key per poll ----------------------------------------------------------------------
+def test_preview_poll_drains_a_burst_of_keys_so_three_presses_toggle_three_times(monkeypatch):
+    codes = [ord("o"), ord("o"), ord("o"), -1, ord("o"), -1]
+    monkeypatch.setattr(preview_module.cv2, "waitKeyEx", lambda delay: codes.pop(0) if codes else -1)
+    monkeypatch.setattr(preview_module.cv2, "getWindowProperty", lambda *a: 1.0)
+    window = PreviewWindow()
+    window._open = True  # as after the first show(); no real window is needed to read keys
+    p = make_pipeline(preview=window)
+    p.poll_keys()
+    assert [m for m in p.messages if "passthrough" in m] == ["passthrough on: sending the camera",
+                                                             "passthrough off", "passthrough on: sending the camera"]
+    assert p.passthrough
+    p.poll_keys()
+    assert not p.passthrough and codes == []
+
+
+def test_keys_typed_while_a_frame_is_shown_are_kept_for_the_next_poll(monkeypatch):
+    codes = [-1, ord("h"), ord("o"), -1]
+    monkeypatch.setattr(preview_module.cv2, "waitKeyEx", lambda delay: codes.pop(0) if codes else -1)
+    monkeypatch.setattr(preview_module.cv2, "getWindowProperty", lambda *a: 1.0)
+    monkeypatch.setattr(preview_module.cv2, "namedWindow", lambda *a: None)
+    monkeypatch.setattr(preview_module.cv2, "imshow", lambda *a: None)
+    window = PreviewWindow()
+    out = np.zeros((SIZE, SIZE, 3), np.uint8)
+    window.show(np.zeros((48, 64, 3), np.uint8), None, out)  # reads nothing yet
+    window.show(np.zeros((48, 64, 3), np.uint8), None, out)  # h and o arrive while painting
+    assert window.poll() == ["h", "o"] and window.poll() == []
+
+
+# --- the smoother starts over when the keypoints jump for other reasons than motion --------------------------------
+@pytest.mark.parametrize("key", ["2", "m", "c"])
+def test_smoother_history_is_dropped_on_avatar_switch_mirror_and_recalibration(key):
+    """Frames at level 100, then the key, then level 180 held: with the history dropped the first 180 frame
+    passes through unfiltered, so it renders exactly like an unsmoothed pipeline's."""
+    levels = [100] * 6 + [180, 180]
+    script = {0: ["c"], 6: [key]}
+    smoothed = make_pipeline(n_avatars=2, keys=ScriptedKeys(script), smoother=KeypointSmoother(min_cutoff=0.1))
+    plain = make_pipeline(n_avatars=2, keys=ScriptedKeys(script))
+    smoothed.run(frames(levels))
+    plain.run(frames(levels))
+    assert np.array_equal(smoothed.sinks[0].frames[6], plain.sinks[0].frames[6])
+    # ...whereas without a reset the filter lags behind a jump (the same jump with no key in between)
+    lagging = make_pipeline(n_avatars=2, keys=ScriptedKeys({0: ["c"]}), smoother=KeypointSmoother(min_cutoff=0.1))
+    lagging.run(frames(levels))
+    assert not np.array_equal(lagging.sinks[0].frames[6], plain.sinks[0].frames[6])
+
+
+def test_options_stay_current_after_toggles():
+    p = make_pipeline(keys=ScriptedKeys({0: ["m", "o", "h"]}))
+    p.poll_keys()
+    assert p.options.mirror and p.options.passthrough and not p.options.show_hud
+    assert p.mirror and p.passthrough and not p.show_hud
+
+
+def test_absolute_mode_animates_without_calibration():
+    p = make_pipeline(options=PipelineOptions(absolute=True))
+    p.run(frames([100, 140]))
+    assert p.stats.calibrations == 0 and not p.neutral.is_calibrated
+    outs = [int(f.mean()) for f in p.sinks[0].frames]
+    assert outs[0] != 40 and outs[1] > outs[0], "rendered from the raw keypoints, not the avatar at rest"
+    assert "press C" not in p.status
+
+
+def test_auto_calibration_calibrates_once_and_saves_that_pose(tmp_path):
+    class CountingPose(NeutralPose):
+        calls = 0
+
+        def calibrate(self, kp_frame):
+            CountingPose.calls += 1
+            return super().calibrate(kp_frame)
+
+    path = tmp_path / "calib.json"
+    p = make_pipeline(neutral=CountingPose(auto_calibrate_frames=2),
+                      options=PipelineOptions(calibration_path=path, camera_id="camera 0"))
+    p.run(frames([100, 100, 100, 130]))
+    assert CountingPose.calls == 1 and p.stats.calibrations == 1
+    assert any("auto: you held still" in m and "movement scale" in m for m in p.messages)
+    saved = make_pipeline(options=PipelineOptions(calibration_path=path, camera_id="camera 0"))
+    assert torch.equal(saved.neutral.kp_initial.value, p.neutral.kp_initial.value)

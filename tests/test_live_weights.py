@@ -94,11 +94,15 @@ def _closed_port() -> int:
     return port
 
 
-def test_known_checkpoint_and_defaults():
+def test_the_readme_states_the_checksum_and_size_the_code_verifies():
+    """The published digest lives in the code and in the README; a user checking a file by hand reads the latter."""
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
     entry = KNOWN_CHECKPOINTS["vox-cpk"]
-    assert entry == {"filename": "vox-cpk.pth.tar",
-                     "sha256": "abb41ab1f279f26326c0d6e4d20702de6658364665aa1313daa7a63e89ea2b23",
-                     "size": 728766691, "url": DEFAULT_URL}
+    assert entry["filename"] == "vox-cpk.pth.tar" and entry["url"] == DEFAULT_URL
+    assert entry["sha256"] in readme
+    assert f"{entry['filename']}` ({entry['size'] / 2 ** 20:.0f} MiB" in readme
     assert DEFAULT_URL.startswith("https://")
 
 

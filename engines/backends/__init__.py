@@ -5,7 +5,7 @@ backend
   auto      TensorRT if torch_tensorrt imports and CUDA is present, else the compiled CUDA backend, else the CPU one
   tensorrt  torch-tensorrt engines (fp16 renderer, fp32 detector), cached on disk       [tensorrt_backend.py]
   cuda      torch CUDA, fp16 autocast renderer + torch.compile (CUDA graphs)            [cuda_backend.py]
-  cpu       eager CPU with the measured speed options (channels_last)                   [cpu_backend.py]
+  cpu       eager fp32 on the CPU; measured speed options opt-in (README)               [cpu_backend.py]
   torch     the plain eager fp32 FOMMEngine on the chosen device (the reference)
 device: auto | cuda | cpu (cpu forces the CPU whatever the backend).
 """
@@ -80,7 +80,7 @@ def _base_engine(device, checkpoint, deterministic_weights, align_corners) -> FO
 
 def _build_tensorrt(base, *, precision, cache_dir, warm_up):
     from .tensorrt_backend import build_tensorrt_engine
-    return build_tensorrt_engine(base, precision=precision, cache_dir=cache_dir)
+    return build_tensorrt_engine(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up)
 
 
 def _build_cuda(base, *, precision, warm_up):

@@ -1,14 +1,22 @@
-"""What the accelerated backends share: an engine whose detect/render run through replaceable graphs."""
+"""What the accelerated backends share: an engine whose detect/render run through replaceable graphs, and one
+compile-with-fallback wrapper for those graphs."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Callable
 
 import torch
 
-from ..engine import FOMMEngine
-from ..export import renderer_inputs
+from ..engine import FOMMEngine, fp32_strict, renderer_inputs
 from ..keypoints import Keypoints
+
+log = logging.getLogger(__name__)
+
+
+def log_fallback(message: str) -> None:
+    """How a graph that falls back after its engine was built reports it (no notice list to append to then)."""
+    log.warning(message)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -36,7 +44,8 @@ class AcceleratedEngine(FOMMEngine):
     def detect(self, image: torch.Tensor) -> Keypoints:
         if self._detector is None:
             return super().detect(image)
-        value, jacobian = self._detector(self._input(image).contiguous())
+        with fp32_strict():  # also while a compiled detector is traced / its CUDA graph captured
+            value, jacobian = self._detector(self._input(image).contiguous())
         return Keypoints(value.float(), jacobian.float())
 
     @torch.inference_mode()
@@ -61,6 +70,41 @@ class AcceleratedEngine(FOMMEngine):
             self.render(state, kp)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+class CompiledWithFallback:
+    """Calls a compiled graph; the first time it raises, records why, reports it once through `report` and runs
+    the eager module from then on (e.g. no C++ compiler for inductor on this machine).
+
+    `report(message)` defaults to a logging warning; builders collect the messages as notices during warm-up.
+    `clone_outputs`: with CUDA graphs (mode="reduce-overhead") the output lives in a buffer the next replay
+    overwrites, so it is copied before it is returned.
+    """
+
+    def __init__(self, name: str, eager: Callable, compiled: Callable | None, *, clone_outputs: bool = False,
+                 report: Callable[[str], None] | None = None):
+        self.name, self.eager, self.compiled, self.clone_outputs = name, eager, compiled, clone_outputs
+        self.report = report or log_fallback
+        self.error: str | None = None
+
+    @property
+    def fell_back(self) -> bool:
+        return self.error is not None
+
+    def __call__(self, *inputs):
+        if self.compiled is not None and self.error is None:
+            try:
+                if self.clone_outputs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                out = self.compiled(*inputs)
+            except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager, and say so
+                self.error = describe_error(error)
+                self.report(f"torch.compile failed for the {self.name} ({self.error}): running it eager")
+            else:
+                if self.clone_outputs:
+                    out = tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+                return out
+        return self.eager(*inputs)
 
 
 def weights_digest(engine: FOMMEngine) -> str:

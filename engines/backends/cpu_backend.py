@@ -15,7 +15,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
-from .common import AcceleratedEngine, check_precision, describe_error
+from .common import AcceleratedEngine, CompiledWithFallback, check_precision, log_fallback
 
 SUPPORTED_PRECISIONS = ("fp32", "bf16")
 
@@ -63,21 +63,6 @@ class CpuRenderer(torch.nn.Module):
         return self.renderer(features, *rest)
 
 
-class _CompiledWithFallback:
-    def __init__(self, eager: torch.nn.Module):
-        self.eager = eager
-        self.compiled = torch.compile(eager)
-        self.error: str | None = None
-
-    def __call__(self, *inputs):
-        if self.error is None:
-            try:
-                return self.compiled(*inputs)
-            except Exception as error:  # noqa: BLE001 - e.g. no C++ compiler on this machine: run eager
-                self.error = describe_error(error)
-        return self.eager(*inputs)
-
-
 def build_cpu_engine(base: FOMMEngine, *, precision: str | None = None, options: CpuOptions | None = None,
                      warm_up: bool = True):
     """(engine, notices) on the CPU. `options` overrides DEFAULT_OPTIONS; `precision` overrides its precision."""
@@ -90,14 +75,17 @@ def build_cpu_engine(base: FOMMEngine, *, precision: str | None = None, options:
         call = None  # nothing to change: the eager fp32 path itself
     else:
         renderer = CpuRenderer(base.generator, options)
-        call = _CompiledWithFallback(renderer) if options.torch_compile else renderer
+        # While building, a compile failure becomes one of the returned notices; later ones are logged.
+        call = (CompiledWithFallback("renderer", renderer, torch.compile(renderer), report=notices.append)
+                if options.torch_compile else renderer)
     engine = AcceleratedEngine(base, name=options.label, renderer=call, precision=options.precision,
                                details={"backend": "cpu", "precision": options.precision, "detector": "fp32",
                                         "channels_last": options.channels_last,
                                         "torch_compile": options.torch_compile})
     if warm_up and options.torch_compile:
         engine.warm_up(runs=1)  # compile now, not on the first live frame
-        if call.error:
-            notices.append(f"torch.compile failed on the CPU ({call.error}): running the renderer eager")
+        if call.fell_back:
             engine.name = replace(options, torch_compile=False).label
+    if isinstance(call, CompiledWithFallback):
+        call.report = log_fallback  # after the build nobody reads `notices` any more
     return engine, notices

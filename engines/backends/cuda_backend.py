@@ -2,10 +2,8 @@
 
 The keypoint detector stays fp32 (its temperature-0.1 softmax over 3364 logits turns fp16 rounding of the logits
 into visible keypoint jitter; it is ~3% of the per-frame FLOPs). The renderer runs under torch.autocast(float16):
-convolutions in fp16, while autocast keeps softmax/exp/pow in fp32.
-
-NOT RUN in this task (no GPU machine was lent): written against torch 2.13's documented CUDA/compile APIs; the
-tests in tests/test_gpu.py exercise it where CUDA exists.
+convolutions in fp16, while autocast keeps softmax/exp/pow in fp32. tests/test_gpu.py checks it where CUDA exists
+(what has been run where: README, "GPU engines and benchmarks").
 """
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
-from .common import DTYPES, AcceleratedEngine, check_precision, describe_error
+from .common import DTYPES, AcceleratedEngine, CompiledWithFallback, check_precision, log_fallback
 
 SUPPORTED_PRECISIONS = ("fp16", "bf16", "fp32")
 DEFAULT_PRECISION = "fp16"
@@ -33,31 +31,6 @@ class _AutocastRenderer(torch.nn.Module):
             return self.renderer(*inputs).float()
 
 
-class _Graph:
-    """Calls the compiled graph; falls back to eager once if compilation fails, and records why.
-
-    With CUDA graphs the output lives in a buffer the next replay overwrites, so it is cloned before returning.
-    """
-
-    def __init__(self, name: str, eager, compiled, clone_outputs: bool):
-        self.name, self.eager, self.compiled, self.clone_outputs = name, eager, compiled, clone_outputs
-        self.error: str | None = None
-
-    def __call__(self, *inputs):
-        if self.compiled is not None and self.error is None:
-            try:
-                if self.clone_outputs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                out = self.compiled(*inputs)
-            except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager
-                self.error = describe_error(error)
-            else:
-                if self.clone_outputs:
-                    out = tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
-                return out
-        return self.eager(*inputs)
-
-
 def build_cuda_engine(base: FOMMEngine, *, precision: str | None = None, compile_mode: str | None = None,
                       use_compile: bool = True, warm_up: bool = True):
     """(engine, notices). `base` must already live on a CUDA device."""
@@ -68,13 +41,13 @@ def build_cuda_engine(base: FOMMEngine, *, precision: str | None = None, compile
     dtype = None if precision == "fp32" else DTYPES[precision]
     renderer = _AutocastRenderer(FrameRenderer(base.generator).eval(), dtype)  # autocast leaves the weights fp32
     detector = base.kp_detector
-    clone = mode == "reduce-overhead"
-    if use_compile:
-        detector_fn = _Graph("keypoint detector", detector, torch.compile(detector, mode=mode, fullgraph=True), clone)
-        renderer_fn = _Graph("renderer", renderer, torch.compile(renderer, mode=mode, fullgraph=True), clone)
-    else:
-        detector_fn = _Graph("keypoint detector", detector, None, False)
-        renderer_fn = _Graph("renderer", renderer, None, False)
+    clone = use_compile and mode == "reduce-overhead"
+
+    def graph(name, module):  # while building, a compile failure becomes one of the returned notices
+        compiled = torch.compile(module, mode=mode, fullgraph=True) if use_compile else None
+        return CompiledWithFallback(name, module, compiled, clone_outputs=clone, report=notices.append)
+
+    detector_fn, renderer_fn = graph("keypoint detector", detector), graph("renderer", renderer)
     suffix = f"+compile({mode})" if use_compile else ""
     engine = AcceleratedEngine(base, name=f"torch-cuda-{precision}{suffix}", detector=detector_fn,
                                renderer=renderer_fn, precision=precision,
@@ -83,9 +56,8 @@ def build_cuda_engine(base: FOMMEngine, *, precision: str | None = None, compile
                                         "gpu": torch.cuda.get_device_name(base.device)})
     if warm_up:
         engine.warm_up()  # compiles and captures the CUDA graphs now rather than on the first live frame
-        for graph in (detector_fn, renderer_fn):
-            if graph.error:
-                notices.append(f"torch.compile failed for the {graph.name} ({graph.error}): running it eager")
-        if any(graph.error for graph in (detector_fn, renderer_fn)):
+        if detector_fn.fell_back or renderer_fn.fell_back:
             engine.name = f"torch-cuda-{precision}"
+    for fn in (detector_fn, renderer_fn):
+        fn.report = log_fallback  # after the build nobody reads `notices` any more
     return engine, notices

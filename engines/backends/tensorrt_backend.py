@@ -5,23 +5,18 @@
 - Precision: the renderer is fp16 by default (fp32 on request). The keypoint detector is always fp32 with TF32 off:
   its temperature-0.1 softmax over 3364 logits amplifies logit rounding into keypoint jitter, and it is ~3% of the
   per-frame FLOPs.
-- fp16 is expressed in the graph itself (a half copy of the generator between fp32 casts), so it means the same
-  under TensorRT's strong typing (use_explicit_typing, the default in recent torch-tensorrt) and under the older
-  weak typing with enabled_precisions.
+- fp16 is expressed in the graph itself (a half copy of the generator between fp32 casts): torch-tensorrt 2.13
+  (pinned in requirements-gpu.txt) builds strongly typed TensorRT 11 networks, whose precision is the graph's dtypes.
 - Compiled engines are serialized (torch_tensorrt.save, ExportedProgram format) into a cache folder keyed by
   everything that makes an engine invalid; a second start loads them in seconds.
 
-The cache logic (keys, entry validation, load-or-build) is plain Python and tested on CPU with fake payloads.
-The compile/save/load calls need a CUDA GPU with TensorRT and were NOT RUN in this task (no GPU machine was lent);
-they follow the torch-tensorrt 2.x documentation and the 2.13.0 wheel's signatures (checked by reading the
-wheel's Python sources here: dynamo.compile has no enabled_precisions/use_explicit_typing any more, TensorRT 11
-networks are strongly typed), adapting to keyword renames across 2.x by inspecting signatures.
+The cache logic (keys, entry validation, load-or-build) is plain Python and tested on CPU with fake payloads; the
+compile/save/load calls need a CUDA GPU with TensorRT (tests/test_gpu.py; what has been run where: README).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -195,61 +190,40 @@ class HalfRenderer(torch.nn.Module):
         return self.renderer(*(t.half() for t in inputs)).float()
 
 
-def compile_settings(parameters, *, precision: str, fp32_strict: bool) -> dict:
-    """torch-tensorrt keyword arguments for a graph whose dtypes already say its precision.
-
-    `parameters`: names accepted by torch_tensorrt.dynamo.compile (they changed across 2.x releases).
-    """
-    parameters = set(parameters)
-    settings = {}
-    if "use_explicit_typing" in parameters:  # 2.5 - 2.12: opt into strong typing
-        settings["use_explicit_typing"] = True  # respect the graph's fp16/fp32 casts exactly
-    elif "enabled_precisions" in parameters:  # older: weak typing, the builder may use what is enabled
-        settings["enabled_precisions"] = {torch.float16, torch.float32} if precision == "fp16" else {torch.float32}
-    # else (2.13 with TensorRT 11): networks are always strongly typed, the graph's dtypes are the precision.
-    if fp32_strict and "disable_tf32" in parameters:
-        settings["disable_tf32"] = True
-    if "min_block_size" in parameters:
-        settings["min_block_size"] = 1  # convert every supported op: small graph pieces stay on the GPU anyway
-    if "truncate_double" in parameters:
-        settings["truncate_double"] = True
+def compile_settings(*, fp32_strict: bool) -> dict:
+    """torch_tensorrt.dynamo.compile keyword arguments for a graph whose dtypes already say its precision."""
+    settings = {"min_block_size": 1,  # convert every supported op: small graph pieces stay on the GPU anyway
+                "truncate_double": True}
+    if fp32_strict:
+        settings["disable_tf32"] = True  # fp32 means fp32: TF32 rounding in the detector becomes keypoint jitter
     return settings
 
 
-def _inputs_keyword(function) -> str:
-    parameters = inspect.signature(function).parameters
-    return "arg_inputs" if "arg_inputs" in parameters else "inputs"
-
-
-def compile_graph(module: torch.nn.Module, inputs: tuple, *, precision: str, fp32_strict: bool):
+def compile_graph(module: torch.nn.Module, inputs: tuple, *, fp32_strict: bool):
     import torch_tensorrt
 
     program = torch.export.export(module.eval(), tuple(inputs), strict=False)
-    compile_fn = torch_tensorrt.dynamo.compile
-    settings = compile_settings(inspect.signature(compile_fn).parameters, precision=precision,
-                                fp32_strict=fp32_strict)
-    settings[_inputs_keyword(compile_fn)] = list(inputs)
-    return compile_fn(program, **settings)
+    settings = compile_settings(fp32_strict=fp32_strict)
+    return torch_tensorrt.dynamo.compile(program, arg_inputs=list(inputs), **settings)
 
 
 def save_graph(module, path: Path, inputs: tuple) -> None:
     import torch_tensorrt
 
-    keywords = {_inputs_keyword(torch_tensorrt.save): list(inputs)}
-    if "pickle_protocol" in inspect.signature(torch_tensorrt.save).parameters:
-        keywords["pickle_protocol"] = 4  # the docs advise >= 4 for large models (the renderer is ~90-180 MB)
-    torch_tensorrt.save(module, str(path), output_format="exported_program", **keywords)
+    # pickle protocol >= 4, as the docs advise for large models (the renderer is ~90-180 MB)
+    torch_tensorrt.save(module, str(path), output_format="exported_program", arg_inputs=list(inputs),
+                        pickle_protocol=4)
 
 
 def load_graph(path: Path):
     import torch_tensorrt  # registers the TensorRT runtime classes the saved program refers to
 
-    loader = getattr(torch_tensorrt, "load", None) or torch.export.load
-    return loader(str(path)).module()
+    return torch_tensorrt.load(str(path)).module()
 
 
-def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None):
-    """(engine, notices). `base` must live on a CUDA device and torch_tensorrt must import."""
+def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None, warm_up: bool = True):
+    """(engine, notices). `base` must live on a CUDA device and torch_tensorrt must import. `warm_up` runs both
+    engines a few times before returning, so TensorRT's lazy initialisation does not land on the first live frame."""
     if base.device.type != "cuda":
         raise ValueError("the TensorRT backend needs an engine on a CUDA device")
     precision, notices = check_precision(precision, SUPPORTED_PRECISIONS, DEFAULT_PRECISION)
@@ -270,8 +244,7 @@ def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cac
         started = time.perf_counter()
         graphs[graph], graph_notices = load_or_build(
             cache_dir, fields, label=label,
-            build=lambda m=make_module, i=inputs, p=graph_precision: compile_graph(m(), i, precision=p,
-                                                                                     fp32_strict=p == "fp32"),
+            build=lambda m=make_module, i=inputs, p=graph_precision: compile_graph(m(), i, fp32_strict=p == "fp32"),
             save=lambda compiled, path, i=inputs: save_graph(compiled, path, i),
             load=load_graph)
         notices += graph_notices
@@ -282,4 +255,6 @@ def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cac
                                renderer=graphs["frame_renderer"], precision=precision,
                                details={"backend": "tensorrt", "precision": precision, "detector": "fp32",
                                         "cache_dir": str(cache_dir), **common["gpu"], **common["versions"]})
+    if warm_up:
+        engine.warm_up()
     return engine, notices

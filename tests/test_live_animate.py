@@ -5,7 +5,7 @@ import sys
 import cv2
 import numpy as np
 
-from engines.animate import animate, main
+from live.animate import animate, main
 from tests.conftest import REPO
 
 
@@ -40,7 +40,7 @@ def test_cli_renders_a_video(tmp_path, golden):
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "engines.animate", "--avatar", str(tmp_path / "none.png"),
+    result = subprocess.run([sys.executable, "-m", "live.animate", "--avatar", str(tmp_path / "none.png"),
                              "--driving", "x.mp4", "--output", str(tmp_path / "o.mp4"), "--deterministic-weights"],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2

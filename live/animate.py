@@ -1,8 +1,10 @@
 """Offline animation: an avatar image + driving frames (numpy array or video file) -> output frames.
 
-    python -m engines.animate --avatar face.png --driving clip.mp4 --output out.mp4 --checkpoint vox-cpk.pth.tar
+    python -m live.animate --avatar face.png --driving clip.mp4 --output out.mp4 --checkpoint vox-cpk.pth.tar
 
-FOMM demo semantics: the first driving frame is the neutral (initial) pose, motion is relative to it.
+FOMM demo semantics: the first driving frame is the neutral (initial) pose, motion is relative to it. An app on top
+of the engine and calibration (hence in live/, not engines/); `run_live.py --driving ... --output ...` is the
+full-featured offline path (face crop, smoothing, progress), this is the minimal one of FOMM's demo.
 """
 from __future__ import annotations
 
@@ -15,13 +17,13 @@ import cv2
 import numpy as np
 
 from calibration.neutral_pose import NeutralPose
+from engines.checkpoint import CheckpointError
+from engines.engine import FOMMEngine
+from engines.image import to_model_input, to_uint8_image
+from engines.protocol import Engine
 
-from .checkpoint import CheckpointError
-from .engine import FOMMEngine
-from .image import to_model_input, to_uint8_image
 
-
-def animate(engine: FOMMEngine, avatar_rgb: np.ndarray, driving_rgb: Iterable[np.ndarray], *, relative=True,
+def animate(engine: Engine, avatar_rgb: np.ndarray, driving_rgb: Iterable[np.ndarray], *, relative=True,
             adapt_movement_scale=True, relative_jacobian=True) -> Iterator[np.ndarray]:
     """Yield one uint8 RGB frame (model size) per driving frame (uint8 or float RGB, any size)."""
     state = engine.encode(to_model_input(avatar_rgb, engine.image_size, engine.device))
@@ -69,7 +71,7 @@ def _read_image_rgb(path) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engines.animate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m live.animate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--avatar", required=True, help="avatar image")
     parser.add_argument("--driving", required=True, help="driving video file")

@@ -1,0 +1,45 @@
+"""CI=true turns a missing-test-data skip into a failure, so CI cannot go green without the parity tests."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, missing_data
+
+
+def test_missing_data_skips_locally(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no golden"):
+        missing_data("no golden")
+
+
+@pytest.mark.parametrize("value", ["true", "1", "TRUE"])
+def test_missing_data_fails_under_ci(monkeypatch, value):
+    monkeypatch.setenv("CI", value)
+    with pytest.raises(pytest.fail.Exception, match="no golden.*CI=true"):
+        missing_data("no golden")
+
+
+def test_a_test_needing_absent_reference_data_fails_under_ci_and_skips_otherwise(tmp_path):
+    """A real pytest run whose reference folder is missing: CI=true fails, plain runs skip and -rs says why."""
+    test = tmp_path / "test_needs_reference.py"
+    test.write_text("import tests.conftest as c\n"
+                    "def test_it(monkeypatch, tmp_path):\n"
+                    "    monkeypatch.setattr(c, 'REFERENCE', tmp_path / 'absent')\n"
+                    "    c.require_reference()\n")
+    def run(ci):
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **({"CI": ci} if ci else {})}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(test)],
+                              cwd=tmp_path, capture_output=True, text=True, env=env)
+    local, ci = run(None), run("true")
+    assert local.returncode == 0 and "1 skipped" in local.stdout and "reference material not found" in local.stdout
+    assert ci.returncode == 1 and "1 failed" in ci.stdout and "CI=true" in ci.stdout
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "export CI=true" in ci
+    ci_command = [line for line in ci.splitlines() if line.startswith("python -m pytest")]
+    assert ci_command == ["python -m pytest -q -rs"]
+    assert f"```bash\nCI=true {ci_command[0]}\n```" in readme

@@ -1,0 +1,35 @@
+"""Layers: engines/ imports nothing of ours above it; calibration/ only engines; live/ sits on top. Read from the
+import statements themselves (ast), including imports inside functions."""
+import ast
+
+import pytest
+
+from tests.conftest import REPO
+
+ALLOWED = {"engines": {"engines"}, "calibration": {"engines", "calibration"}}
+OURS = {"engines", "calibration", "live", "tests", "run_live", "remote"}
+
+
+def imported_packages(path):
+    """Top-level packages of this project that `path` imports (relative imports stay inside the package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & OURS
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_a_lower_layer_imports_nothing_above_it(layer):
+    files = sorted((REPO / layer).rglob("*.py"))
+    assert files
+    wrong = {str(f.relative_to(REPO)): sorted(imported_packages(f) - ALLOWED[layer]) for f in files}
+    assert {f: p for f, p in wrong.items() if p} == {}
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import torch\nfrom .engine import X\n\ndef f():\n    from live.loop import LivePipeline\n")
+    assert imported_packages(sample) == {"live"}
