@@ -272,8 +272,9 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
     core = ov.Core()
     capabilities = capabilities or probe_cpu(core)
     notices = []
+    reason = "requested"
     if precision in (None, "auto"):
-        precision = capabilities.default_precision
+        precision, reason = capabilities.default_precision, capabilities.reason
     elif precision not in SUPPORTED_PRECISIONS:
         if precision == "fp16":  # slower than f32 on the CPUs measured, and no CPU here runs it natively
             notices.append(f"precision fp16 is not supported by the OpenVINO backend: using "
@@ -332,7 +333,8 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
 
     graphs = {"keypoint_detector": CompiledGraph(compile_graph(detector_path, detector_model)),
               "frame_renderer": CompiledGraph(compile_graph(renderer_path, renderer_model))}
-    details = {"backend": "openvino", "precision": precision, "float_precision": float_precision,
+    details = {"backend": "openvino", "precision": precision, "precision_reason": reason,
+               "float_precision": float_precision,
                "detector": float_precision, "renderer": precision, "threads": threads, "cpu": capabilities.cpu,
                "amx": capabilities.amx, "kernel": capabilities.kernel, "cache_dir": str(cache_dir),
                "cache": statuses, **runtime_versions(precision)}
@@ -340,5 +342,5 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
                                renderer=graphs["frame_renderer"], precision=precision, details=details)
     if warm_up:
         engine.warm_up(runs=1)
-    details["startup_s"] = round(time.perf_counter() - started, 2)
+    engine.details["startup_s"] = round(time.perf_counter() - started, 2)  # (the engine keeps a copy of details)
     return engine, notices
