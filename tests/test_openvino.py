@@ -252,6 +252,12 @@ def test_fp16_is_refused_with_a_notice(ov_engines):
     assert engine.precision == "fp32" and "fp16 is not supported" in notices[0]
 
 
+def test_int8_without_nncf_keeps_openvino_at_the_cpu_s_precision(ov_engines, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf -> ImportError
+    engine, notices = ov_engines("int8", NO_AMX)
+    assert engine.name == "openvino-fp32" and "int8 needs nncf" in notices[0]
+
+
 # --- the IR cache ------------------------------------------------------------------------------------------------
 def tiny_model():
     import openvino as ov

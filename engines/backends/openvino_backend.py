@@ -285,6 +285,12 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
     elif precision == "bf16" and not capabilities.amx:
         notices.append(f"bf16 requested on a CPU without AMX ({capabilities.kernel or 'no bf16 kernel'}): "
                        "expect it to be slower than fp32")
+    if precision == "int8":
+        try:
+            import nncf  # noqa: F401 - only the int8 path needs it (and its version keys the cache)
+        except Exception as error:  # noqa: BLE001 - a broken nncf must not cost the whole fast path
+            precision = capabilities.default_precision
+            notices.append(f"int8 needs nncf, which cannot be imported ({describe_error(error)}): using {precision}")
     # The float precision of everything not quantized (and of the detector, always).
     float_precision = precision if precision != "int8" else capabilities.default_precision
     threads = cpu_threads()
