@@ -3,6 +3,10 @@
     python -m engines.bench [--frames N] [--device auto|cpu|cuda] [--checkpoint PATH] [--cpu-study] [--json out.json]
                             [--source IMAGE --driving FRAMES.npy|VIDEO]
 
+On a CPU the OpenVINO rows (fp32, bf16, int8 renderer) are included whenever openvino imports; the one
+`--backend auto` would pick on this CPU is marked [auto]. Hide AMX to measure a CPU without it:
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_FP16 python -m engines.bench
+
 Per backend: keypoint-detector ms, per-frame (cached-source) renderer ms, and for the eager fp32 baseline also the
 full generator forward ms (the original FOMM path, no caching). Ratios are against the baseline measured in the
 same run, and the backends are timed round-robin (one call each per round) so a machine whose load changes during
@@ -60,12 +64,34 @@ def versions() -> dict:
     found = {"python": platform.python_version(), "torch": torch.__version__}
     if torch.version.cuda:
         found["cuda"] = torch.version.cuda
-    for module in ("torch_tensorrt", "tensorrt", "onnxruntime"):
+    for module in ("torch_tensorrt", "tensorrt", "onnxruntime", "openvino", "nncf"):
         try:
             found[module] = __import__(module).__version__
         except Exception:  # noqa: BLE001 - torch_tensorrt raises plain Exceptions when its libraries are missing
             pass
     return found
+
+
+def cpu_flags() -> str:
+    """The CPU features the figures depend on: AMX / AVX-512 flags, whether oneDNN is told to hide some
+    (ONEDNN_MAX_CPU_ISA), and the bf16 kernel OpenVINO really picks here."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+             if f in flags]
+    text = " ".join(shown) or "unknown"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        text += f"; ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}"
+    try:
+        from .backends.openvino_backend import probe_cpu
+        caps = probe_cpu()
+        text += f"; OpenVINO bf16 kernel {caps.kernel or 'none'} -> auto precision {caps.default_precision}"
+    except Exception:  # noqa: BLE001 - no openvino: the flags alone
+        pass
+    return text
 
 
 def load_frames(size: int, source_path=None, driving_path=None, max_driving: int = 8):
@@ -124,6 +150,40 @@ def _timed(fn, device):
     return out, (time.perf_counter() - start) * 1000.0
 
 
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def openvino_rows(base: FOMMEngine, notices: list, precisions=OPENVINO_PRECISIONS) -> list[Row]:
+    """OpenVINO fp32, bf16 and int8 (renderer) rows; the precision `--backend auto` picks here is marked."""
+    from .backends import cpu_capabilities, openvino_status
+
+    ok, reason = openvino_status()
+    if not ok:
+        notices.append(f"OpenVINO not benchmarked: {reason}")
+        return []
+    from .backends.common import describe_error
+    from .backends.openvino_backend import build_openvino_engine
+
+    capabilities = cpu_capabilities()
+    rows = []
+    for precision in precisions:
+        started = time.perf_counter()
+        try:
+            engine, more = build_openvino_engine(base, precision=precision, capabilities=capabilities)
+        except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
+            notices.append(f"OpenVINO {precision} not benchmarked: {describe_error(error)}")
+            continue
+        label = f"openvino {engine.name}"
+        if precision == "int8":
+            label += f" (+{engine.details['float_precision']} detector)"
+        if precision == capabilities.default_precision:
+            label += " [auto]"
+        cache = ", ".join(f"{k} {v}" for k, v in engine.details["cache"].items())
+        rows.append(Row(label, engine, note=f"setup {time.perf_counter() - started:.1f} s; cache {cache}"))
+        notices += more
+    return rows
+
+
 def build_rows(base: FOMMEngine, args) -> tuple[list[Row], list[str]]:
     """The baseline row plus one row per backend available on base.device."""
     from .backends import cuda_available, tensorrt_status
@@ -146,6 +206,7 @@ def build_rows(base: FOMMEngine, args) -> tuple[list[Row], list[str]]:
             setup = f"setup {time.perf_counter() - started:.0f} s" if options.torch_compile else ""
             rows.append(Row(f"cpu {engine.name}{default}", engine, note=setup))
             notices += more
+        rows += openvino_rows(base, notices, args.openvino)
         return rows, notices
     if cuda_available():
         from .backends.cuda_backend import build_cuda_engine
@@ -218,6 +279,7 @@ def run(args) -> dict:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"device": device_name(device), "device_type": device.type, "versions": versions(),
+            "cpu_flags": cpu_flags() if device.type == "cpu" else None,
             "load_average": [load_before, load] if load else None,
             "weights": weights, "frames": frames_name, "timed_rounds": args.frames, "warmup_rounds": args.warmup,
             "notices": notices,
@@ -233,6 +295,7 @@ def format_report(result: dict) -> str:
     base = rows[0]
     lines = [f"device: {result['device']}",
              "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+             *([f"cpu flags: {result['cpu_flags']}"] if result.get("cpu_flags") else []),
              f"weights: {result['weights']}; frames: {result['frames']}; medians of {result['timed_rounds']} "
              f"round-robin rounds after {result['warmup_rounds']} warm-up rounds"]
     if result.get("load_average"):
@@ -257,13 +320,27 @@ def format_report(result: dict) -> str:
                       f"({base['full_ms'] / base['render_ms']:.2f}x faster)",
                   "per frame (detector + renderer) vs baseline full path (detector + full forward):"]
         full = base["detect_ms"] + base["full_ms"]
+        # The original FOMM frame: keypoints of source and driving, then the whole generator.
+        original = 2 * base["detect_ms"] + base["full_ms"]
         for row in rows:
             frame = row["detect_ms"] + row["render_ms"]
-            lines.append(f"  {row['backend']:42s} {frame:8.1f} ms  {full / frame:5.2f}x  ({1000 / frame:.1f} fps)")
+            lines.append(f"  {row['backend']:42s} {frame:8.1f} ms  {full / frame:5.2f}x  ({1000 / frame:.1f} fps)"
+                         f"  = {frame / original:.3f} of detect source + detect driving + full forward "
+                         f"({original:.0f} ms)")
     lines += [f"notice: {n}" for n in result["notices"]]
     lines.append("x base = baseline ms / backend ms (higher is faster); frame = the cached per-frame renderer; "
                  "differences vs the eager fp32 baseline")
     return "\n".join(lines)
+
+
+def _openvino_precisions(text: str) -> tuple:
+    if text.strip().lower() == "none":
+        return ()
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in OPENVINO_PRECISIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(OPENVINO_PRECISIONS)} or none, not {text!r}")
+    return chosen
 
 
 def main(argv=None) -> int:
@@ -277,6 +354,9 @@ def main(argv=None) -> int:
                         help="GPU backends' precision (default fp16)")
     parser.add_argument("--cpu-study", action="store_true",
                         help="CPU: every option combination (channels_last, bf16 autocast, torch.compile)")
+    parser.add_argument("--openvino", type=_openvino_precisions, default=OPENVINO_PRECISIONS, metavar="LIST",
+                        help="CPU: OpenVINO precisions to add as rows, comma-separated from fp32,bf16,int8 "
+                             "(default all three; 'none' for no OpenVINO rows)")
     parser.add_argument("--no-full", action="store_true", help="skip the baseline's full generator forward")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--source", metavar="IMAGE", help="avatar image for the accuracy columns (default: random)")

@@ -83,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", metavar="PATH",
                    help="FOMM vox checkpoint (vox-cpk.pth.tar); default: downloaded once into the cache")
-    g.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "cpu", "torch"), default="auto",
+    g.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "openvino", "cpu", "torch"), default="auto",
                    help="inference backend: auto (default) picks TensorRT, else torch CUDA fp16 + torch.compile, "
-                        "else the CPU; torch = plain eager fp32 reference")
-    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="numeric precision where the backend supports it (default: the backend's own)")
+                        "else OpenVINO on the CPU, else the eager CPU; torch = plain eager fp32 reference")
+    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
+                   help="numeric precision where the backend supports it (default: the backend's own; OpenVINO: "
+                        "bf16 on CPUs with AMX, else fp32); int8 = OpenVINO int8 renderer (opt-in, see README)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="compute device (default auto: CUDA when available)")
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,

@@ -63,6 +63,24 @@ def golden(reference_dir):
     return Golden()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """LIVE_AVATAR_CACHE -> a fresh folder for the session: compiled engines (OpenVINO, picked by --backend auto on a
+    CPU) and calibrations written by tests never touch, nor depend on, the user's ~/.cache/live-avatar."""
+    import os
+
+    from engines.storage import CACHE_ENV
+
+    root = tmp_path_factory.mktemp("live-avatar-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def deterministic_engine():
     """One engine with deterministic weights for the whole session (building it costs ~2 s)."""

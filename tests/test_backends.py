@@ -50,7 +50,7 @@ def test_plan(backend, device, has_cuda, trt_ok, expected, notice):
         assert any(notice in n for n in notices), notices
 
 
-@pytest.mark.parametrize("kwargs", [{"backend": "onnx"}, {"device": "tpu"}, {"precision": "int8"}])
+@pytest.mark.parametrize("kwargs", [{"backend": "onnx"}, {"device": "tpu"}, {"precision": "int4"}])
 def test_unknown_names_are_rejected(kwargs):
     with pytest.raises(ValueError, match="unknown"):
         backends.create_engine(deterministic_weights=True, **kwargs)
@@ -76,6 +76,7 @@ def fake_world(monkeypatch, deterministic_engine):
     def setup(*, has_cuda, trt=(True, "ok"), fail=None, trt_probe_allowed=True):
         recorder = Recorder(object(), fail)
         monkeypatch.setattr(backends, "cuda_available", lambda: has_cuda)
+        monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))
 
         def probe():
             assert trt_probe_allowed, "TensorRT was probed although it could not be used"
@@ -189,6 +190,7 @@ def test_auto_on_this_cpu_gives_the_default_cpu_engine(monkeypatch, deterministi
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: auto would not pick the CPU")
     monkeypatch.setattr(backends, "_base_engine", lambda *a: deterministic_engine)
+    monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))  # tests/test_openvino.py
     engine, notices = backends.create_engine(deterministic_weights=True)
     assert notices == []
     assert isinstance(engine, AcceleratedEngine) and engine.name == DEFAULT_OPTIONS.label

@@ -1,0 +1,370 @@
+"""OpenVINO backend on the CPU: parity of its graphs with torch, bf16/int8 accuracy, selection per CPU (probe
+replaced), the hidden-AMX probe, the IR cache (hit, miss, corrupt entry rebuilt) and the live app end to end.
+
+Tolerances: fp32 graphs <= 1e-4 max |diff| (frame and keypoints) vs eager torch; bf16 and int8 frames PSNR >= 40 dB
+vs eager fp32; bf16 keypoints max |diff| <= 0.02 normalised units (the detector runs at the float precision, never
+int8, so int8 keypoints equal the float engine's exactly). The expensive conversions happen once per module (the
+session's cache folder is shared with the app tests, conftest.isolated_cache).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+
+import engines.backends as backends  # noqa: E402
+from engines.backends import openvino_backend as ovb  # noqa: E402
+from engines.backends import plan  # noqa: E402
+from engines.backends.common import AcceleratedEngine  # noqa: E402
+from engines.keypoints import Keypoints  # noqa: E402
+
+OV_OK = (True, "ok")
+OV_MISSING = (False, "openvino cannot be used (ModuleNotFoundError: No module named 'openvino')")
+TRT_MISSING = (False, "no CUDA GPU")
+CPU = ovb.probe_cpu().cpu  # the real name: the app test below then reuses the cached models
+AMX = ovb.CpuCapabilities(cpu=CPU, capabilities=("BF16", "FP32", "INT8"), amx=True, kernel="brgconv_avx512_amx_bf16")
+NO_AMX = ovb.CpuCapabilities(cpu=CPU, capabilities=("BF16", "FP32", "INT8"), amx=False, kernel="brgconv_avx512_bf16")
+NO_BF16 = ovb.CpuCapabilities(cpu=CPU, capabilities=("FP32", "INT8"), amx=False, kernel="")
+
+
+def psnr(a, b) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+# --- selection: the pure plan ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend,device,has_cuda,ov,expected,notice", [
+    ("auto", "auto", False, OV_OK, "openvino", None),            # no CUDA: OpenVINO when it imports
+    ("auto", "auto", False, OV_MISSING, "cpu", None),             # ... else the eager CPU backend
+    ("auto", "cpu", True, OV_OK, "openvino", None),              # --device cpu on a CUDA machine
+    ("auto", "auto", True, OV_OK, "cuda", "TensorRT"),            # CUDA present: the GPU wins
+    ("openvino", "auto", True, OV_OK, "openvino", None),          # explicit: runs on the CPU anyway
+    ("openvino", "cuda", True, OV_OK, "openvino", "--device cuda"),
+    ("openvino", "auto", False, OV_MISSING, "cpu", "No module named 'openvino'"),
+    ("tensorrt", "auto", False, OV_OK, "openvino", "OpenVINO CPU backend"),
+    ("cuda", "cpu", True, OV_OK, "openvino", "OpenVINO CPU backend"),
+    ("cpu", "auto", False, OV_OK, "cpu", None),                  # an explicit eager CPU stays eager
+    ("torch", "cpu", False, OV_OK, "torch-cpu", None),
+])
+def test_plan_with_openvino(backend, device, has_cuda, ov, expected, notice):
+    choice, notices = plan(backend, device, has_cuda=has_cuda, tensorrt=TRT_MISSING, openvino=ov)
+    assert choice == expected
+    if notice is None:
+        assert notices == []
+    else:
+        assert any(notice in n for n in notices), notices
+
+
+@pytest.mark.parametrize("capabilities,expected", [(AMX, "bf16"), (NO_AMX, "fp32"), (NO_BF16, "fp32")])
+def test_default_precision_follows_amx_not_the_bf16_flag(capabilities, expected):
+    assert capabilities.default_precision == expected
+
+
+def test_probe_reports_the_kernel_oneDNN_really_uses():
+    caps = ovb.probe_cpu()
+    assert caps.cpu and "FP32" in caps.capabilities
+    assert caps.amx == ("amx" in caps.kernel.lower())
+    assert caps.default_precision == ("bf16" if caps.amx and "BF16" in caps.capabilities else "fp32")
+
+
+def _probe_in_subprocess(env_extra: dict) -> dict:
+    code = ("import json; from engines.backends.openvino_backend import probe_cpu; c = probe_cpu(); "
+            "print(json.dumps({'amx': c.amx, 'kernel': c.kernel, 'precision': c.default_precision, "
+            "'caps': list(c.capabilities)}))")
+    env = {**os.environ, **env_extra}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_hidden_amx_picks_fp32_although_the_flags_still_say_bf16():
+    if "amx_bf16" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AMX to hide")
+    shown = _probe_in_subprocess({})
+    hidden = _probe_in_subprocess({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_FP16"})
+    assert shown["amx"] and shown["precision"] == "bf16"
+    # OpenVINO's capability list does not change with the variable: the kernel does.
+    assert "BF16" in hidden["caps"] and not hidden["amx"] and hidden["precision"] == "fp32"
+
+
+def test_threads_are_the_cores_this_process_may_use(monkeypatch):
+    assert ovb.cpu_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert ovb.cpu_threads() == 5
+
+
+# --- the real graphs (module-scoped: conversions take seconds) ---------------------------------------------------
+@pytest.fixture(scope="module")
+def cache_dir():
+    return ovb.default_cache_dir()  # under the session's LIVE_AVATAR_CACHE: the app tests below reuse it
+
+
+@pytest.fixture(scope="module")
+def frames():
+    generator = torch.Generator().manual_seed(5)
+    return torch.rand(1, 3, 256, 256, generator=generator), torch.rand(1, 3, 256, 256, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def reference(deterministic_engine, frames):
+    source, driving = frames
+    state = deterministic_engine.encode(source)
+    kp = deterministic_engine.detect(driving)
+    return state, kp, deterministic_engine.render(state, kp)
+
+
+@pytest.fixture(scope="module")
+def ov_engines(deterministic_engine, cache_dir):
+    built = {}
+
+    def get(precision, capabilities=AMX):
+        key = (precision, capabilities)
+        if key not in built:
+            built[key] = ovb.build_openvino_engine(deterministic_engine, precision=precision, cache_dir=cache_dir,
+                                                   capabilities=capabilities, warm_up=False,
+                                                   calibration_samples=4)
+        return built[key]
+    return get
+
+
+def test_fp32_graphs_match_torch(ov_engines, deterministic_engine, frames, reference):
+    engine, notices = ov_engines("fp32")
+    assert notices == [] and engine.name == "openvino-fp32" and isinstance(engine, AcceleratedEngine)
+    # The Engine protocol, identical identity to the eager engine (saved calibrations stay valid).
+    for member in ("name", "device", "image_size", "config_hash", "weights_id", "detect", "encode", "render",
+                   "forward_full"):
+        assert hasattr(engine, member), member
+    assert engine.config_hash == deterministic_engine.config_hash and engine.image_size == 256
+    state, kp, expected = reference
+    own = engine.detect(frames[1])
+    assert float((own.value - kp.value).abs().max()) <= 1e-4
+    assert float((own.jacobian - kp.jacobian).abs().max()) <= 1e-4
+    out = engine.render(state, kp)
+    assert out.shape == (1, 3, 256, 256) and out.dtype == torch.float32
+    assert float((out - expected).abs().max()) <= 1e-4
+    # It is OpenVINO that ran: fp32 hint, all of this process's cores.
+    compiled = engine._renderer.compiled
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32", "float32")
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == len(os.sched_getaffinity(0))
+
+
+def test_bf16_within_tolerance(ov_engines, frames, reference):
+    engine, notices = ov_engines("bf16")
+    assert notices == [] and engine.details["detector"] == "bf16"
+    state, kp, expected = reference
+    own = engine.detect(frames[1])
+    kp_diff = float((own.value - kp.value).abs().max())
+    out = engine.render(state, kp)
+    assert psnr(out, expected) >= 40 and kp_diff <= 0.02
+    if ovb.probe_cpu().amx:  # bf16 really ran (elsewhere OpenVINO may run it as f32)
+        assert float((out - expected).abs().max()) > 1e-6
+
+
+def test_int8_renderer_within_tolerance_and_detector_not_quantized(ov_engines, frames, reference):
+    int8, notices = ov_engines("int8")
+    float_engine, _ = ov_engines("bf16")
+    assert int8.name == "openvino-int8" and int8.details["renderer"] == "int8"
+    assert int8.details["detector"] == "bf16"  # the CPU's float precision (AMX here), never int8
+    assert any("quantized the renderer to int8" in n for n in notices) or \
+        int8.details["cache"]["frame_renderer_int8"] == "hit"
+    state, kp, expected = reference
+    # The detector is the float one: identical keypoints.
+    torch.testing.assert_close(int8.detect(frames[1]).value, float_engine.detect(frames[1]).value, rtol=0, atol=0)
+    out = int8.render(state, kp)
+    assert psnr(out, expected) >= 40
+    assert not torch.equal(out, float_engine.render(state, kp))  # really a different (quantized) graph
+    runtime = int8._renderer.compiled.get_runtime_model()
+    precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ordered_ops()
+                  if "runtimePrecision" in op.get_rt_info()}
+    assert precisions & {"u8", "i8"}, precisions
+
+
+def test_int8_calibration_moves_the_keypoints_like_a_head(deterministic_engine):
+    from engines.backends.openvino_int8 import calibration_inputs, head_motion
+
+    samples = calibration_inputs(deterministic_engine, samples=5)
+    assert len(samples) == 5 and all(len(s) == 7 for s in samples)
+    # First sample per avatar unmoved (driving == source keypoints), the others moved, features untouched.
+    np.testing.assert_array_equal(samples[0][5], samples[0][3])
+    assert np.abs(samples[3][5] - samples[3][3]).max() > 1e-3
+    np.testing.assert_array_equal(samples[2][0], samples[0][0])
+    kp = Keypoints(torch.zeros(1, 10, 2), torch.eye(2).expand(1, 10, 2, 2).clone())
+    moved = head_motion(kp, np.random.default_rng(1))
+    assert moved.value.abs().max() <= 0.15 * math.sqrt(2) + 0.1  # translation + jitter, never wild
+
+
+# --- selection: create_engine end to end with the CPU probe replaced ---------------------------------------------
+@pytest.fixture
+def cpu_world(monkeypatch, deterministic_engine):
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    monkeypatch.setattr(backends, "_base_engine", lambda *a: deterministic_engine)
+
+    def setup(capabilities, ov=OV_OK):
+        monkeypatch.setattr(backends, "openvino_status", lambda: ov)
+        monkeypatch.setattr(backends, "cpu_capabilities", lambda: capabilities)
+    return setup
+
+
+@pytest.mark.parametrize("capabilities,precision", [(AMX, "bf16"), (NO_AMX, "fp32")])
+def test_auto_picks_openvino_with_the_cpu_s_precision(cpu_world, cache_dir, capabilities, precision):
+    cpu_world(capabilities)
+    engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir, warm_up=False)
+    assert engine.name == f"openvino-{precision}" and engine.details["kernel"] == capabilities.kernel
+    (line,) = [n for n in notices if n.startswith("backend:")]
+    assert f"OpenVINO on the CPU, {precision}" in line and capabilities.kernel in line and "ready in" in line
+
+
+def test_auto_without_openvino_keeps_the_cpu_backend(cpu_world):
+    cpu_world(AMX, OV_MISSING)
+    engine, notices = backends.create_engine(deterministic_weights=True, warm_up=False)
+    assert not engine.name.startswith("openvino") and notices == []
+
+
+def test_int8_on_another_backend_says_so(cpu_world):
+    cpu_world(AMX, OV_MISSING)
+    engine, notices = backends.create_engine(backend="cpu", deterministic_weights=True, precision="int8",
+                                             warm_up=False)
+    assert engine.precision == "fp32" and any("int8 is an OpenVINO backend option" in n for n in notices)
+
+
+def test_a_failing_openvino_build_falls_back_to_the_cpu_backend(cpu_world, monkeypatch):
+    cpu_world(AMX)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:112:\nno CPU plugin")
+    monkeypatch.setattr(backends, "_build_openvino", broken)
+    engine, notices = backends.create_engine(deterministic_weights=True, precision="int8", warm_up=False)
+    assert engine.name == "torch-cpu-fp32"
+    assert any("OpenVINO backend failed" in n and "core.cpp" in n for n in notices)
+
+
+def test_fp16_is_refused_with_a_notice(ov_engines):
+    engine, notices = ov_engines("fp16", NO_AMX)
+    assert engine.precision == "fp32" and "fp16 is not supported" in notices[0]
+
+
+def test_int8_without_nncf_keeps_openvino_at_the_cpu_s_precision(ov_engines, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf -> ImportError
+    engine, notices = ov_engines("int8", NO_AMX)
+    assert engine.name == "openvino-fp32" and "int8 needs nncf" in notices[0]
+
+
+# --- the IR cache ------------------------------------------------------------------------------------------------
+def tiny_model():
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 4], np.float32, name="x")
+    return ov.Model([ops.matmul(x, ops.constant(np.arange(16, dtype=np.float32).reshape(4, 4)), False, False)], [x])
+
+
+def tiny_fields(**overrides):
+    values = dict(graph="tiny", weights="a" * 64, config_hash="0123456789abcdef", precision="fp32",
+                  shapes=[(1, 4)], cpu=CPU, versions={"openvino": "2026.4.1"})
+    values.update(overrides)
+    return ovb.cache_fields(**values)
+
+
+def test_cache_key_depends_on_everything_that_invalidates_a_model(tmp_path):
+    base = ovb.entry_dir(tmp_path, tiny_fields())
+    assert base == ovb.entry_dir(tmp_path, tiny_fields())
+    for change in ({"weights": "b" * 64}, {"precision": "int8"}, {"cpu": "Other CPU"}, {"shapes": [(1, 5)]},
+                   {"versions": {"openvino": "2027.0"}}, {"config_hash": "f" * 16}):
+        assert ovb.entry_dir(tmp_path, tiny_fields(**change)) != base, change
+    assert ovb.entry_dir(tmp_path, tiny_fields(calibration="generated-v1:32")) != base
+
+
+def test_cache_hit_miss_corrupt_and_mismatch(tmp_path):
+    import openvino as ov
+
+    core, fields, builds = ov.Core(), tiny_fields(), []
+
+    def build():
+        builds.append(1)
+        return tiny_model()
+
+    path, model, status, notices = ovb.load_or_build(tmp_path, fields, build=build, label="tiny", core=core)
+    assert (status, len(builds), notices) == ("miss", 1, []) and model is not None
+    path, model, status, notices = ovb.load_or_build(tmp_path, fields, build=build, label="tiny", core=core)
+    assert (status, len(builds), model) == ("hit", 1, None) and path.name == "model.xml"
+    compiled = core.compile_model(str(path), "CPU")
+    assert np.allclose(compiled([np.ones((1, 4), np.float32)])[0], np.arange(16).reshape(4, 4).sum(0))
+
+    directory = path.parent
+    bin_path = directory / "model.bin"
+    data = bytearray(bin_path.read_bytes())
+    data[3] ^= 0xFF
+    bin_path.write_bytes(bytes(data))
+    assert ovb.check_entry(directory, fields) == ("corrupt", "model.bin checksum differs")
+    path, model, status, notices = ovb.load_or_build(tmp_path, fields, build=build, label="tiny", core=core)
+    assert status == "rebuilt" and len(builds) == 2 and "checksum differs" in notices[0]
+    assert ovb.check_entry(directory, fields)[0] == "ok"
+
+    (directory / "meta.json").write_text("{not json")
+    assert ovb.check_entry(directory, fields)[0] == "corrupt"
+    bin_path.unlink()
+    ovb.load_or_build(tmp_path, fields, build=build, label="tiny", core=core)
+    assert len(builds) == 3 and ovb.check_entry(directory, fields)[0] == "ok"
+
+    # An entry whose checksums match but whose XML does not parse is rebuilt too.
+    (directory / "model.xml").write_text("<net>")
+    meta = json.loads((directory / "meta.json").read_text())
+    meta["files"]["model.xml"] = {"size": 5, "sha256": __import__("hashlib").sha256(b"<net>").hexdigest()}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    path, model, status, notices = ovb.load_or_build(tmp_path, fields, build=build, label="tiny", core=core)
+    assert status == "rebuilt" and "does not load" in notices[0] and len(builds) == 4
+
+    assert ovb.check_entry(directory, tiny_fields(cpu="Other CPU"))[0] == "mismatch"
+    assert ovb.check_entry(tmp_path / "nothing", fields)[0] == "missing"
+
+
+def test_engine_rebuilds_a_corrupt_cached_detector(ov_engines, deterministic_engine, cache_dir, tmp_path, frames,
+                                                   reference):
+    ov_engines("fp32")  # the entries exist
+    copy = tmp_path / "ov"
+    shutil.copytree(cache_dir, copy, ignore=shutil.ignore_patterns("compiled"))
+    (detector_bin,) = copy.glob("keypoint_detector-fp32-*/model.bin")
+    detector_bin.write_bytes(detector_bin.read_bytes()[:-100])  # truncated, like an interrupted copy
+    engine, notices = ovb.build_openvino_engine(deterministic_engine, precision="fp32", cache_dir=copy,
+                                                capabilities=AMX, warm_up=False)
+    assert engine.details["cache"] == {"keypoint_detector": "rebuilt", "frame_renderer": "hit"}
+    assert any("keypoint detector" in n and "rebuilding" in n for n in notices)
+    assert float((engine.detect(frames[1]).value - reference[1].value).abs().max()) <= 1e-4
+    assert ovb.check_entry(detector_bin.parent, json.loads((detector_bin.parent / "meta.json").read_text())[
+        "fields"])[0] == "ok"
+
+
+# --- the live app end to end -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_live_app_on_the_carphone_clip_with_openvino(tmp_path):
+    import cv2
+
+    from live.app import Session, build_parser
+    from tests.conftest import carphone_path
+    from tests.support import read_video
+
+    clip = carphone_path()
+    avatar = tmp_path / "avatar.png"
+    from skimage.data import astronaut
+    cv2.imwrite(str(avatar), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out.mp4"
+    frames = 12
+    args = build_parser().parse_args([
+        "--avatar", str(avatar), "--driving", str(clip), "--output", str(out), "--backend", "openvino",
+        "--no-vcam", "--no-preview", "--max-frames", str(frames), "--deterministic-weights"])
+    messages = []
+    assert Session(args, log=messages.append).run() == 0
+    assert any("backend: OpenVINO on the CPU" in m for m in messages), messages
+    written, _ = read_video(out)
+    assert len(written) == frames and written[0].shape == (256, 256, 3)
+    motion = [np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() for a, b in zip(written, written[1:])]
+    assert max(motion) > 0  # the avatar follows the driving face (calibrated on the first frame)
