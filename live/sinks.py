@@ -323,7 +323,7 @@ class VideoFileSink(Sink):
 
     def _keep_partial(self) -> bool:
         try:
-            if self.temp_path.stat().st_size > 0 and self.frames_sent > 0:
+            if _trim_to_complete_boxes(self.temp_path) > 0 and self.frames_sent > 0:
                 os.replace(self.temp_path, self.path)
                 return True
         except OSError:
@@ -369,6 +369,28 @@ class VideoFileSink(Sink):
                 self.close()
             except Exception:  # noqa: BLE001 - nobody left to report to
                 pass
+
+
+def _trim_to_complete_boxes(path: Path) -> int:
+    """Cut a fragmented MP4 after its last complete fragment (a write that failed halfway leaves a torn box that
+    players warn about); returns the new size. Only top-level box headers are read: 4-byte size, 4-byte type."""
+    size = path.stat().st_size
+    keep = end = 0
+    with open(path, "rb+") as handle:
+        while end + 8 <= size:
+            handle.seek(end)
+            header = handle.read(16)
+            box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if box_size == 1 and len(header) == 16:
+                box_size = int.from_bytes(header[8:16], "big")
+            if box_size < 8 or end + box_size > size:
+                break
+            end += box_size
+            if kind != b"moof":  # a moof is only useful with the mdat after it
+                keep = end
+        if keep < size:
+            handle.truncate(keep)
+    return keep
 
 
 def _default_codec() -> str:

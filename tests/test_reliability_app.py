@@ -250,3 +250,23 @@ def test_sigkill_keeps_the_old_recording_and_a_playable_partial_one(avatar, tmp_
     assert out.read_bytes() == b"old recording", "a killed run must not destroy the previous recording"
     [partial] = [p for p in tmp_path.iterdir() if PARTIAL_MARK in p.name]
     assert len(read_video(partial)[0]) >= 4
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_render_is_one_error_and_keeps_the_frames(avatar, tmp_path):
+    import resource
+    clip = _write_clip(tmp_path / "c.mp4", 12, 2.0)
+    out = tmp_path / "o.mp4"
+
+    def small_disk():  # writes past 2500 bytes fail like a full disk (EFBIG; Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2500, 2500))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_live.py"), "--avatar", str(avatar), "--driving", str(clip),
+         "--output", str(out), "--deterministic-weights", "--device", "cpu", "--no-preview"],
+        cwd=REPO, capture_output=True, text=True, preexec_fn=small_disk, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "wrote" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "(disk full?)" in line and f"kept in {out}" in line
+    assert 1 <= len(read_video(out)[0]) < 12
+    assert not [p for p in tmp_path.iterdir() if PARTIAL_MARK in p.name]
