@@ -360,7 +360,11 @@ class VideoFileSink(Sink):
         except Exception as e:  # noqa: BLE001
             self._container = container
             self._fail(e)
-        os.replace(self.temp_path, self.path)
+        try:
+            os.replace(self.temp_path, self.path)
+        except OSError as e:
+            raise SinkError(f"cannot write video file {self.path}: renaming the finished recording failed "
+                            f"({e.strerror or e}); it is in {self.temp_path}") from None
 
     def __del__(self):
         # Last resort if the owner forgot close(): finalise what was written rather than leave a broken mp4.

@@ -141,3 +141,18 @@ def test_sigkill_leaves_a_playable_partial_file_and_the_old_recording(tmp_path):
     [partial] = _partials(tmp_path)
     # fragments end at every 2nd frame: frames 1-8 are complete, the 9th waits for the next keyframe
     assert len(read_video(partial)[0]) == 8
+
+
+def test_a_failed_rename_says_where_the_recording_is(tmp_path, monkeypatch):
+    import live.sinks
+    out = tmp_path / "out.mp4"
+    sink = VideoFileSink(out, fps=10)
+    sink.send(_frame(0))
+
+    def refuse(src, dst):
+        raise OSError(13, "Permission denied")
+    monkeypatch.setattr(live.sinks.os, "replace", refuse)
+    with pytest.raises(SinkError, match="renaming the finished recording failed .*Permission denied.*it is in") as e:
+        sink.close()
+    [partial] = _partials(tmp_path)
+    assert str(partial) in str(e.value) and len(read_video(partial)[0]) == 1
