@@ -6,6 +6,7 @@ unexpected (stale, corrupt, truncated) is ignored with a one-line notice rather 
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -41,6 +42,36 @@ def default_calibration_path(camera_id) -> Path:
     return cache_dir() / f"calibration-{safe}-{digest}.json"
 
 
+# A temp file younger than this may belong to another process saving right now (a save takes milliseconds).
+STALE_TEMP_SECONDS = 60.0
+
+
+def _temp_prefix(path: Path) -> str:
+    return path.name + "."
+
+
+def clean_stale_temp_files(path, *, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Remove the temp files a killed save of `path` left behind (`<name>.<random>.tmp` beside it); never raises.
+
+    save_calibration removes its own temp file on any exception, but SIGKILL or a power cut leave it; this runs
+    on start (load_calibration) and before every save, so orphans do not pile up in the cache."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(glob.escape(_temp_prefix(path)) + "*.tmp"))
+    except OSError:
+        return removed
+    now = time.time()
+    for candidate in candidates:
+        try:
+            if now - candidate.stat().st_mtime >= older_than and candidate.is_file():
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            pass  # gone already, or not ours to remove
+    return removed
+
+
 def save_calibration(path, kp_initial: Keypoints, *, config_hash: str, camera_id: str) -> Path:
     """Write the neutral keypoints atomically (temp file in the same folder + os.replace)."""
     path = Path(path)
@@ -57,8 +88,9 @@ def save_calibration(path, kp_initial: Keypoints, *, config_hash: str, camera_id
     }
     data = json.dumps(record, allow_nan=False).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(path)
     # Same directory, so os.replace is an atomic rename: readers see the old file or the new one, never half.
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -93,6 +125,7 @@ def _tensor(data, name: str, tail: tuple[int, ...]) -> torch.Tensor:
 def load_calibration(path, *, config_hash: str, camera_id: str) -> LoadResult:
     """Read a saved neutral pose; never raises. Missing file -> (None, None); unusable file -> (None, notice)."""
     path = Path(path)
+    clean_stale_temp_files(path)  # the start of a run: orphans of a killed earlier save go now
     ignore = f"Ignoring saved calibration {path}"
     try:
         raw = path.read_bytes()

@@ -51,6 +51,17 @@ def _looks_like_torch_file(path: Path) -> bool:
     return head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC
 
 
+# How torch's weights_only unpickler names a refused global; its wording changes between releases ("Unsupported
+# global: GLOBAL builtins.print", "unsupported GLOBAL posix.system whose module posix is blocked", "... was not an
+# allowed global"), so match lower-cased fragments.
+_CODE_MARKERS = ("unsupported global", "unsupported class", "allowed global", "is blocked")
+
+
+def _names_code(message: str) -> bool:
+    text = message.lower()
+    return any(marker in text for marker in _CODE_MARKERS)
+
+
 def _read(path: Path):
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (interrupted download?)")
@@ -61,10 +72,9 @@ def _read(path: Path):
         # legacy (torch 1.0) serialisations.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        text = str(error)
-        if "Unsupported global" in text or "Unsupported class" in text:
-            raise CheckpointError(f"{path}: refused to load: it contains Python objects other than tensors "
-                                  "(not a plain FOMM checkpoint; never unpickling arbitrary code)") from None
+        if _names_code(str(error)):
+            raise CheckpointError(f"{path}: refused: contains Python code/objects, not only tensors (not a plain "
+                                  "FOMM checkpoint; it was not unpickled, nothing in it ran)") from None
         raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None
     except (EOFError, zipfile.BadZipFile, KeyError, IndexError):
         raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None

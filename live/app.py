@@ -4,14 +4,20 @@ Two modes share one pipeline:
 - live (webcam, or --driving without --output): newest frame only, virtual camera on by default, calibrate by key;
 - offline (--driving FILE --output out.mp4): every frame in order with a progress bar, calibrated on the first
   frame like FOMM's demo, no virtual camera unless asked.
-Problems the user can fix end as `error: <one line>` and exit status 2; Ctrl-C closes everything (the mp4 stays
-playable) and exits 130.
+Problems the user can fix end as `error: <one line>` and exit status 2, checked before the model loads where
+possible (`validate_args`); Ctrl-C, SIGTERM and SIGHUP close everything (the mp4 is finalised) and exit 130, 143
+and 129 (`stop_on_signals`).
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
-from contextlib import ExitStack
+import threading
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
@@ -41,6 +47,98 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
     return parse
+
+
+# --- up-front validation (issue 10): every mistake found here costs no model load --------------------------------
+# Float flags with their valid range: (low, high, low included). Every other float flag is at least checked to be
+# finite: argparse's float() accepts "nan" and "inf", which used to give black video or a traceback mid-run.
+FLOAT_RANGES = {
+    "smooth_min_cutoff": (0.0, 100.0, False),  # Hz; above the frame rate it no longer smooths at all
+    "smooth_beta": (0.0, 1000.0, True),        # negative would close the filter as motion grows
+    "crop_scale": (0.5, 8.0, True),            # x the face size: below 0.5 the crop is inside the face
+    "vcam_fps": (0.0, 240.0, False),
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _same_file(a, b) -> bool:
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)  # also catches hard links and symlinks
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def validate_args(args) -> None:
+    """Raise UserError (one line) for flag values that cannot work, before anything slow or destructive runs."""
+    for dest, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{_flag(dest)} must be a finite number, got {value}")
+    for dest, (low, high, low_included) in FLOAT_RANGES.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if not ((value >= low if low_included else value > low) and value <= high):
+            bound = ">=" if low_included else ">"
+            raise UserError(f"{_flag(dest)} must be {bound} {low:g} and <= {high:g}, got {value:g}")
+    output = getattr(args, "output", None)
+    if output:
+        from live.sinks import check_video_path
+        check_video_path(output)
+        for flag, other in (("--driving", args.driving), ("--avatar", args.avatar), ("--checkpoint",
+                                                                                      args.checkpoint)):
+            if other is not None and _same_file(output, other):
+                raise UserError(f"--output {output} is the same file as {flag} {other}: it would be overwritten; "
+                                "choose another output name")
+
+
+def check_environment(args) -> None:
+    """Start-up checks of what the run will need from the installation (raise UserError)."""
+    if not args.no_track:
+        from live.crop import HaarFaceDetector
+        HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
+
+
+# --- SIGTERM / SIGHUP handled like Ctrl-C (issue 10) --------------------------------------------------------------
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM/SIGHUP; a KeyboardInterrupt, so every path that closes outputs on
+    Ctrl-C (finalising the mp4) does the same here."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(self.signame)
+
+
+@contextmanager
+def stop_on_signals(names=("SIGTERM", "SIGHUP")):
+    """Turn the named signals into `Stopped` while the block runs. A signal already ignored (nohup) stays
+    ignored; after the first one the rest are ignored, so a second `kill` cannot cut the finalising short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for name in names:
+        sig = getattr(signal, name, None)  # no SIGHUP on Windows
+        if sig is None or signal.getsignal(sig) == signal.SIG_IGN:
+            continue
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +244,7 @@ class Session:
 
         args = self.args
         # Cheap checks first: a typo in --avatar or a missing camera driver should not cost a model download/load.
-        avatars = load_avatars(args.avatar, VOX_256.image_size)
+        avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=self.log)
         with ExitStack() as stack:
             w, h = args.camera_size or (None, None)
             spec = args.driving if args.driving is not None else args.camera
@@ -317,10 +415,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from engines.checkpoint import CheckpointError
     try:
-        return Session(args).run()
+        with stop_on_signals():
+            validate_args(args)
+            check_environment(args)
+            return Session(args).run()
     except (UserError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"stopped ({exc.signame}); outputs closed", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("stopped (Ctrl-C); outputs closed", file=sys.stderr)
         return 130

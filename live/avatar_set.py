@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.image import to_model_input
-from live.avatars import list_avatar_paths, load_avatar
+from live.avatars import load_avatar_images
 
 
 @dataclass
@@ -22,10 +22,11 @@ class Avatar:
     state: object = field(default=None, repr=False)  # engine SourceState, filled by AvatarSet on first use
 
 
-def load_avatars(path, size: int) -> list[Avatar]:
+def load_avatars(path, size: int, on_skip=None) -> list[Avatar]:
     """Avatars from a file or a folder (images in name order); raises AvatarError (one line) for a missing or
-    unreadable file, so the app can check `--avatar` before the slow model load."""
-    return [Avatar(Path(p).name, load_avatar(p, size=size)) for p in list_avatar_paths(path)]
+    unreadable file, so the app can check `--avatar` before the slow model load. Unreadable files in a folder are
+    skipped, each with a notice through `on_skip(text)` (see avatars.load_avatar_images)."""
+    return [Avatar(Path(p).name, image) for p, image in load_avatar_images(path, size, on_skip)]
 
 
 class AvatarSet:

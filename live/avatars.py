@@ -108,3 +108,27 @@ def load_avatar(path, size: int = 256) -> np.ndarray:
     except ValueError as e:
         raise AvatarError(f"cannot use avatar image {p}: {e}") from None
     return square_resize(rgb, size)
+
+
+def load_avatar_images(path, size: int = 256, on_skip=None) -> list[tuple[Path, np.ndarray]]:
+    """(path, image) for every usable avatar of `--avatar FILE|FOLDER`.
+
+    A single file must load (AvatarError otherwise). In a folder, one bad file must not end the run: each
+    unreadable image is skipped with a one-line notice through `on_skip(text)`, and only a folder with no usable
+    image at all is an AvatarError.
+    """
+    paths = list_avatar_paths(path)
+    if Path(path).expanduser().is_file():
+        return [(paths[0], load_avatar(paths[0], size=size))]
+    loaded, reasons = [], []
+    for p in paths:
+        try:
+            loaded.append((p, load_avatar(p, size=size)))
+        except AvatarError as e:
+            reasons.append(str(e))
+            if on_skip is not None:
+                on_skip(f"notice: skipping an unusable avatar ({e})")
+    if not loaded:
+        raise AvatarError(f"no usable avatar image in folder {Path(path).expanduser()}: all {len(paths)} failed to "
+                          f"load (first: {reasons[0]})")
+    return loaded

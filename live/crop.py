@@ -9,10 +9,13 @@ smoothly). Manual zoom/pan sit on top of the tracked box; with tracking off the 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from live.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,18 @@ class HaarFaceDetector:
 
     def __init__(self, max_width: int = 320, min_face_fraction: float = 0.12, cascade: str | None = None):
         path = cascade or cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-        self._cascade = cv2.CascadeClassifier(path)
-        if self._cascade.empty():
-            raise RuntimeError(f"could not load the Haar cascade {path}; reinstall opencv-python (<5)")
+        # Checked by hand first: OpenCV logs its own ERROR line for a missing file and raises SystemError for a
+        # damaged one. A UserError: the app checks this at start-up and reports it as one line.
+        problem = None if os.path.isfile(path) else "missing"
+        if problem is None:
+            try:
+                self._cascade = cv2.CascadeClassifier(path)
+                problem = "empty or damaged" if self._cascade.empty() else None
+            except (cv2.error, SystemError):
+                problem = "damaged"
+        if problem:
+            raise UserError(f"cannot load OpenCV's face detector: Haar cascade {path} is {problem}; reinstall "
+                            "opencv-python (<5, its wheels ship the cascades), or run with --no-track")
         self.max_width = max_width
         self.min_face_fraction = min_face_fraction
 

@@ -1,11 +1,17 @@
 """HUD: per-stage timings, FPS and end-to-end latency of the live loop, and drawing them onto the preview.
 
-All times come from time.perf_counter() (the clock the capture thread stamps frames with), averaged with an EMA so the
-numbers are readable at 30 fps instead of flickering.
+All times come from time.perf_counter() (the clock the capture thread stamps frames with).
+- FPS counts the frames actually sent over a sliding window of `window` seconds: (frames - 1) / (time between
+  the first and the last of them). An average of 1/interval (the old EMA) overstates it whenever intervals vary,
+  and lagged for many seconds after the fast uncalibrated frames (no render) that start every run.
+- Stage times are EMAs, shown only for stages that ran in the current or the previous frame: a skipped stage
+  (passthrough, not calibrated yet) disappears instead of showing a stale number, and restarts its EMA when it
+  runs again.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from contextlib import contextmanager
 
 import cv2
@@ -17,20 +23,29 @@ STAGES = ("wait", "crop", "detect", "normalize", "render", "sinks")
 class Timings:
     """Smoothed per-stage milliseconds, frames per second and capture->sent latency."""
 
-    def __init__(self, alpha: float = 0.1, clock=time.perf_counter):
+    def __init__(self, alpha: float = 0.1, clock=time.perf_counter, window: float = 3.0):
         self.alpha = alpha
         self.clock = clock
+        self.window = window
         self.stage_ms: dict[str, float] = {}
-        self.fps: float | None = None
         self.latency_ms: float | None = None
         self.frames = 0
-        self._last_frame_end: float | None = None
+        self._stage_frame: dict[str, int] = {}   # index of the frame during which each stage last ran
+        self._sent: deque[float] = deque()        # frame_done() times within the window (at least the last two)
+        self._first_sent: float | None = None
+        self._last_sent: float | None = None
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
 
     def record(self, stage: str, ms: float) -> None:
-        self.stage_ms[stage] = self._ema(self.stage_ms.get(stage), ms)
+        # a stage that did not run in the previous frame starts afresh: its old average describes another mode
+        old = self.stage_ms.get(stage) if self._ran_recently(stage) else None
+        self.stage_ms[stage] = self._ema(old, ms)
+        self._stage_frame[stage] = self.frames
+
+    def _ran_recently(self, stage: str) -> bool:
+        return self._stage_frame.get(stage, -2) >= self.frames - 1
 
     @contextmanager
     def stage(self, name: str):
@@ -41,24 +56,49 @@ class Timings:
             self.record(name, (self.clock() - start) * 1000.0)
 
     def frame_done(self, capture_timestamp: float | None = None) -> None:
-        """Call once per frame after it was sent: updates FPS (from the interval between frames) and latency."""
+        """Call once per frame after it was sent: updates FPS and latency."""
         now = self.clock()
-        if self._last_frame_end is not None and now > self._last_frame_end:
-            self.fps = self._ema(self.fps, 1.0 / (now - self._last_frame_end))
-        self._last_frame_end = now
+        self._sent.append(now)
+        while len(self._sent) > 2 and self._sent[0] < now - self.window:
+            self._sent.popleft()
+        if self._first_sent is None:
+            self._first_sent = now
+        self._last_sent = now
         if capture_timestamp is not None:
             self.latency_ms = self._ema(self.latency_ms, (now - capture_timestamp) * 1000.0)
         self.frames += 1
 
-    def lines(self) -> list[str]:
-        fps = f"{self.fps:5.1f}" if self.fps is not None else "  -  "
+    @property
+    def fps(self) -> float | None:
+        """Frames sent per second over the last `window` seconds (over the last two frames when slower)."""
+        if len(self._sent) < 2 or self._sent[-1] <= self._sent[0]:
+            return None
+        return (len(self._sent) - 1) / (self._sent[-1] - self._sent[0])
+
+    @property
+    def average_fps(self) -> float | None:
+        """Frames sent per second over the whole run."""
+        if self.frames < 2 or self._last_sent <= self._first_sent:
+            return None
+        return (self.frames - 1) / (self._last_sent - self._first_sent)
+
+    def recent_stages(self) -> dict[str, float]:
+        """Stage -> ms for the stages that ran in the current or the previous frame, in pipeline order."""
+        names = [n for n in STAGES if n in self.stage_ms] + [n for n in self.stage_ms if n not in STAGES]
+        return {n: self.stage_ms[n] for n in names if self._ran_recently(n)}
+
+    def _lines(self, fps: float | None) -> list[str]:
+        fps_text = f"{fps:5.1f}" if fps is not None else "  -  "
         latency = f"{self.latency_ms:4.0f} ms" if self.latency_ms is not None else "-"
-        stages = " ".join(f"{name} {self.stage_ms[name]:.0f}" for name in STAGES if name in self.stage_ms)
-        return [f"FPS {fps}  latency {latency}", f"ms: {stages}" if stages else "ms: -"]
+        stages = " ".join(f"{name} {ms:.0f}" for name, ms in self.recent_stages().items())
+        return [f"FPS {fps_text}  latency {latency}", f"ms: {stages}" if stages else "ms: -"]
+
+    def lines(self) -> list[str]:
+        return self._lines(self.fps)
 
     def summary(self) -> str:
-        """One line for the terminal at exit."""
-        return " | ".join(self.lines())
+        """One line for the terminal at exit (FPS averaged over the whole run)."""
+        return " | ".join(self._lines(self.average_fps))
 
 
 def draw_text_lines(image: np.ndarray, lines, origin=(8, 8), scale: float = 0.5,

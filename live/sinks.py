@@ -6,8 +6,11 @@ and close() is safe to call twice). Sinks with a fixed output size place the squ
 
 from __future__ import annotations
 
+import fractions
+import math
 import os
 import platform
+import secrets
 from pathlib import Path
 
 import cv2
@@ -179,85 +182,226 @@ class VirtualCameraSink(Sink):
             cam.close()
 
 
-class VideoFileSink(Sink):
-    """Writes an mp4 (mp4v) with cv2.VideoWriter. size=(width, height), or taken from the first frame.
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov")  # what the fragmented-MP4 muxer writes and players expect
+PARTIAL_MARK = ".partial-"                    # out.mp4 is recorded as out.partial-<random>.mp4 until finalised
 
-    Frames of another size are placed on the canvas with `mode`. close() finalises the file (safe twice); use it
-    as a context manager so an exception in the loop still leaves a playable file with every frame written.
+
+def check_video_path(path) -> Path:
+    """Raise SinkError (one line) unless `path` can name a recording: a supported extension, an existing folder,
+    not a folder itself. Cheap and side-effect free, so the app calls it before the model loads."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise SinkError(f"cannot write video file {path}: it is a folder")
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        got = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise SinkError(f"cannot write video file {path}: unsupported extension ({got}); use a name ending in "
+                        f"{', '.join(VIDEO_EXTENSIONS)}")
+    if not path.parent.is_dir():
+        raise SinkError(f"cannot write video file {path}: folder {path.parent} does not exist")
+    return path
+
+
+def _describe_write_error(error: BaseException) -> str:
+    errno_ = getattr(error, "errno", None)
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    if errno_ in (28, 27):  # ENOSPC, EFBIG: the disk (or a quota / file size limit) is full
+        text += " (disk full?)"
+    return text.replace("\n", " ")
+
+
+class VideoFileSink(Sink):
+    """Writes an H.264 mp4 through PyAV (FFmpeg's libraries). size=(width, height), or taken from the first frame.
+
+    Why not cv2.VideoWriter: it reports no write errors (a full disk gave "wrote out.mp4" and an unplayable file)
+    and a killed process leaves a file without its index ("moov atom not found"). Here:
+    - the file is *fragmented* MP4 (movflags frag_keyframe+empty_moov, a keyframe every second): the index is
+      written up front and each fragment is self-contained, so a file cut off by SIGKILL or power loss still plays
+      up to its last complete fragment;
+    - frames go to `<stem>.partial-<random><ext>` beside the target, renamed over the target only when finalised,
+      so an old recording at that path is never destroyed by a run that fails or is killed;
+    - a write error (disk full) raises SinkError naming it; the frames already on disk are kept at the target.
+    Frames of another size are placed on the canvas with `mode`. close() finalises (safe twice); use the sink as a
+    context manager so an exception in the loop still leaves a playable file with every frame written.
     """
 
-    def __init__(self, path, fps: float, size: tuple[int, int] | None = None, *, fourcc: str = "mp4v",
+    def __init__(self, path, fps: float, size: tuple[int, int] | None = None, *, codec: str | None = None,
                  mode: str = "fit", color=DEFAULT_CANVAS_COLOR):
         super().__init__()
         self._closed = True  # until fully open: __del__ must not finalise a half-built sink
         self.path = Path(path).expanduser()
         self.name = str(self.path)
-        if not fps or fps <= 0:
+        if not fps or not math.isfinite(fps) or fps <= 0:
             raise SinkError(f"cannot write video file {self.path}: fps must be positive, got {fps}")
         if size is not None and (len(size) != 2 or size[0] <= 0 or size[1] <= 0):
             raise SinkError(f"cannot write video file {self.path}: invalid size {size}")
+        check_video_path(self.path)
         self.fps, self.size, self.mode, self.color = float(fps), size, mode, color
-        self._fourcc = fourcc
-        self._writer = None
-        self._created = False
-        self._check_writable()
+        self._codec = codec
+        self._container = self._stream = None
+        self.temp_path = self._create_temp()
+        self._closed = False
         if size is not None:
             self._open(int(size[0]), int(size[1]))
-        self._closed = False
 
-    def _check_writable(self) -> None:
-        parent = self.path.parent
-        if self.path.is_dir():
-            raise SinkError(f"cannot write video file {self.path}: it is a folder")
-        if not parent.is_dir():
-            raise SinkError(f"cannot write video file {self.path}: folder {parent} does not exist")
-        # Probe with a real open: os.access lies for root and for read-only mounts.
-        self._created = not self.path.exists()
-        try:
-            with open(self.path, "ab"):
-                pass
-        except OSError as e:
-            raise SinkError(f"cannot write video file {self.path}: {e.strerror or e}") from None
+    def _create_temp(self) -> Path:
+        # O_EXCL with a random name: two runs never share one; a real open probes the folder's writability
+        # (os.access lies for root and for read-only mounts); 0o666 & umask like any file the user creates.
+        for _ in range(100):
+            temp = self.path.with_name(f"{self.path.stem}{PARTIAL_MARK}{secrets.token_hex(4)}{self.path.suffix}")
+            try:
+                os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                return temp
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise SinkError(f"cannot write video file {self.path}: {e.strerror or e}") from None
+        raise SinkError(f"cannot write video file {self.path}: no free temporary name beside it")
 
     def _open(self, width: int, height: int) -> None:
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self._fourcc), self.fps, (width, height))
-        if not writer.isOpened():
-            self._remove_if_unused()
-            raise SinkError(f"cannot write video file {self.path}: OpenCV has no {self._fourcc} encoder for "
-                            f"'{self.path.suffix or 'no extension'}' files (use a .mp4 name)")
-        self._writer, self.size = writer, (width, height)
+        import av  # imported here: only runs that record pay for loading FFmpeg's libraries
+
+        # 4:2:0 video needs even sizes; an odd-sized canvas gets one more row/column of border.
+        width, height = width + width % 2, height + height % 2
+        try:
+            container = av.open(str(self.temp_path), "w", format="mp4", options={
+                # index first, then self-contained fragments; flush_packets pushes each fragment to the OS
+                # at once, so a SIGKILL loses at most the fragment being written
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "flush_packets": "1"})
+        except Exception as e:  # noqa: BLE001 - av.error.* for an unwritable file
+            self._discard()
+            raise SinkError(f"cannot write video file {self.path}: {_describe_write_error(e)}") from None
+        try:
+            codec = self._codec or _default_codec()
+            rate = fractions.Fraction(self.fps).limit_denominator(1001)
+            options = {"crf": "18", "preset": "veryfast", "tune": "zerolatency"} if codec == "libx264" else {}
+            stream = container.add_stream(codec, rate=rate, options=options)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            # a keyframe (= a fragment boundary) every second; zerolatency: no frames held back in the encoder
+            stream.codec_context.gop_size = max(1, round(self.fps))
+            if codec != "libx264":
+                stream.codec_context.bit_rate = 4_000_000
+        except Exception as e:  # noqa: BLE001
+            container.close()
+            self._discard()
+            raise SinkError(f"cannot write video file {self.path}: no usable video encoder ({e})") from None
+        self._container, self._stream, self.size = container, stream, (width, height)
 
     def send(self, frame_rgb: np.ndarray) -> None:
         _check_rgb(frame_rgb)
         if self._closed:
             raise RuntimeError("VideoFileSink.send() after close()")
-        if self._writer is None:
+        if self._container is None:
             self._open(frame_rgb.shape[1], frame_rgb.shape[0])
-        frame = place_on_canvas(frame_rgb, self.size[0], self.size[1], self.mode, self.color)
-        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        import av
+        canvas = place_on_canvas(frame_rgb, self.size[0], self.size[1], self.mode, self.color)
+        frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+        frame.pts = self.frames_sent
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except Exception as e:  # noqa: BLE001 - av.error.OSError (ENOSPC, EIO, ...) and other FFmpeg errors
+            self._fail(e)
         self.frames_sent += 1
 
-    def _remove_if_unused(self) -> None:
-        # Only a file this sink created and never wrote a frame into: nothing of the user's is lost.
-        if self._created and self.frames_sent == 0:
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
+    def _fail(self, error: BaseException):
+        """A write failed: keep what reached the disk at the target, then raise one SinkError line."""
+        self._closed = True
+        container, self._container = self._container, None
+        try:
+            container.close()  # fragments already written stay readable; finishing this one may fail too
+        except Exception:  # noqa: BLE001
+            pass
+        kept = self._keep_partial()
+        reason = _describe_write_error(error)
+        where = f"the frames written before it are kept in {self.path}" if kept else "nothing was written"
+        raise SinkError(f"cannot write video file {self.path}: {reason} after {self.frames_sent} frames; "
+                        f"{where}") from None
+
+    def _keep_partial(self) -> bool:
+        try:
+            if _trim_to_complete_boxes(self.temp_path) > 0 and self.frames_sent > 0:
+                os.replace(self.temp_path, self.path)
+                return True
+        except OSError:
+            pass
+        self._discard()
+        return False
+
+    def _discard(self) -> None:
+        try:
+            os.remove(self.temp_path)
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.release()  # writes the mp4 index: without it the file does not play
-        self._remove_if_unused()
+        container, self._container = self._container, None
+        if container is None or self.frames_sent == 0:
+            # Nothing recorded: leave no empty file, and leave an old file at the target as it was.
+            if container is not None:
+                try:
+                    container.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self._discard()
+            return
+        try:
+            for packet in self._stream.encode(None):  # drain the encoder
+                container.mux(packet)
+            container.close()  # writes the last fragment (and the fragment index)
+            with open(self.temp_path, "rb+") as handle:
+                os.fsync(handle.fileno())  # on disk before the rename makes it the recording
+        except Exception as e:  # noqa: BLE001
+            self._container = container
+            self._fail(e)
+        try:
+            os.replace(self.temp_path, self.path)
+        except OSError as e:
+            raise SinkError(f"cannot write video file {self.path}: renaming the finished recording failed "
+                            f"({e.strerror or e}); it is in {self.temp_path}") from None
 
     def __del__(self):
         # Last resort if the owner forgot close(): finalise what was written rather than leave a broken mp4.
         if not getattr(self, "_closed", True):
-            self.close()
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - nobody left to report to
+                pass
+
+
+def _trim_to_complete_boxes(path: Path) -> int:
+    """Cut a fragmented MP4 after its last complete fragment (a write that failed halfway leaves a torn box that
+    players warn about); returns the new size. Only top-level box headers are read: 4-byte size, 4-byte type."""
+    size = path.stat().st_size
+    keep = end = 0
+    with open(path, "rb+") as handle:
+        while end + 8 <= size:
+            handle.seek(end)
+            header = handle.read(16)
+            box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if box_size == 1 and len(header) == 16:
+                box_size = int.from_bytes(header[8:16], "big")
+            if box_size < 8 or end + box_size > size:
+                break
+            end += box_size
+            if kind != b"moof":  # a moof is only useful with the mdat after it
+                keep = end
+        if keep < size:
+            handle.truncate(keep)
+    return keep
+
+
+def _default_codec() -> str:
+    """H.264 (libx264) where this PyAV build has it, else FFmpeg's own MPEG-4 part 2 encoder."""
+    import av
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264"
+    except Exception:  # noqa: BLE001 - av.codec.codec.UnknownCodecError
+        return "mpeg4"
 
 
 class MultiSink(Sink):

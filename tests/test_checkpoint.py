@@ -141,8 +141,39 @@ class Payload:
 def test_arbitrary_pickled_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth.tar"
     torch.save({"generator": Payload(), "kp_detector": {}}, path)
-    assert "refused to load" in _error(path)
+    assert "refused: contains Python code/objects, not only tensors" in _error(path)
     assert "arbitrary code ran" not in capsys.readouterr().out
+
+
+class SystemPayload:
+    """The hostile case from issue 10: os.system in __reduce__. torch words this refusal differently ("unsupported
+    GLOBAL posix.system whose module posix is blocked"); it used to be reported as a corrupt download."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo PAYLOAD-RAN > payload-ran.txt",))
+
+
+def test_os_system_payload_is_refused_with_torchs_real_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "hostile.pth.tar"
+    torch.save({"generator": SystemPayload(), "kp_detector": {}}, path)
+    with pytest.raises(pickle.UnpicklingError) as raw:  # torch's own message, as read_checkpoint sees it
+        torch.load(path, weights_only=True)
+    assert "unsupported global" in str(raw.value).lower()  # the real wording is what read_checkpoint must match
+    message = _error(path)
+    assert "refused: contains Python code/objects, not only tensors" in message
+    assert "truncated or corrupt" not in message
+    assert not (tmp_path / "payload-ran.txt").exists()
+
+
+@pytest.mark.parametrize("text", ["Unsupported global: GLOBAL builtins.print was not an allowed global by default",
+                                  "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.",
+                                  "UNSUPPORTED CLASS foo.Bar"])
+def test_code_refusal_wording_is_matched_case_insensitively(text):
+    from engines.checkpoint import _names_code
+    assert _names_code(text)
+    assert not _names_code("unexpected EOF, expected 2176 more bytes. The file might be corrupted.")
 
 
 def test_plain_pickle_is_not_a_checkpoint(tmp_path):

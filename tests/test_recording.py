@@ -1,0 +1,158 @@
+"""Recordings that survive (issue 10): fragmented MP4 through PyAV, written beside the target and renamed when
+finalised, write errors reported, and a killed writer leaving a playable partial file."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from live.errors import SinkError
+from live.sinks import PARTIAL_MARK, VideoFileSink, check_video_path
+from tests.support import read_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _frame(i, size=64):
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:] = (i * 7 % 256, 100, 200)
+    return img
+
+
+def _partials(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if PARTIAL_MARK in p.name)
+
+
+def test_old_recording_survives_until_the_new_one_is_finalised(tmp_path):
+    out = tmp_path / "out.mp4"
+    with VideoFileSink(out, fps=10) as first:
+        for i in range(5):
+            first.send(_frame(i))
+    old = out.read_bytes()
+    sink = VideoFileSink(out, fps=10)
+    for i in range(8):
+        sink.send(_frame(i))
+    assert out.read_bytes() == old, "a running recording must not touch the file at the target"
+    assert len(_partials(tmp_path)) == 1
+    sink.close()
+    assert len(read_video(out)[0]) == 8 and not _partials(tmp_path)
+
+
+def test_a_run_that_records_nothing_leaves_the_old_file_alone(tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    VideoFileSink(out, fps=10).close()
+    assert out.read_bytes() == b"precious" and not _partials(tmp_path)
+
+
+def test_odd_frame_sizes_are_padded_to_even(tmp_path):
+    out = tmp_path / "odd.mp4"
+    with VideoFileSink(out, fps=10) as sink:
+        sink.send(np.full((33, 47, 3), 200, np.uint8))
+        assert sink.size == (48, 34)
+    frames, _ = read_video(out)
+    assert len(frames) == 1 and frames[0].shape == (34, 48, 3)
+
+
+def test_recording_permissions_follow_the_umask(tmp_path):
+    out = tmp_path / "perm.mp4"
+    old = os.umask(0o022)
+    try:
+        with VideoFileSink(out, fps=10) as sink:
+            sink.send(_frame(0))
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("name, fragment", [("out.txt", "'.txt'"), ("out.gif", "'.gif'"), ("out", "no extension")])
+def test_unsupported_extensions_are_refused(tmp_path, name, fragment):
+    with pytest.raises(SinkError, match="unsupported extension") as info:
+        check_video_path(tmp_path / name)
+    assert fragment in str(info.value) and ".mp4" in str(info.value)
+    with pytest.raises(SinkError, match="unsupported extension"):
+        VideoFileSink(tmp_path / name, fps=10)
+    assert list(tmp_path.iterdir()) == []
+    assert check_video_path(tmp_path / "OUT.MP4") == tmp_path / "OUT.MP4"
+
+
+_WRITER = textwrap.dedent("""
+    import resource, sys, time
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    from live.sinks import VideoFileSink
+    from live.errors import SinkError
+    limit, mode = int(sys.argv[2]), sys.argv[3]
+    if limit:  # a file size limit makes writes fail like a full disk (EFBIG; Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    rng = np.random.default_rng(0)
+    sink = VideoFileSink(sys.argv[1], fps=2)  # a keyframe, so a fragment, every 2 frames
+    try:
+        for i in range(40):
+            sink.send(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            print("sent", i + 1, flush=True)
+            if mode == "wait" and i + 1 == 9:
+                time.sleep(600)  # killed here
+        sink.close()
+    except SinkError as exc:
+        print("error:", exc, flush=True)
+        sys.exit(2)
+""")
+
+
+def _writer(tmp_path, out, limit=0, mode="run"):
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER.format(repo=str(REPO)))
+    return subprocess.Popen([sys.executable, str(script), str(out), str(limit), mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_full_disk_is_one_error_and_the_frames_so_far_are_kept(tmp_path):
+    out = tmp_path / "full.mp4"
+    proc = _writer(tmp_path, out, limit=40_000)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stdout + stderr
+    errors = [line for line in stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "File too large (disk full?)" in errors[0] and "kept in" in errors[0], stdout
+    sent = int([line for line in stdout.splitlines() if line.startswith("sent")][-1].split()[1])
+    decoded = len(read_video(out)[0])
+    assert 2 <= decoded <= sent, (decoded, sent)
+    assert not _partials(tmp_path)
+
+
+def test_sigkill_leaves_a_playable_partial_file_and_the_old_recording(tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the previous recording")
+    proc = _writer(tmp_path, out, mode="wait")
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if line.strip() == "sent 9" or time.monotonic() > deadline:
+            break
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert out.read_bytes() == b"the previous recording"
+    [partial] = _partials(tmp_path)
+    # fragments end at every 2nd frame: frames 1-8 are complete, the 9th waits for the next keyframe
+    assert len(read_video(partial)[0]) == 8
+
+
+def test_a_failed_rename_says_where_the_recording_is(tmp_path, monkeypatch):
+    import live.sinks
+    out = tmp_path / "out.mp4"
+    sink = VideoFileSink(out, fps=10)
+    sink.send(_frame(0))
+
+    def refuse(src, dst):
+        raise OSError(13, "Permission denied")
+    monkeypatch.setattr(live.sinks.os, "replace", refuse)
+    with pytest.raises(SinkError, match="renaming the finished recording failed .*Permission denied.*it is in") as e:
+        sink.close()
+    [partial] = _partials(tmp_path)
+    assert str(partial) in str(e.value) and len(read_video(partial)[0]) == 1
