@@ -99,6 +99,11 @@ def validate_args(args) -> None:
 
 def check_environment(args) -> None:
     """Start-up checks of what the run will need from the installation (raise UserError)."""
+    if args.output is not None:
+        try:
+            import av  # noqa: F401 - recordings are written through PyAV (FFmpeg's libraries)
+        except Exception as e:  # noqa: BLE001 - ImportError or a broken native module
+            raise UserError(f"--output needs PyAV ({type(e).__name__}: {e}): pip install -r requirements.txt") from None
     if not args.no_track:
         from live.crop import HaarFaceDetector
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model

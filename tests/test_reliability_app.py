@@ -145,6 +145,15 @@ def test_missing_haar_cascade_is_a_start_up_error(capsys, avatar, clip, no_model
     assert_one_line_error(code, err, "face detector", "damaged")
 
 
+def test_recording_without_pyav_is_a_start_up_error(capsys, avatar, clip, no_model, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError, as where it is missing
+    out = tmp_path / "out.mp4"
+    code, err = run_main(capsys, ["--avatar", avatar, "--driving", clip, "--output", str(out), "--no-preview",
+                                  "--no-vcam", "--no-track"])
+    assert_one_line_error(code, err, "PyAV", "requirements.txt")
+    assert not out.exists()
+
+
 def test_no_track_does_not_need_the_cascade(monkeypatch, tmp_path):
     from live.app import build_parser, check_environment
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + os.sep)
