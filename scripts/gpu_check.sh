@@ -38,7 +38,9 @@ timeout "${PYTEST_TIMEOUT:-240}" $PY -m pytest -q -rs -m "gpu or tensorrt" -p no
   $(grep -l "mark.gpu\|mark.tensorrt\|requires_cuda\|requires_tensorrt" tests/test_*.py) 2>&1 | tee "$OUT/pytest.txt"
 
 echo "== python -m engines.bench --device cuda"
-timeout "${BENCH_TIMEOUT:-200}" $PY -m engines.bench --device cuda --frames "${BENCH_FRAMES:-30}" \
+G=../shared/reference/golden/astronaut  # the golden astronaut and its driving frames, like the README's CPU figures
+BENCH_INPUTS=""; [ -f "$G/driving.npy" ] && BENCH_INPUTS="--source $G/source.png --driving $G/driving.npy"
+timeout "${BENCH_TIMEOUT:-200}" $PY -m engines.bench --device cuda --frames "${BENCH_FRAMES:-30}" $BENCH_INPUTS \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 
 AVATAR="${AVATAR:-/tmp/gpu-check-avatar.png}"
