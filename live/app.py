@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
                         "trained with; off = the original FOMM code as it runs on today's torch")
     g.add_argument("--deterministic-weights", action="store_true", help=argparse.SUPPRESS)  # tests: no file
+    add_remote_arguments(p)
 
     g = p.add_argument_group("calibration and motion")
     g.add_argument("--auto-calibrate", action="store_true",
@@ -154,7 +155,11 @@ class Session:
             for sink in sinks:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
             engine = self._engine()
+            if self.args.remote:
+                attach_remote(engine, stack)
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
+            if self.args.remote:
+                attach_remote(engine, stack, pipeline)
             terminal = stack.enter_context(TerminalKeys())
             pipeline.key_sources = [terminal.read, *self.extra_key_sources]
             self._greet(pipeline, source, terminal.active)
@@ -173,6 +178,8 @@ class Session:
     def _engine(self):
         from engines.backends import create_engine
         args = self.args
+        if args.remote:
+            return remote_engine(args, self.offline, self.log)
         checkpoint = None
         if not args.deterministic_weights:
             from live.weights import resolve_checkpoint
@@ -305,6 +312,42 @@ class Session:
         self.log = log_above_bar
         stack.callback(lambda: setattr(self, "log", previous_log))
         return update
+
+
+# --- remote rendering (--remote): the renderer runs on a render server (remote/server.py) ----------------------
+def add_remote_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("remote rendering (render on a GPU server: python -m remote.server)")
+    g.add_argument("--remote", metavar="ws://HOST:PORT",
+                   help="render on this server instead of locally (wss:// through a TLS proxy); keypoints, "
+                        "calibration and smoothing stay here")
+    g.add_argument("--token-file", metavar="FILE", help="file holding the server's shared secret")
+    g.add_argument("--remote-quality", type=int, default=90, metavar="Q",
+                   help="JPEG quality of the frames the server sends back (1-100, default 90)")
+
+
+def remote_engine(args, offline: bool, log):
+    from live.remote_engine import load_engine
+    if args.token_file is None and args.remote and not args.remote.startswith(("ws://127.", "ws://localhost",
+                                                                                  "ws://[::1]")):
+        log("notice: no --token-file: a server on another machine will refuse the connection")
+    if not 1 <= args.remote_quality <= 100:
+        raise UserError(f"--remote-quality {args.remote_quality}: expected 1..100")
+    # offline renders keep one frame in flight so output frame i is the render of input frame i; live runs keep
+    # two, so the round trip hides behind the next frame's capture and detection
+    engine = load_engine(args.remote, args.token_file, checkpoint=args.checkpoint,
+                         deterministic_weights=args.deterministic_weights, quality=args.remote_quality,
+                         max_in_flight=1 if offline else 2, log=log)
+    log(f"remote: rendering on {args.remote} ({engine.server['engine']} on {engine.server['device']})")
+    return engine
+
+
+def attach_remote(engine, stack, pipeline=None) -> None:
+    """Close the connection with the run; connection notices go to the status line; the HUD shows the round trip."""
+    if pipeline is None:
+        stack.callback(engine.close)
+        return
+    engine.on_status = pipeline.notify
+    engine.timings = pipeline.timings
 
 
 def main(argv=None) -> int:
