@@ -193,8 +193,9 @@ class RemoteEngine:
         from websockets.sync.client import connect
 
         try:
+            # entered like a context manager (websockets >= 17.1 deprecates bare connect()); close() ends it
             ws = connect(self.url, open_timeout=self.connect_timeout, max_size=P.DETECTOR_CHUNK_BYTES + 4096,
-                         compression=None, close_timeout=2)
+                         compression=None, close_timeout=2).__enter__()
         except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, timeout, HTTP error: one line
             raise RemoteError(f"cannot reach the render server at {self.url} ({_describe(exc)})") from None
         try:
