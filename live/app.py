@@ -156,10 +156,10 @@ class Session:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
             engine = self._engine()
             if self.args.remote:
-                attach_remote(engine, stack)
+                stack.callback(engine.close)  # the server frees this client's avatars when it closes
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
             if self.args.remote:
-                attach_remote(engine, stack, pipeline)
+                attach_remote(engine, pipeline)
             terminal = stack.enter_context(TerminalKeys())
             pipeline.key_sources = [terminal.read, *self.extra_key_sources]
             self._greet(pipeline, source, terminal.active)
@@ -341,11 +341,8 @@ def remote_engine(args, offline: bool, log):
     return engine
 
 
-def attach_remote(engine, stack, pipeline=None) -> None:
-    """Close the connection with the run; connection notices go to the status line; the HUD shows the round trip."""
-    if pipeline is None:
-        stack.callback(engine.close)
-        return
+def attach_remote(engine, pipeline) -> None:
+    """Connection notices (lost, reconnected) go to the status line; the HUD shows the round trip as "rtt"."""
     engine.on_status = pipeline.notify
     engine.timings = pipeline.timings
 

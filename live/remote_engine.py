@@ -96,6 +96,7 @@ class RemoteEngine:
         self._retry_at = 0.0
         self._failures = 0
         self.round_trip_ms: float | None = None
+        self.server_render_ms: float | None = None  # of the newest frame: the rest of the round trip is overhead
         self.batch_sizes: Counter = Counter()
         self.dropped = 0                    # stale or refused (busy) answers
         self.reconnects = 0
@@ -290,7 +291,7 @@ class RemoteEngine:
         if sent is None or frame_id < self._latest_id:
             self.dropped += 1  # stale: a newer frame is already shown, or we gave up on it
             return None
-        batch, _render_ms, data = P.unpack_frame(payload)
+        batch, self.server_render_ms, data = P.unpack_frame(payload)
         rgb = P.decode_image(data, float_output=True)
         self._latest = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
         self._latest_id = frame_id

@@ -3,7 +3,8 @@
     python -m remote.bench [--frames 20] [--seconds 15] [--clients 1,2,4] [--backend auto] [--format jpeg]
 
 1. local: the same backend in this process, render of one frame (median / p99 ms);
-2. remote, 1 client, 1 frame in flight: round trip per frame (median / p99) and what it adds to the local render;
+2. remote, 1 client, 1 frame in flight, alternating with 1. frame by frame: round trip (median / p99), the server's
+   own render time of those frames, and what remote adds (round trip - server render: batch wait, JPEG, network);
 3. remote throughput with 1/2/4 concurrent clients (2 frames in flight each), and the batch sizes the server ran.
 The server is `python -m remote.server` started here on 127.0.0.1 (deterministic weights unless --checkpoint:
 the same arithmetic as the real ones). Keypoints are the avatar's own, jittered: no camera, no detection cost.
@@ -90,22 +91,12 @@ def avatar_image(size: int) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def bench_local(args) -> dict:
+def local_engine(args):
     from engines.backends import create_engine
-    from engines.image import to_model_input, to_uint8_image
 
     engine, _ = create_engine(backend=args.backend, checkpoint=args.checkpoint,
                               deterministic_weights=not args.checkpoint)
-    state = engine.encode(to_model_input(avatar_image(engine.image_size), engine.image_size, engine.device))
-    rng = np.random.default_rng(0)
-    to_uint8_image(engine.render(state, jittered(state.kp, rng)))  # warm-up
-    times = []
-    for _ in range(args.frames):
-        kp = jittered(state.kp, rng)
-        start = time.perf_counter()
-        to_uint8_image(engine.render(state, kp))
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {"engine": engine.name, "median": statistics.median(times), "p99": percentile(times, 99)}
+    return engine
 
 
 def remote_client(url, token, args, max_in_flight):
@@ -119,18 +110,33 @@ def remote_client(url, token, args, max_in_flight):
     return engine, state
 
 
-def bench_latency(url, token, args) -> dict:
+def bench_latency(url, token, args, local) -> dict:
+    """Local render and remote round trip, alternating frame by frame: load from other jobs hits both alike."""
+    from engines.image import to_model_input, to_uint8_image
+
     engine, state = remote_client(url, token, args, max_in_flight=1)
+    local_state = local.encode(to_model_input(avatar_image(local.image_size), local.image_size, local.device))
     rng = np.random.default_rng(1)
-    engine.render(state, jittered(state.kp, rng))  # warm-up
-    times = []
+    engine.render(state, jittered(state.kp, rng))  # warm-up both
+    to_uint8_image(local.render(local_state, jittered(state.kp, rng)))
+    local_ms, remote_ms, server_ms = [], [], []
     for _ in range(args.frames):
         kp = jittered(state.kp, rng)
         start = time.perf_counter()
+        to_uint8_image(local.render(local_state, kp))
+        local_ms.append((time.perf_counter() - start) * 1000.0)
+        start = time.perf_counter()
         engine.render(state, kp)
-        times.append((time.perf_counter() - start) * 1000.0)
+        remote_ms.append((time.perf_counter() - start) * 1000.0)
+        server_ms.append(engine.server_render_ms)
     engine.close()
-    return {"median": statistics.median(times), "p99": percentile(times, 99)}
+    # what remote adds = round trip - the server's own render of that frame (same process, same moment): robust to
+    # the load of other jobs, which hits the local process and the replica differently on a shared machine
+    added = [r - s for r, s in zip(remote_ms, server_ms)]
+    return {"local": (statistics.median(local_ms), percentile(local_ms, 99)),
+            "server": (statistics.median(server_ms), percentile(server_ms, 99)),
+            "remote": (statistics.median(remote_ms), percentile(remote_ms, 99)),
+            "added": (statistics.median(added), percentile(added, 99))}
 
 
 def bench_throughput(url, port, token, args, clients: int) -> dict:
@@ -146,7 +152,7 @@ def bench_throughput(url, port, token, args, clients: int) -> dict:
             engine.render(state, jittered(state.kp, rng))
             counts[i] = sum(engine.batch_sizes.values())
 
-    threads = [threading.Thread(target=drive, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=drive, args=(i,), daemon=True) for i in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -174,34 +180,45 @@ def main(argv=None) -> int:
     p.add_argument("--batch-wait-ms", type=float, default=4.0)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--threads", type=int, help="local torch threads (default: as many as the server replica)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
 
-    local = bench_local(args)
-    print(f"local {local['engine']}: render {local['median']:.1f} / {local['p99']:.1f} ms (median / p99), "
-          f"{1000.0 / local['median']:.1f} fps", flush=True)
+    local = local_engine(args)
     token = secrets.token_hex(16)
     with running_server(args, token) as (url, port):
-        latency = bench_latency(url, token, args)
-        added = latency["median"] - local["median"]
-        print(f"remote, 1 client, 1 in flight: round trip {latency['median']:.1f} / {latency['p99']:.1f} ms "
-              f"(median / p99), {added:+.1f} ms vs local ({latency['median'] / local['median']:.2f}x)", flush=True)
+        server_threads = health(port).get("torch_threads")
+        if args.threads is None and server_threads:
+            torch.set_num_threads(server_threads)  # compare like with like: the replica's torch threads
+        print(f"torch threads: local {torch.get_num_threads()}, server replica {server_threads}", flush=True)
+        lat = bench_latency(url, token, args, local)
+        local_ms = lat["local"][0]
+        print(f"local {local.name} render {lat['local'][0]:.1f} / {lat['local'][1]:.1f} ms (median / p99); server "
+              f"render {lat['server'][0]:.1f} / {lat['server'][1]:.1f} ms; remote round trip {lat['remote'][0]:.1f} / "
+              f"{lat['remote'][1]:.1f} ms; added by remote {lat['added'][0]:+.1f} / {lat['added'][1]:+.1f} ms",
+              flush=True)
         rows = []
         for count in clients:
             row = bench_throughput(url, port, token, args, count)
             rows.append(row)
             print(f"remote, {count} client(s), 2 in flight each: {row['fps']:.2f} fps in all "
-                  f"({row['fps'] * local['median'] / 1000.0:.2f}x local), batches {row['batches']}", flush=True)
-    print("\n| measurement | median / p99 ms | fps (all clients) | vs local | batch sizes (count) |")
+                  f"({row['fps'] * local_ms / 1000.0:.2f}x local), batches {row['batches']}", flush=True)
+    print(f"\n| {local.name}, {os.cpu_count()} CPUs | median / p99 | fps (all clients) | vs local | batches "
+          "(size: count) |")
     print("|---|---|---|---|---|")
-    print(f"| local {local['engine']} render | {local['median']:.1f} / {local['p99']:.1f} | "
-          f"{1000.0 / local['median']:.2f} | 1.00x | - |")
-    print(f"| remote round trip, 1 client, 1 in flight | {latency['median']:.1f} / {latency['p99']:.1f} | "
-          f"{1000.0 / latency['median']:.2f} | {latency['median'] / local['median']:.2f}x time "
-          f"({added:+.1f} ms) | - |")
+    print(f"| local render (this process) | {lat['local'][0]:.0f} / {lat['local'][1]:.0f} ms | "
+          f"{1000.0 / local_ms:.2f} | 1.00x | - |")
+    print(f"| remote round trip, 1 client, 1 in flight | {lat['remote'][0]:.0f} / {lat['remote'][1]:.0f} ms | "
+          f"{1000.0 / lat['remote'][0]:.2f} | {lat['remote'][0] / local_ms:.2f}x time | - |")
+    print(f"| server render (replica, same frames) | {lat['server'][0]:.0f} / {lat['server'][1]:.0f} ms | - | "
+          f"{lat['server'][0] / local_ms:.2f}x time | - |")
+    print(f"| added by remote (round trip - server render) | {lat['added'][0]:+.1f} / {lat['added'][1]:+.1f} ms | "
+          "- | - | - |")
     for row in rows:
-        print(f"| remote, {row['clients']} client(s), 2 in flight | - | {row['fps']:.2f} | "
-              f"{row['fps'] * local['median'] / 1000.0:.2f}x fps | {row['batches']} |")
+        print(f"| remote, {row['clients']} client(s), 2 in flight each | - | {row['fps']:.2f} | "
+              f"{row['fps'] * local_ms / 1000.0:.2f}x fps | {row['batches']} |")
     return 0
 
 

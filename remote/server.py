@@ -95,6 +95,7 @@ class RenderService:
 
     def health(self) -> dict:
         return {"connections": self.connections, "frames": self.frames, "engine": self.engine.name,
+                "torch_threads": self._torch.get_num_threads(),
                 "batches": {str(k): v for k, v in sorted(self.batches.items())}}
 
     # --- work (runs in a worker thread: the event loop keeps serving the other connections) -------------------
@@ -305,7 +306,9 @@ def _settings(args) -> dict:
             "precision": None if args.precision == "auto" else args.precision,
             "deterministic_weights": args.deterministic_weights, "max_batch": args.max_batch,
             "batch_wait_ms": args.batch_wait_ms, "num_gpus": num_gpus, "replicas": args.replicas,
-            "max_clients": args.max_clients, "replica_cpus": min(1, args.num_cpus)}
+            "max_clients": args.max_clients,
+            # the replica's torch threads follow its CPUs (Ray sets OMP_NUM_THREADS); Serve's own actors take 0
+            "replica_cpus": max(1, args.num_cpus // max(1, args.replicas))}
 
 
 def main(argv=None) -> int:
@@ -325,11 +328,9 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    loopback = P.is_loopback(args.host)
     repo = str(Path(__file__).resolve().parents[1])  # the replicas import engines/ and remote/ from here
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": repo, "RAY_USAGE_STATS_ENABLED": "0"}},
-             **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+             runtime_env={"env_vars": {"PYTHONPATH": repo, "RAY_USAGE_STATS_ENABLED": "0"}})
     try:
         serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"enable_access_log": False})
         serve.run(deployment(settings), name="live-avatar", route_prefix="/", blocking=False)
