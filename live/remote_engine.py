@@ -102,11 +102,15 @@ class RemoteEngine:
         self.reconnects = 0
 
         self.server = self._connect()       # first connection: failures here are errors, later ones are retried
-        self._check_model(self.server)
-        self.name = f"remote:{self.server['engine']}@{urlparse(url).hostname}"
-        self.weights_id = self.server["weights_id"]
-        self._config_hash = self.server["config_hash"]
-        self.kp_detector = self._detector(checkpoint, deterministic_weights)
+        try:
+            self._check_model(self.server)
+            self.name = f"remote:{self.server['engine']}@{urlparse(url).hostname}"
+            self.weights_id = self.server["weights_id"]
+            self._config_hash = self.server["config_hash"]
+            self.kp_detector = self._detector(checkpoint, deterministic_weights)
+        except BaseException:
+            self.close()
+            raise
 
     # --- engine protocol ------------------------------------------------------------------------------------
     @property

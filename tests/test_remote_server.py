@@ -136,16 +136,18 @@ def _engine(server, cache, **kwargs):
     return RemoteEngine(server.url, cache_dir=cache, log=lambda m: None, **kwargs)
 
 
-def _drive(engine, local, avatar_rgb, frames, results, key):
-    """Render frames remotely and locally from the same keypoints; results[key] = (remote, local) lists."""
+def _drive(engine, local, avatar_rgb, frames, results, key, barrier=None):
+    """Render frames remotely, then locally from the same keypoints; results[key] = (states, remote, local).
+    The barrier lines the clients up before each frame, so their requests meet in one server batch."""
     state = engine.encode(to_model_input(avatar_rgb, engine.image_size))
-    local_state = local.encode(to_model_input(avatar_rgb, local.image_size))
-    remote_out, local_out = [], []
-    for frame in frames:
-        kp = engine.detect(to_model_input(frame, engine.image_size))
+    kps = [engine.detect(to_model_input(frame, engine.image_size)) for frame in frames]
+    remote_out = []
+    for kp in kps:
+        if barrier is not None:
+            barrier.wait(120)
         remote_out.append(engine.render(state, kp).clone())
-        local_out.append(local.render(local_state, kp))
-    results[key] = (state, local_state, remote_out, local_out)
+    local_state = local.encode(to_model_input(avatar_rgb, local.image_size))
+    results[key] = (state, local_state, remote_out, [local.render(local_state, kp) for kp in kps])
 
 
 # --- tests ------------------------------------------------------------------------------------------------------
@@ -161,7 +163,8 @@ def test_two_concurrent_clients_match_the_local_engine(server, cache, clip, dete
     assert first.config_hash == local.config_hash and first.image_size == 256
     frames = clip[0:48:8]
     results = {}
-    threads = [threading.Thread(target=_drive, args=(e, local, _avatar(clip, i == 1), frames, results, i))
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=_drive, args=(e, local, _avatar(clip, i == 1), frames, results, i, barrier))
                for i, e in enumerate((first, second))]
     for t in threads:
         t.start()
@@ -208,6 +211,27 @@ def test_switching_avatars_on_one_connection(server, cache, clip, deterministic_
         frame = engine.render(states[i], kp)
         assert (frame - deterministic_engine.render(local_states[i], kp)).abs().max().item() <= 1e-4
     engine.close()
+
+
+def test_local_checkpoint_detector_is_checked_against_the_server(server, cache, tmp_path):
+    from engines.deterministic_weights import load_deterministic_weights
+    from engines.keypoint_detector import KeypointDetector
+    from live.remote_engine import RemoteError
+
+    def checkpoint(salt: str) -> Path:
+        detector = KeypointDetector()
+        load_deterministic_weights(detector, "kp_detector", salt)
+        path = tmp_path / f"detector{salt}.pth.tar"
+        torch.save({"kp_detector": detector.state_dict(), "generator": {}}, path)  # only the detector is read
+        return path
+
+    empty_cache = tmp_path / "no-cache"
+    same = _engine(server, empty_cache, checkpoint=checkpoint(""))   # the server's detector: nothing fetched
+    assert not empty_cache.exists()
+    same.close()
+    with pytest.raises(RemoteError, match="differs from the render server's") as error:
+        _engine(server, empty_cache, checkpoint=checkpoint("vox-adv"))
+    assert "\n" not in str(error.value)
 
 
 def test_wrong_or_missing_token_is_refused(server, cache):
