@@ -326,7 +326,8 @@ def add_remote_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def remote_engine(args, offline: bool, log):
-    from live.remote_engine import load_engine
+    from live.remote_engine import check_url, load_engine
+    check_url(args.remote)
     if args.token_file is None and args.remote and not args.remote.startswith(("ws://127.", "ws://localhost",
                                                                                   "ws://[::1]")):
         log("notice: no --token-file: a server on another machine will refuse the connection")

@@ -250,13 +250,13 @@ def app_builder(args: dict):
     """`serve run remote.server:app_builder key=value ...`: checkpoint, backend, token_file (required),
     deterministic_weights, max_batch, batch_wait_ms, num_gpus, replicas, max_clients."""
     settings = dict(args)
-    if not settings.get("token_file") and not settings.get("deterministic_weights"):
+    if not settings.get("token_file"):
         raise ValueError("a cluster deployment needs token_file=FILE (clients authenticate with its content)")
-    if settings.get("token_file"):
-        read_token(settings["token_file"])  # fail at deploy time, not on the first connection
-    for key in ("deterministic_weights",):
-        if isinstance(settings.get(key), str):
-            settings[key] = settings[key].lower() in ("1", "true", "yes")
+    read_token(settings["token_file"])  # fail at deploy time, not on the first connection
+    if isinstance(settings.get("deterministic_weights"), str):
+        settings["deterministic_weights"] = settings["deterministic_weights"].lower() in ("1", "true", "yes")
+    if not settings.get("checkpoint") and not settings.get("deterministic_weights"):
+        raise ValueError("a cluster deployment needs checkpoint=PATH (a path on the worker nodes)")
     return deployment(settings)
 
 

@@ -412,3 +412,16 @@ def test_server_token_file_problems_exit_2(tmp_path):
         result = subprocess.run([sys.executable, "-m", "remote.server", "--deterministic-weights", "--token-file",
                                  str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and match in result.stderr and "Traceback" not in result.stderr
+
+
+def test_app_builder_for_serve_run_requires_token_and_weights(tmp_path):
+    from remote.server import app_builder
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    with pytest.raises(ValueError, match="token_file"):
+        app_builder({"checkpoint": "/models/vox-cpk.pth.tar"})
+    with pytest.raises(ValueError, match="checkpoint=PATH"):
+        app_builder({"token_file": str(token)})
+    app = app_builder({"token_file": str(token), "deterministic_weights": "true", "replicas": "2"})
+    assert type(app).__name__ == "Application"
