@@ -325,6 +325,9 @@ def add_remote_arguments(p: argparse.ArgumentParser) -> None:
                    help="JPEG quality of the frames the server sends back (1-100, default 90)")
 
 
+RECONNECT_WAIT_S = 60.0  # offline --remote renders: how long to wait for a server that went away
+
+
 def remote_engine(args, offline: bool, log):
     from live.remote_engine import check_url, load_engine
     check_url(args.remote)
@@ -333,11 +336,13 @@ def remote_engine(args, offline: bool, log):
         log("notice: no --token-file: a server on another machine will refuse the connection")
     if not 1 <= args.remote_quality <= 100:
         raise UserError(f"--remote-quality {args.remote_quality}: expected 1..100")
-    # offline renders keep one frame in flight so output frame i is the render of input frame i; live runs keep
-    # two, so the round trip hides behind the next frame's capture and detection
+    # offline renders keep one frame in flight so output frame i is the render of input frame i, and wait for a
+    # lost server instead of filling the file with copies; live runs keep two, so the round trip hides behind the
+    # next frame's capture and detection, and show the last frame while reconnecting
     engine = load_engine(args.remote, args.token_file, checkpoint=args.checkpoint,
                          deterministic_weights=args.deterministic_weights, quality=args.remote_quality,
-                         max_in_flight=1 if offline else 2, log=log)
+                         max_in_flight=1 if offline else 2, reconnect_wait=RECONNECT_WAIT_S if offline else 0.0,
+                         log=log)
     log(f"remote: rendering on {args.remote} ({engine.server['engine']} on {engine.server['device']})")
     return engine
 

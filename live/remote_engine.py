@@ -74,13 +74,15 @@ def check_url(url: str) -> str:
 class RemoteEngine:
     def __init__(self, url: str, *, token: str = "", checkpoint=None, deterministic_weights: bool = False,
                  fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2, connect_timeout: float = 10.0,
-                 frame_timeout: float = 30.0, cache_dir=None, log: Callable[[str], None] | None = None):
+                 frame_timeout: float = 30.0, reconnect_wait: float = 0.0, cache_dir=None,
+                 log: Callable[[str], None] | None = None):
         if fmt not in P.FORMATS:
             raise ValueError(f"unknown frame format {fmt!r}")
         self.url = check_url(url)
         self.hello = P.Hello(token=token, fmt=fmt, quality=quality)
         self.max_in_flight = max(1, int(max_in_flight))
         self.connect_timeout, self.frame_timeout = connect_timeout, frame_timeout
+        self.reconnect_wait = float(reconnect_wait)  # > 0: render() waits this long for a lost server (offline)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "remote"
         self.log = log or print
         self.on_status: Callable[[str], None] = self.log  # the app points this at the pipeline's status line
@@ -145,11 +147,25 @@ class RemoteEngine:
         return state
 
     def render(self, state: RemoteState, kp_driving: Keypoints) -> torch.Tensor:
-        """[1,3,S,S] in [0,1]: the newest frame the server has answered (one frame behind with 2 in flight);
-        the last frame (or the avatar at rest) while the server is unreachable."""
+        """[1,3,S,S] in [0,1]: the newest frame the server has answered (one frame behind with 2 in flight).
+        While the server is unreachable: live (reconnect_wait 0) the last frame or the avatar at rest at once;
+        offline, wait up to reconnect_wait seconds for it to come back and render this frame then."""
         self._receive_ready()
-        if self._ws is None and not self._reconnect():
-            return self._fallback(state)
+        give_up = time.monotonic() + self.reconnect_wait
+        while True:
+            if self._ws is not None or self._reconnect():
+                if self._send_and_wait(state, kp_driving) or time.monotonic() >= give_up:
+                    return self._fallback(state)
+                continue  # lost while rendering: offline runs try this frame again after reconnecting
+            if time.monotonic() >= give_up:
+                if self.reconnect_wait > 0:
+                    raise RemoteError(f"the render server at {self.url} stayed unreachable for "
+                                      f"{self.reconnect_wait:.0f} s")
+                return self._fallback(state)
+            time.sleep(min(max(self._retry_at - time.monotonic(), 0.05), max(give_up - time.monotonic(), 0.0)))
+
+    def _send_and_wait(self, state: RemoteState, kp_driving: Keypoints) -> bool:
+        """Send one frame and wait while max_in_flight frames are out; False when the connection was lost."""
         try:
             if state.slot not in self._slots:
                 self._upload(state)
@@ -173,13 +189,15 @@ class RemoteEngine:
             pass
         except (OSError, EOFError) as exc:
             self._lost(exc)
+            return False
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001 - websockets' ConnectionClosed*: the server went away
             if not _is_connection_error(exc):
                 raise
             self._lost(exc)
-        return self._fallback(state)
+            return False
+        return True
 
     def forward_full(self, *args, **kwargs):
         raise NotImplementedError("RemoteEngine renders on the server only; forward_full (the whole generator, "

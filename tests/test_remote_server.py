@@ -376,6 +376,9 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
     engine.on_status = messages.append
     state = engine.encode(to_model_input(_avatar(clip), 256))
     local_state = deterministic_engine.encode(to_model_input(_avatar(clip), 256))
+    # an offline render (run_live.py --driving --output) waits for the server instead of repeating frames
+    offline = _engine(server, cache, max_in_flight=1, reconnect_wait=150)
+    offline_state = offline.encode(to_model_input(_avatar(clip), 256))
     kp = engine.detect(to_model_input(clip[0], 256))
     before = engine.render(state, kp).clone()
     server.kill(signal.SIGKILL)
@@ -383,7 +386,15 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
     after_kill = engine.render(state, engine.detect(to_model_input(clip[20], 256)))
     assert torch.equal(after_kill, before)
     assert any("connection lost" in m for m in messages)
+    offline_kp = offline.detect(to_model_input(clip[25], 256))
+    waited = {}
+    waiter = threading.Thread(target=lambda: waited.update(frame=offline.render(offline_state, offline_kp)))
+    waiter.start()
     server.start()
+    waiter.join(180)
+    assert not waiter.is_alive() and offline.reconnects == 1
+    assert (waited["frame"] - deterministic_engine.render(local_state, offline_kp)).abs().max().item() <= 1e-4
+    offline.close()
     deadline = time.monotonic() + 60
     while not engine.connected and time.monotonic() < deadline:
         engine.render(state, kp)
