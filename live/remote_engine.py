@@ -140,10 +140,21 @@ class RemoteEngine:
         if len(png) > P.MAX_AVATAR_BYTES:
             raise RemoteError(f"avatar image is {len(png):,} bytes as PNG (the server takes {P.MAX_AVATAR_BYTES:,})")
         slot = len(self._states)
-        state = RemoteState(image=image.detach().cpu(), kp=Keypoints(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2, 2)),
-                            slot=slot, png=png)
+        # source keypoints from the local detector (the server's weights) until the server's own arrive, so an
+        # avatar picked while the server is away still calibrates; the upload then happens on its first frame
+        state = RemoteState(image=image.detach().cpu(), kp=self.detect(image), slot=slot, png=png)
         self._states[slot] = state
-        self._upload(state)
+        if self._ws is not None:
+            try:
+                self._upload(state)
+            except (OSError, EOFError) as exc:
+                self._lost(exc)
+            except RemoteError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - websockets' ConnectionClosed*
+                if not _is_connection_error(exc):
+                    raise
+                self._lost(exc)
         return state
 
     def render(self, state: RemoteState, kp_driving: Keypoints) -> torch.Tensor:
