@@ -386,6 +386,10 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
     after_kill = engine.render(state, engine.detect(to_model_input(clip[20], 256)))
     assert torch.equal(after_kill, before)
     assert any("connection lost" in m for m in messages)
+    # an avatar picked while the server is away: local source keypoints now, uploaded on its first frame
+    late = engine.encode(to_model_input(_avatar(clip, flip=True), 256))
+    late_local = deterministic_engine.encode(to_model_input(_avatar(clip, flip=True), 256))
+    assert (late.kp.value - late_local.kp.value).abs().max().item() <= 1e-5
     offline_kp = offline.detect(to_model_input(clip[25], 256))
     waited = {}
     waiter = threading.Thread(target=lambda: waited.update(frame=offline.render(offline_state, offline_kp)))
@@ -405,6 +409,8 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
     frame = engine.render(state, kp)
     expected = deterministic_engine.render(local_state, kp)
     assert (frame - expected).abs().max().item() <= 1e-4
+    frame = engine.render(late, kp)
+    assert (frame - deterministic_engine.render(late_local, kp)).abs().max().item() <= 1e-4
     engine.close()
 
 
