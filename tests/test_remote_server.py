@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.image import to_model_input, to_uint8_image
+from engines.image import to_model_input
 from tests.conftest import REPO, carphone_path
 from tests.support import read_video
 
