@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
                         "trained with; off = the original FOMM code as it runs on today's torch")
     g.add_argument("--deterministic-weights", action="store_true", help=argparse.SUPPRESS)  # tests: no file
+    add_remote_arguments(p)
 
     g = p.add_argument_group("calibration and motion")
     g.add_argument("--auto-calibrate", action="store_true",
@@ -261,7 +262,11 @@ class Session:
             for sink in sinks:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
             engine = self._engine()
+            if self.args.remote:
+                stack.callback(engine.close)  # the server frees this client's avatars when it closes
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
+            if self.args.remote:
+                attach_remote(engine, pipeline)
             terminal = stack.enter_context(TerminalKeys())
             pipeline.key_sources = [terminal.read, *self.extra_key_sources]
             self._greet(pipeline, source, terminal.active)
@@ -280,6 +285,8 @@ class Session:
     def _engine(self):
         from engines.backends import create_engine
         args = self.args
+        if args.remote:
+            return remote_engine(args, self.offline, self.log)
         checkpoint = None
         if not args.deterministic_weights:
             from live.weights import resolve_checkpoint
@@ -414,6 +421,45 @@ class Session:
         self.log = log_above_bar
         stack.callback(lambda: setattr(self, "log", previous_log))
         return update
+
+
+# --- remote rendering (--remote): the renderer runs on a render server (remote/server.py) ----------------------
+def add_remote_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("remote rendering (render on a GPU server: python -m remote.server)")
+    g.add_argument("--remote", metavar="ws://HOST:PORT",
+                   help="render on this server instead of locally (wss:// through a TLS proxy); keypoints, "
+                        "calibration and smoothing stay here")
+    g.add_argument("--token-file", metavar="FILE", help="file holding the server's shared secret")
+    g.add_argument("--remote-quality", type=int, default=90, metavar="Q",
+                   help="JPEG quality of the frames the server sends back (1-100, default 90)")
+
+
+RECONNECT_WAIT_S = 60.0  # offline --remote renders: how long to wait for a server that went away
+
+
+def remote_engine(args, offline: bool, log):
+    from live.remote_engine import check_url, load_engine
+    check_url(args.remote)
+    if args.token_file is None and args.remote and not args.remote.startswith(("ws://127.", "ws://localhost",
+                                                                                  "ws://[::1]")):
+        log("notice: no --token-file: a server on another machine will refuse the connection")
+    if not 1 <= args.remote_quality <= 100:
+        raise UserError(f"--remote-quality {args.remote_quality}: expected 1..100")
+    # offline renders keep one frame in flight so output frame i is the render of input frame i, and wait for a
+    # lost server instead of filling the file with copies; live runs keep two, so the round trip hides behind the
+    # next frame's capture and detection, and show the last frame while reconnecting
+    engine = load_engine(args.remote, args.token_file, checkpoint=args.checkpoint,
+                         deterministic_weights=args.deterministic_weights, quality=args.remote_quality,
+                         max_in_flight=1 if offline else 2, reconnect_wait=RECONNECT_WAIT_S if offline else 0.0,
+                         log=log)
+    log(f"remote: rendering on {args.remote} ({engine.server['engine']} on {engine.server['device']})")
+    return engine
+
+
+def attach_remote(engine, pipeline) -> None:
+    """Connection notices (lost, reconnected) go to the status line; the HUD shows the round trip as "rtt"."""
+    engine.on_status = pipeline.notify
+    engine.timings = pipeline.timings
 
 
 def main(argv=None) -> int:

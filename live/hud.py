@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import cv2
 import numpy as np
 
-STAGES = ("wait", "crop", "detect", "normalize", "render", "sinks")
+STAGES = ("wait", "crop", "detect", "normalize", "render", "rtt", "sinks")  # rtt: --remote round trip
 
 
 class Timings:

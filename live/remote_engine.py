@@ -1,0 +1,463 @@
+"""RemoteEngine: the engine protocol of the live loop, with rendering on a remote server (`run_live.py --remote`).
+
+The client keeps capture, crop, keypoint detection, calibration and smoothing (cheap, and the calibration key stays
+instant); `encode` uploads the avatar image once (the server keeps its encoding with the connection) and `render`
+sends only the normalised keypoints (~250 bytes) and gets the frame back. Wire format: remote/protocol.py.
+
+- detector weights: the server announces the digest of its keypoint detector; without a local checkpoint the client
+  fetches those weights once (tensors only, checked against the digest, cached under the project cache); a local
+  checkpoint whose detector differs is refused in one line (keypoints of one detector drive another's generator
+  wrongly).
+- up to `max_in_flight` frames in flight (2 live: the round trip hides behind the next frame; 1 offline, so frame i of
+  the output is the render of input i); answers older than the newest shown are dropped.
+- faults: when the connection drops, `render` returns the last frame (or the avatar at rest), reconnects with
+  backoff, uploads the avatars again and says so through `on_status`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from engines.config import VOX_256
+from engines.keypoint_detector import KeypointDetector
+from engines.keypoints import Keypoints
+from engines.storage import cache_root
+from live.errors import UserError
+from remote import protocol as P
+
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)   # between reconnection attempts; the last one repeats
+
+
+class RemoteError(UserError):
+    """The render server cannot be reached, refused us, or serves other weights."""
+
+
+@dataclass
+class RemoteState:
+    """What `encode` returns: the avatar as the loop sees it (source keypoints from the server's encoding) plus the
+    server-side slot that holds its encoding."""
+
+    image: torch.Tensor
+    kp: Keypoints
+    slot: int
+    png: bytes = field(repr=False, default=b"")
+
+
+def read_token_file(path) -> str:
+    path = Path(path)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise RemoteError(f"{path}: token file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RemoteError(f"{path}: cannot read the token file ({type(exc).__name__})") from None
+    if not token:
+        raise RemoteError(f"{path}: token file is empty")
+    return token
+
+
+def check_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        raise RemoteError(f"--remote {url!r}: expected ws://HOST:PORT or wss://HOST:PORT")
+    return url
+
+
+class RemoteEngine:
+    def __init__(self, url: str, *, token: str = "", checkpoint=None, deterministic_weights: bool = False,
+                 fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2, connect_timeout: float = 10.0,
+                 frame_timeout: float = 30.0, reconnect_wait: float = 0.0, cache_dir=None,
+                 log: Callable[[str], None] | None = None):
+        if fmt not in P.FORMATS:
+            raise ValueError(f"unknown frame format {fmt!r}")
+        self.url = check_url(url)
+        self.hello = P.Hello(token=token, fmt=fmt, quality=quality)
+        self.max_in_flight = max(1, int(max_in_flight))
+        self.connect_timeout, self.frame_timeout = connect_timeout, frame_timeout
+        self.reconnect_wait = float(reconnect_wait)  # > 0: render() waits this long for a lost server (offline)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "remote"
+        self.log = log or print
+        self.on_status: Callable[[str], None] = self.log  # the app points this at the pipeline's status line
+        self.timings = None                 # a live.hud.Timings: the round trip is recorded there as "rtt"
+        self.device = torch.device("cpu")   # where the client's tensors (detector, keypoints) live
+        self._ws = None
+        self._next_id = 0
+        self._in_flight: OrderedDict[int, float] = OrderedDict()   # frame id -> send time
+        self._latest_id = -1
+        self._latest: torch.Tensor | None = None
+        self._states: dict[int, RemoteState] = {}
+        self._slots: OrderedDict[int, int] = OrderedDict()   # uploaded avatar -> server slot, least recent first
+        self._retry_at = 0.0
+        self._failures = 0
+        self.round_trip_ms: float | None = None
+        self.server_render_ms: float | None = None  # of the newest frame: the rest of the round trip is overhead
+        self.batch_sizes: Counter = Counter()
+        self.dropped = 0                    # stale or refused (busy) answers
+        self.reconnects = 0
+
+        self.server = self._connect()       # first connection: failures here are errors, later ones are retried
+        try:
+            self._check_model(self.server)
+            self.name = f"remote:{self.server['engine']}@{urlparse(url).hostname}"
+            self.weights_id = self.server["weights_id"]
+            self._config_hash = self.server["config_hash"]
+            self.kp_detector = self._detector(checkpoint, deterministic_weights)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- engine protocol ------------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.server["image_size"])
+
+    @property
+    def config_hash(self) -> str:
+        return self._config_hash
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    @torch.inference_mode()
+    def detect(self, image: torch.Tensor) -> Keypoints:
+        value, jacobian = self.kp_detector(image.to(self.device, torch.float32))
+        return Keypoints(value, jacobian)
+
+    def encode(self, image: torch.Tensor) -> RemoteState:
+        """Upload the avatar ([1,3,S,S] in [0,1], lossless PNG) into a server slot; the server's encoding stays
+        there with this connection."""
+        rgb = (image[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        png = P.encode_image(rgb, "png")
+        if len(png) > P.MAX_AVATAR_BYTES:
+            raise RemoteError(f"avatar image is {len(png):,} bytes as PNG (the server takes {P.MAX_AVATAR_BYTES:,})")
+        slot = len(self._states)
+        # source keypoints from the local detector (the server's weights) until the server's own arrive, so an
+        # avatar picked while the server is away still calibrates; the upload then happens on its first frame
+        state = RemoteState(image=image.detach().cpu(), kp=self.detect(image), slot=slot, png=png)
+        self._states[slot] = state
+        if self._ws is not None:
+            try:
+                self._upload(state)
+            except (OSError, EOFError) as exc:
+                self._lost(exc)
+            except RemoteError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - websockets' ConnectionClosed*
+                if not _is_connection_error(exc):
+                    raise
+                self._lost(exc)
+        return state
+
+    def render(self, state: RemoteState, kp_driving: Keypoints) -> torch.Tensor:
+        """[1,3,S,S] in [0,1]: the newest frame the server has answered (one frame behind with 2 in flight).
+        While the server is unreachable: live (reconnect_wait 0) the last frame or the avatar at rest at once;
+        offline, wait up to reconnect_wait seconds for it to come back and render this frame then."""
+        self._receive_ready()
+        give_up = time.monotonic() + self.reconnect_wait
+        while True:
+            if self._ws is not None or self._reconnect():
+                if self._send_and_wait(state, kp_driving) or time.monotonic() >= give_up:
+                    return self._fallback(state)
+                continue  # lost while rendering: offline runs try this frame again after reconnecting
+            if time.monotonic() >= give_up:
+                if self.reconnect_wait > 0:
+                    raise RemoteError(f"the render server at {self.url} stayed unreachable for "
+                                      f"{self.reconnect_wait:.0f} s")
+                return self._fallback(state)
+            time.sleep(min(max(self._retry_at - time.monotonic(), 0.05), max(give_up - time.monotonic(), 0.0)))
+
+    def _send_and_wait(self, state: RemoteState, kp_driving: Keypoints) -> bool:
+        """Send one frame and wait while max_in_flight frames are out; False when the connection was lost."""
+        try:
+            if state.slot not in self._slots:
+                self._upload(state)
+            self._slots.move_to_end(state.slot)
+            frame_id = self._next_id
+            self._next_id += 1
+            kp = kp_driving.to("cpu", torch.float32)
+            self._ws.send(P.pack_keypoints(frame_id, self._slots[state.slot], kp.value.numpy(),
+                                           kp.jacobian.numpy()))
+            self._in_flight[frame_id] = time.perf_counter()
+            deadline = time.monotonic() + self.frame_timeout
+            while len(self._in_flight) >= self.max_in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    stale = self._in_flight.popitem(last=False)[0]  # give up on it: its answer will be dropped
+                    self.dropped += 1
+                    self.on_status(f"remote: frame {stale} took over {self.frame_timeout:.0f} s; skipped")
+                    break
+                self._handle(self._ws.recv(timeout=remaining))
+        except TimeoutError:
+            pass
+        except (OSError, EOFError) as exc:
+            self._lost(exc)
+            return False
+        except RemoteError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - websockets' ConnectionClosed*: the server went away
+            if not _is_connection_error(exc):
+                raise
+            self._lost(exc)
+            return False
+        return True
+
+    def forward_full(self, *args, **kwargs):
+        raise NotImplementedError("RemoteEngine renders on the server only; forward_full (the whole generator, "
+                                  "for tests and benchmarks) needs a local engine")
+
+    def close(self) -> None:
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # noqa: BLE001 - closing a dead socket
+                pass
+            self._ws = None
+
+    # --- connection -----------------------------------------------------------------------------------------
+    def _connect(self) -> dict:
+        from websockets.sync.client import connect
+
+        try:
+            # entered like a context manager (websockets >= 17.1 deprecates bare connect()); close() ends it
+            ws = connect(self.url, open_timeout=self.connect_timeout, max_size=P.DETECTOR_CHUNK_BYTES + 4096,
+                         compression=None, close_timeout=2).__enter__()
+        except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, timeout, HTTP error: one line
+            raise RemoteError(f"cannot reach the render server at {self.url} ({_describe(exc)})") from None
+        try:
+            ws.send(self.hello.to_text())
+            reply = P.loads(ws.recv(timeout=self.connect_timeout))
+        except Exception as exc:  # noqa: BLE001
+            ws.close()
+            raise RemoteError(f"the render server at {self.url} did not answer the hello ({_describe(exc)})") \
+                from None
+        if reply["type"] == "error":
+            ws.close()
+            if reply.get("code") == "auth":
+                raise RemoteError(f"the render server at {self.url} refused the token (check --token-file)")
+            raise RemoteError(f"the render server at {self.url} refused the connection: {reply.get('message')}")
+        if reply["type"] != "welcome" or reply.get("version") != P.PROTOCOL_VERSION:
+            ws.close()
+            raise RemoteError(f"{self.url} does not speak the live-avatar protocol version {P.PROTOCOL_VERSION}")
+        self._ws = ws
+        return reply
+
+    def _reconnect(self) -> bool:
+        """One attempt when the backoff allows; True when connected again with every avatar uploaded."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        try:
+            welcome = self._connect()
+            if welcome["detector_digest"] != self.server["detector_digest"]:
+                self.close()
+                raise RemoteError("the render server came back with other model weights; restart the client")
+            self._slots.clear()
+            for state in list(self._states.values())[:P.MAX_AVATARS]:
+                self._upload(state)
+        except RemoteError as exc:
+            if "other model weights" in str(exc):
+                raise
+            self._failures += 1
+            self._retry_at = now + BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
+            self.close()
+            return False
+        except Exception as exc:  # noqa: BLE001 - dropped again during the re-upload
+            if not _is_connection_error(exc) and not isinstance(exc, OSError):
+                raise
+            self._failures += 1
+            self._retry_at = now + BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
+            self.close()
+            return False
+        self._failures = 0
+        self.reconnects += 1
+        self.on_status(f"remote: reconnected to {self.url}; avatar sent again")
+        return True
+
+    def _lost(self, exc) -> None:
+        self.close()
+        self._in_flight.clear()
+        self._slots.clear()
+        self._failures = 1
+        self._retry_at = time.monotonic() + BACKOFF_S[0]
+        self.on_status(f"remote: connection lost ({_describe(exc)}); showing the last frame, reconnecting")
+
+    # --- messages -------------------------------------------------------------------------------------------
+    def _receive_ready(self) -> None:
+        """Take the answers that already arrived without waiting (keeps the newest frame fresh)."""
+        if self._ws is None:
+            return
+        try:
+            while self._in_flight:
+                self._handle(self._ws.recv(timeout=0))
+        except TimeoutError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            if not (_is_connection_error(exc) or isinstance(exc, OSError)):
+                raise
+            self._lost(exc)
+
+    def _handle(self, message) -> dict | None:
+        """Apply one server message; returns control messages that are not frames."""
+        if isinstance(message, str):
+            reply = P.loads(message)
+            if reply["type"] == "busy":
+                self._in_flight.pop(reply.get("id"), None)
+                self.dropped += 1
+            elif reply["type"] == "error":
+                if reply.get("code") == "auth":
+                    raise RemoteError("the render server refused the token (check --token-file)")
+                self.on_status(f"remote: server error: {reply.get('message')}")
+            return reply
+        kind, frame_id, payload = P.unpack(message)
+        if kind != P.KIND_FRAME:
+            raise P.ProtocolError(f"unexpected {P.KINDS[kind]} message")
+        sent = self._in_flight.pop(frame_id, None)
+        if sent is None or frame_id < self._latest_id:
+            self.dropped += 1  # stale: a newer frame is already shown, or we gave up on it
+            return None
+        batch, self.server_render_ms, data = P.unpack_frame(payload)
+        rgb = P.decode_image(data, float_output=True)
+        self._latest = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        self._latest_id = frame_id
+        self.batch_sizes[batch] += 1
+        ms = (time.perf_counter() - sent) * 1000.0
+        self.round_trip_ms = ms if self.round_trip_ms is None else self.round_trip_ms + 0.1 * (ms - self.round_trip_ms)
+        if self.timings is not None:
+            self.timings.record("rtt", ms)
+        return None
+
+    def _wait_for(self, kind: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {kind} reply within {timeout:.0f} s")
+            reply = self._handle(self._ws.recv(timeout=remaining))
+            if reply is None:
+                continue
+            if reply["type"] == kind:
+                return reply
+            if reply["type"] == "error":
+                raise RemoteError(f"the render server refused: {reply.get('message')}")
+
+    def _upload(self, state: RemoteState) -> None:
+        # The server keeps MAX_AVATARS slots per connection: beyond that the least recently used avatar gives its
+        # slot up (and is sent again when it is used again).
+        used = set(self._slots.values())
+        free = [slot for slot in range(P.MAX_AVATARS) if slot not in used]
+        if free:
+            server_slot = free[0]
+        else:
+            _, server_slot = self._slots.popitem(last=False)
+        self._ws.send(P.pack(P.KIND_AVATAR, server_slot, state.png))
+        reply = self._wait_for("avatar", max(self.frame_timeout, 30.0))
+        num_kp = len(reply["kp"]["value"]) // 2
+        state.kp = Keypoints(torch.tensor(reply["kp"]["value"], dtype=torch.float32).view(1, num_kp, 2),
+                             torch.tensor(reply["kp"]["jacobian"], dtype=torch.float32).view(1, num_kp, 2, 2))
+        self._slots[state.slot] = server_slot
+
+    def _fallback(self, state: RemoteState) -> torch.Tensor:
+        return self._latest if self._latest is not None else state.image
+
+    # --- weights --------------------------------------------------------------------------------------------
+    def _check_model(self, welcome: dict) -> None:
+        if welcome["image_size"] != VOX_256.image_size or welcome["num_kp"] != VOX_256.num_kp:
+            raise RemoteError(f"the render server runs a {welcome['image_size']}px model with {welcome['num_kp']} "
+                              f"keypoints; this client knows the {VOX_256.image_size}px vox model only")
+
+    def _detector(self, checkpoint, deterministic_weights: bool) -> KeypointDetector:
+        """The keypoint detector whose weights match the server's generator (see the module docstring)."""
+        expected = self.server["detector_digest"]
+        detector = KeypointDetector(VOX_256)
+        if checkpoint is not None or deterministic_weights:
+            if deterministic_weights:
+                from engines.deterministic_weights import load_deterministic_weights
+                load_deterministic_weights(detector, "kp_detector")
+                what = "the generated test weights"
+            else:
+                from engines.checkpoint import load_state, read_checkpoint
+                load_state(detector, read_checkpoint(checkpoint)["kp_detector"], network="kp_detector",
+                           path=checkpoint)
+                what = f"{checkpoint}"
+            local = P.digest(P.detector_blob(detector))
+            if local != expected:
+                raise RemoteError(f"the keypoint detector of {what} differs from the render server's "
+                                  f"({local[:12]} vs {expected[:12]}); run without --checkpoint to use the server's")
+            return detector.eval()
+        blob = self._cached_detector(expected)
+        if blob is None:
+            blob = self._fetch_detector(expected)
+        try:
+            detector.load_state_dict(P.blob_to_tensors(blob), strict=True)
+        except (ValueError, RuntimeError) as exc:
+            raise RemoteError(f"the server's keypoint detector does not fit this client ({_describe(exc)})") from None
+        return detector.eval()
+
+    def _cache_path(self, digest: str) -> Path:
+        return self.cache_dir / f"kp_detector-{digest[:32]}.bin"
+
+    def _cached_detector(self, expected: str) -> bytes | None:
+        path = self._cache_path(expected)
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            return None
+        return blob if P.digest(blob) == expected else None  # a damaged cache file is fetched again
+
+    def _fetch_detector(self, expected: str) -> bytes:
+        self.log(f"fetching the keypoint detector weights from the server "
+                 f"({self.server.get('detector_bytes', 0) / 2**20:.0f} MB, once)")
+        try:
+            self._ws.send(P.dumps({"type": "get_detector"}))
+            header = self._wait_for("detector", self.connect_timeout)
+            parts = []
+            for index in range(int(header["chunks"])):
+                kind, ident, payload = P.unpack(self._ws.recv(timeout=self.connect_timeout))
+                if kind != P.KIND_DETECTOR or ident != index:
+                    raise P.ProtocolError("detector chunks out of order")
+                parts.append(bytes(payload))
+        except RemoteError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise RemoteError(f"fetching the keypoint detector from {self.url} failed ({_describe(exc)})") from None
+        blob = b"".join(parts)
+        if P.digest(blob) != expected:
+            raise RemoteError("the keypoint detector weights from the server do not match its digest (damaged "
+                              "in transit?); run again")
+        path = self._cache_path(expected)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)  # atomic: two clients fetching at once never see half a file
+        except OSError as exc:
+            self.log(f"notice: could not cache the detector weights in {path.parent} ({exc.strerror or exc})")
+        return blob
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    return isinstance(exc, (ConnectionClosed, InvalidHandshake, ConnectionError, EOFError))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def load_engine(url: str, token_file=None, **kwargs) -> RemoteEngine:
+    """The app's entry point: token from a file (required for non-loopback servers by the server itself)."""
+    token = read_token_file(token_file) if token_file else ""
+    return RemoteEngine(url, token=token, **kwargs)
+
+

@@ -1,0 +1,282 @@
+"""The wire format between a live-avatar client and a render server: WebSocket messages, no pickle.
+
+Text messages are JSON objects with a "type"; binary messages start with an 8-byte header
+
+    magic b"LA" | protocol version u8 | kind u8 | id u32 (little-endian)
+
+followed by a payload that depends on the kind:
+
+    KEYPOINTS  client -> server  id = frame id; payload: avatar slot u16, K u16, K*2 float32 values, K*4 float32
+                                 jacobians (row-major 2x2) = 252 bytes in all for K=10 (fixed size per K)
+    FRAME      server -> client  id = frame id; payload: batch size u16, server render ms float32, image bytes
+                                 (JPEG, PNG or 16-bit PNG as asked in hello)
+    AVATAR     client -> server  id = avatar slot; payload: an encoded image (PNG/JPEG, at most MAX_AVATAR_BYTES)
+    DETECTOR   server -> client  id = chunk index; payload: a slice of the detector weights blob (see below)
+
+Conversation:
+    client: {"type": "hello", "version": 1, "token": "...", "format": "jpeg"|"png"|"png16", "quality": 90}
+    server: {"type": "welcome", ...server facts: image_size, num_kp, config_hash, weights_id, detector_digest...}
+            or {"type": "error", "code": "auth"|"version"|..., "message": "..."} and a close
+    client: {"type": "get_detector"}  (optional, once) -> {"type": "detector", "size", "chunks", "digest"} + chunks
+    client: AVATAR(slot) -> server: {"type": "avatar", "slot": n, "kp": {"value": [...], "jacobian": [...]}}
+    client: KEYPOINTS(frame id, slot) ... -> server: FRAME(frame id) or {"type": "busy", "id": n} when the client
+            has more than max_in_flight frames in flight on the server (the frame is dropped, not queued)
+Any malformed message gets {"type": "error", ...} and the connection is closed (code 1008, 1009 for too big).
+
+The detector blob (weights without pickle): u32 header length | JSON header {"tensors": [[name, dtype, shape],
+...]} | raw little-endian tensor bytes in header order. Its sha256 is the detector digest the server announces.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAGIC = b"LA"
+HEADER = struct.Struct("<2sBBI")
+KIND_KEYPOINTS, KIND_FRAME, KIND_AVATAR, KIND_DETECTOR = 1, 2, 3, 4
+KINDS = {KIND_KEYPOINTS: "keypoints", KIND_FRAME: "frame", KIND_AVATAR: "avatar", KIND_DETECTOR: "detector"}
+KP_PREFIX = struct.Struct("<HH")
+FRAME_PREFIX = struct.Struct("<Hf")
+
+MAX_AVATAR_BYTES = 10 * 1024 * 1024
+MAX_TEXT_BYTES = 4096              # control messages are small; a long one is an attack or a bug
+MAX_AVATARS = 16                   # avatar slots per connection (keys 1-9 need 9)
+MAX_KEYPOINTS = 64
+DETECTOR_CHUNK_BYTES = 1 << 20
+FORMATS = ("jpeg", "png", "png16")
+DEFAULT_PORT = 8765
+
+CLOSE_POLICY = 1008                # RFC 6455: policy violation (bad token, malformed message)
+CLOSE_TOO_BIG = 1009
+
+
+class ProtocolError(ValueError):
+    """A malformed or disallowed message; the text is sent to the peer in one line."""
+
+    def __init__(self, message: str, code: str = "malformed", close_code: int = CLOSE_POLICY):
+        super().__init__(message)
+        self.code = code
+        self.close_code = close_code
+
+
+# --- binary messages --------------------------------------------------------------------------------------------
+def pack(kind: int, ident: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, ident & 0xFFFFFFFF) + payload
+
+
+def unpack(message: bytes) -> tuple[int, int, memoryview]:
+    """(kind, id, payload) of a binary message; ProtocolError when the header is wrong."""
+    if len(message) < HEADER.size:
+        raise ProtocolError(f"binary message of {len(message)} bytes is shorter than the {HEADER.size}-byte header")
+    magic, version, kind, ident = HEADER.unpack_from(message)
+    if magic != MAGIC:
+        raise ProtocolError("binary message without the live-avatar magic bytes")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}", code="version")
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown binary message kind {kind}")
+    return kind, ident, memoryview(message)[HEADER.size:]
+
+
+def keypoints_size(num_kp: int) -> int:
+    return HEADER.size + KP_PREFIX.size + num_kp * 6 * 4
+
+
+def pack_keypoints(frame_id: int, slot: int, value: np.ndarray, jacobian: np.ndarray) -> bytes:
+    """value [K,2] (or [1,K,2]), jacobian [K,2,2] (or [1,K,2,2]) -> a KEYPOINTS message."""
+    value = np.asarray(value, dtype="<f4").reshape(-1, 2)
+    num_kp = value.shape[0]
+    jacobian = np.asarray(jacobian, dtype="<f4").reshape(num_kp, 2, 2)
+    return pack(KIND_KEYPOINTS, frame_id, KP_PREFIX.pack(slot, num_kp) + value.tobytes() + jacobian.tobytes())
+
+
+def unpack_keypoints(payload: memoryview, num_kp: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """(slot, value [1,K,2], jacobian [1,K,2,2]) float32; ProtocolError unless exactly K finite keypoints."""
+    expected = keypoints_size(num_kp) - HEADER.size
+    if len(payload) != expected:
+        raise ProtocolError(f"keypoints message of {len(payload)} payload bytes, expected {expected} "
+                            f"({num_kp} keypoints)", close_code=CLOSE_TOO_BIG if len(payload) > expected
+                            else CLOSE_POLICY)
+    slot, count = KP_PREFIX.unpack_from(payload)
+    if count != num_kp:
+        raise ProtocolError(f"{count} keypoints sent, the server's model has {num_kp}")
+    data = np.frombuffer(payload, dtype="<f4", offset=KP_PREFIX.size)
+    if not np.all(np.isfinite(data)):
+        raise ProtocolError("keypoints contain NaN or infinity")
+    if np.abs(data).max(initial=0.0) > 1e3:
+        raise ProtocolError("keypoint values out of range (|x| > 1000)")
+    value = data[:num_kp * 2].reshape(1, num_kp, 2).astype(np.float32)
+    jacobian = data[num_kp * 2:].reshape(1, num_kp, 2, 2).astype(np.float32)
+    return slot, value, jacobian
+
+
+def pack_frame(frame_id: int, image: bytes, batch_size: int, render_ms: float) -> bytes:
+    return pack(KIND_FRAME, frame_id, FRAME_PREFIX.pack(min(batch_size, 0xFFFF), render_ms) + image)
+
+
+def unpack_frame(payload: memoryview) -> tuple[int, float, bytes]:
+    if len(payload) < FRAME_PREFIX.size:
+        raise ProtocolError("frame message too short")
+    batch, render_ms = FRAME_PREFIX.unpack_from(payload)
+    return batch, render_ms, bytes(payload[FRAME_PREFIX.size:])
+
+
+# --- images -----------------------------------------------------------------------------------------------------
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    """uint8 HxWx3 RGB (or float in [0,1] for png16) -> JPEG / PNG / 16-bit PNG bytes."""
+    import cv2
+
+    if fmt == "png16":
+        array = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0)
+        bgr = (array[..., ::-1] * 65535.0 + 0.5).astype(np.uint16)
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    elif fmt == "png":
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    elif fmt == "jpeg":
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    else:
+        raise ValueError(f"unknown image format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not ok:
+        raise ValueError(f"could not encode a {fmt} image")
+    return data.tobytes()
+
+
+def decode_image(data: bytes, *, float_output: bool = False) -> np.ndarray:
+    """Encoded image -> RGB: uint8 HxWx3, or float32 in [0,1] (exact for 16-bit PNG) when float_output."""
+    import cv2
+
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.ndim not in (2, 3):
+        raise ProtocolError("not a readable image (PNG or JPEG expected)", code="bad-image")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.shape[2] == 4:
+        array = array[..., :3]  # transparency is dropped: the avatar is shown on its own background
+    if array.shape[2] != 3:
+        raise ProtocolError(f"image with {array.shape[2]} channels", code="bad-image")
+    rgb = np.ascontiguousarray(array[..., ::-1])
+    scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
+    if float_output:
+        return rgb.astype(np.float32) / scale
+    return rgb if rgb.dtype == np.uint8 else (rgb.astype(np.float32) / scale * 255.0 + 0.5).astype(np.uint8)
+
+
+# --- text messages ----------------------------------------------------------------------------------------------
+def dumps(message: dict) -> str:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str) -> dict:
+    if len(text) > MAX_TEXT_BYTES:
+        raise ProtocolError(f"control message of {len(text)} characters (limit {MAX_TEXT_BYTES})",
+                            close_code=CLOSE_TOO_BIG)
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise ProtocolError("control message is not JSON") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError('control message must be a JSON object with a "type"')
+    return message
+
+
+def error_message(text: str, code: str = "malformed") -> str:
+    return dumps({"type": "error", "code": code, "message": text})
+
+
+@dataclass(frozen=True)
+class Hello:
+    token: str = ""
+    fmt: str = "jpeg"
+    quality: int = 90
+
+    def to_text(self) -> str:
+        return dumps({"type": "hello", "version": PROTOCOL_VERSION, "token": self.token, "format": self.fmt,
+                      "quality": self.quality})
+
+    @classmethod
+    def parse(cls, message: dict) -> "Hello":
+        if message.get("type") != "hello":
+            raise ProtocolError('the first message must be {"type": "hello", ...}')
+        if message.get("version") != PROTOCOL_VERSION:
+            raise ProtocolError(f"client speaks protocol version {message.get('version')!r}, the server "
+                                f"{PROTOCOL_VERSION}: update the older side", code="version")
+        token, fmt, quality = message.get("token", ""), message.get("format", "jpeg"), message.get("quality", 90)
+        if not isinstance(token, str):
+            raise ProtocolError("token must be a string", code="auth")
+        if fmt not in FORMATS:
+            raise ProtocolError(f"unknown frame format {fmt!r}; one of {', '.join(FORMATS)}")
+        if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
+            raise ProtocolError("quality must be an integer 1..100")
+        return cls(token=token, fmt=fmt, quality=quality)
+
+
+# --- detector weights without pickle ----------------------------------------------------------------------------
+_DTYPES = {"float32": np.float32, "int64": np.int64}
+
+
+def tensors_to_blob(state: dict) -> bytes:
+    """{name: tensor} -> the detector blob (sorted names, little-endian raw bytes)."""
+    header, parts = [], []
+    for name in sorted(state):
+        array = state[name].detach().cpu().contiguous().numpy()
+        dtype = str(array.dtype)
+        if dtype not in _DTYPES:
+            raise ValueError(f"{name}: dtype {dtype} cannot be sent")
+        header.append([name, dtype, list(array.shape)])
+        parts.append(array.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes())
+    head = json.dumps({"tensors": header}, separators=(",", ":")).encode()
+    return struct.pack("<I", len(head)) + head + b"".join(parts)
+
+
+def blob_to_tensors(blob: bytes) -> dict:
+    """Inverse of tensors_to_blob; ValueError for a truncated or inconsistent blob."""
+    import torch
+
+    if len(blob) < 4:
+        raise ValueError("detector weights blob is truncated")
+    (length,) = struct.unpack_from("<I", blob)
+    try:
+        header = json.loads(blob[4:4 + length])["tensors"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("detector weights blob has an unreadable header") from None
+    offset, state = 4 + length, {}
+    for name, dtype, shape in header:
+        if dtype not in _DTYPES:
+            raise ValueError(f"detector weights blob: unknown dtype {dtype}")
+        count = int(math.prod(shape))
+        size = count * np.dtype(dtype).itemsize
+        if offset + size > len(blob):
+            raise ValueError("detector weights blob is truncated")
+        array = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=offset)
+        state[name] = torch.from_numpy(array.astype(_DTYPES[dtype]).reshape(shape))
+        offset += size
+    if offset != len(blob):
+        raise ValueError("detector weights blob has trailing bytes")
+    return state
+
+
+def digest(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def detector_blob(kp_detector) -> bytes:
+    """The blob of a KeypointDetector's weights: what the server sends and what a client with its own checkpoint
+    hashes to compare with the server's digest."""
+    return tensors_to_blob(kp_detector.state_dict())
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
