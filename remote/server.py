@@ -268,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1; any other needs --token-file)")
     p.add_argument("--port", type=int, default=P.DEFAULT_PORT)
     p.add_argument("--checkpoint", metavar="PATH", help="FOMM vox checkpoint (default: the cached download)")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "cpu", "torch"), default="auto")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "openvino", "cpu", "torch"), default="auto",
+                   help="as in run_live.py; eager backends (cpu, torch) render a batch in one call, compiled ones "
+                        "(tensorrt, cuda, openvino) frame by frame")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto")
     p.add_argument("--token-file", metavar="FILE", help="shared secret the clients must present")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs Ray may use (default 2)")
     p.add_argument("--num-gpus", type=float, default=None,
