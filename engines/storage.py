@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,3 +31,20 @@ def sha256_file(path, progress: bool = False) -> str:
             digest.update(chunk)
             bar.update(len(chunk))
     return digest.hexdigest()
+
+
+@contextmanager
+def staged_directory(directory):
+    """Write a cache entry atomically: yields an empty temporary sibling folder to fill; when the block ends
+    without error it replaces `directory`, so a crash or a failed write never leaves a half-written entry."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield staging
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

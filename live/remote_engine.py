@@ -52,16 +52,10 @@ class RemoteState:
 
 
 def read_token_file(path) -> str:
-    path = Path(path)
     try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise RemoteError(f"{path}: token file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RemoteError(f"{path}: cannot read the token file ({type(exc).__name__})") from None
-    if not token:
-        raise RemoteError(f"{path}: token file is empty")
-    return token
+        return P.read_token(path)
+    except ValueError as exc:
+        raise RemoteError(str(exc)) from None
 
 
 def check_url(url: str) -> str:

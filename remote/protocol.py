@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import struct
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -280,3 +281,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def read_token(path) -> str:
+    """The shared secret from a token file (stripped); ValueError with a one-line reason. Server and client read
+    the same file, so they read it the same way."""
+    path = Path(path)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: token file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the token file ({type(exc).__name__})") from None
+    if not token:
+        raise ValueError(f"{path}: token file is empty")
+    return token

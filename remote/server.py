@@ -35,16 +35,9 @@ HELLO_TIMEOUT_S = 10.0
 
 
 def read_token(path) -> str:
-    """The shared secret from a file (first line, stripped); ValueError with a one-line reason."""
-    path = Path(path)
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: token file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the token file ({exc.__class__.__name__})") from None
-    if not token:
-        raise ValueError(f"{path}: token file is empty")
+    """The shared secret from a file (stripped); ValueError with a one-line reason. The server also refuses short
+    tokens."""
+    token = P.read_token(path)
     if len(token) < 8:
         raise ValueError(f"{path}: token is shorter than 8 characters; use e.g. `openssl rand -hex 16`")
     return token

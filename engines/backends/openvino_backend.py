@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 import warnings
@@ -38,7 +36,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
-from ..storage import cache_root, sha256_file
+from ..storage import cache_root, sha256_file, staged_directory
 from .common import AcceleratedEngine, describe_error, weights_digest
 
 SUPPORTED_PRECISIONS = ("fp32", "bf16", "int8")
@@ -172,22 +170,13 @@ def write_entry(directory: Path, fields: dict, model) -> None:
     """Save the IR + meta into a temporary sibling, then move it into place: a crash leaves no half entry."""
     import openvino as ov
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         # compress_to_fp16=False: the default would halve the weights and the fp32 path would no longer be fp32.
         ov.save_model(model, str(staging / MODEL_XML), compress_to_fp16=False)
         files = {name: {"size": (staging / name).stat().st_size, "sha256": sha256_file(staging / name)}
                  for name in PAYLOADS}
         meta = {"fields": fields, "files": files, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_or_build(cache_dir: Path, fields: dict, *, build: Callable[[], object], label: str, core):

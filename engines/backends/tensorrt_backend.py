@@ -18,9 +18,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,7 +26,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
-from ..storage import cache_root, sha256_file
+from ..storage import cache_root, sha256_file, staged_directory
 from .common import AcceleratedEngine, check_precision, describe_error, weights_digest
 
 SUPPORTED_PRECISIONS = ("fp16", "fp32")
@@ -137,20 +134,11 @@ def describe_other_entries(cache_dir: Path, fields: dict) -> str | None:
 
 def write_entry(directory: Path, fields: dict, save_payload: Callable[[Path], None]) -> None:
     """Write payload + meta into a temporary sibling, then move it into place: a crash leaves no half entry."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         save_payload(staging / PAYLOAD)
         meta = {"fields": fields, "size": (staging / PAYLOAD).stat().st_size,
                 "sha256": sha256_file(staging / PAYLOAD), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_or_build(cache_dir: Path, fields: dict, *, build: Callable[[], object],
