@@ -25,6 +25,7 @@ from live.errors import UserError
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
+INT8_CALIBRATION_AVATARS = 4  # --precision int8 calibrates on the first avatars (each is encoded once for it)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -261,7 +262,7 @@ class Session:
             sinks = self._sinks(source)
             for sink in sinks:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
-            engine = self._engine()
+            engine = self._engine(avatars)
             if self.args.remote:
                 stack.callback(engine.close)  # the server frees this client's avatars when it closes
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
@@ -282,8 +283,9 @@ class Session:
         return 0
 
     # --- pieces ---------------------------------------------------------------------------------------------
-    def _engine(self):
+    def _engine(self, avatars=()):
         from engines.backends import create_engine
+        from engines.image import to_model_input
         args = self.args
         if args.remote:
             return remote_engine(args, self.offline, self.log)
@@ -291,9 +293,14 @@ class Session:
         if not args.deterministic_weights:
             from live.weights import resolve_checkpoint
             checkpoint = resolve_checkpoint(args.checkpoint)
+        # int8: calibrate the quantized renderer on the user's own avatars (their keypoints moved like a head); the
+        # quantized model is cached per avatar set, so the same avatars start fast the next time.
+        calibration = ([to_model_input(a.image) for a in list(avatars)[:INT8_CALIBRATION_AVATARS]]
+                       if args.precision == "int8" and avatars else None)
         engine, notices = create_engine(backend=args.backend, device=args.device, checkpoint=checkpoint,
                                         deterministic_weights=args.deterministic_weights,
-                                        align_corners=args.align_corners, precision=args.precision)
+                                        align_corners=args.align_corners, precision=args.precision,
+                                        calibration_images=calibration)
         for notice in notices:
             self.log(f"notice: {notice}")
         if args.deterministic_weights:

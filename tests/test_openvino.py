@@ -368,3 +368,34 @@ def test_live_app_on_the_carphone_clip_with_openvino(tmp_path):
     assert len(written) == frames and written[0].shape == (256, 256, 3)
     motion = [np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() for a, b in zip(written, written[1:])]
     assert max(motion) > 0  # the avatar follows the driving face (calibrated on the first frame)
+
+
+@pytest.mark.parametrize("precision, calibrated", [("int8", True), ("auto", False)])
+def test_the_app_calibrates_int8_on_the_user_s_avatar(tmp_path, monkeypatch, capsys, deterministic_engine,
+                                                       precision, calibrated):
+    """--precision int8 hands the avatar images to create_engine as the int8 calibration set."""
+    import cv2
+
+    from engines.image import to_model_input
+    from live.app import main
+    from tests.conftest import carphone_path
+
+    face = np.zeros((256, 256, 3), np.uint8)
+    cv2.circle(face, (128, 120), 70, (120, 160, 220), -1)
+    cv2.imwrite(str(tmp_path / "face.png"), face)
+    seen = {}
+
+    def fake_create_engine(**kwargs):
+        seen.update(kwargs)
+        return deterministic_engine, []
+    monkeypatch.setattr(backends, "create_engine", fake_create_engine)
+    code = main(["--avatar", str(tmp_path / "face.png"), "--driving", str(carphone_path()), "--max-frames", "1",
+                 "--precision", precision, "--deterministic-weights", "--no-vcam", "--no-preview", "--no-track"])
+    assert code == 0, capsys.readouterr().err
+    if calibrated:
+        images = seen["calibration_images"]
+        assert len(images) == 1
+        expected = to_model_input(cv2.cvtColor(face, cv2.COLOR_BGR2RGB))
+        torch.testing.assert_close(images[0], expected, rtol=0, atol=0)
+    else:
+        assert seen["calibration_images"] is None

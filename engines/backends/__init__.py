@@ -120,10 +120,10 @@ def _build_cuda(base, *, precision, warm_up):
     return build_cuda_engine(base, precision=precision, warm_up=warm_up)
 
 
-def _build_openvino(base, *, precision, cache_dir, warm_up):
+def _build_openvino(base, *, precision, cache_dir, warm_up, calibration_images=None):
     from .openvino_backend import build_openvino_engine
     return build_openvino_engine(base, precision=precision, cache_dir=cache_dir, capabilities=cpu_capabilities(),
-                                 warm_up=warm_up)
+                                 warm_up=warm_up, calibration_images=calibration_images)
 
 
 def _build_cpu(base, *, precision, warm_up):
@@ -132,7 +132,8 @@ def _build_cpu(base, *, precision, warm_up):
 
 
 def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=None, deterministic_weights=False,
-                  align_corners: bool = True, precision: str | None = None, cache_dir=None, warm_up: bool = True):
+                  align_corners: bool = True, precision: str | None = None, cache_dir=None, warm_up: bool = True,
+                  calibration_images=None):
     """Return (engine, notices).
 
     precision: None/'auto' = the backend's default (TensorRT and CUDA fp16, OpenVINO per CPU: bf16 with AMX else
@@ -141,6 +142,7 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
     cache_dir: where TensorRT engines / OpenVINO models are kept (default $LIVE_AVATAR_CACHE/trt or .../openvino,
     $LIVE_AVATAR_CACHE defaulting to ~/.cache/live-avatar).
     warm_up: compile/capture at creation so the first live frame is not the slow one.
+    calibration_images: avatar images [1,3,S,S] the int8 renderer is calibrated on (default: generated ones).
     """
     if precision not in (None, "auto", "fp32", "fp16", "bf16", "int8"):
         raise ValueError(f"unknown precision {precision!r}; choose one of auto, fp32, fp16, bf16, int8")
@@ -177,7 +179,8 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
             return base, notices
     if choice == "openvino":
         try:
-            engine, more = _build_openvino(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up)
+            engine, more = _build_openvino(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up,
+                                           calibration_images=calibration_images)
             details = getattr(engine, "details", {})
             # One line naming what runs, and why this precision (the CPU decides it unless asked).
             why = details.get("precision_reason", "")
