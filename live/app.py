@@ -21,6 +21,7 @@ from pathlib import Path
 
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
+from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from live.errors import UserError
 from live.hotkeys import help_text
 
@@ -87,6 +88,9 @@ def validate_args(args) -> None:
         if not ((value >= low if low_included else value > low) and value <= high):
             bound = ">=" if low_included else ">"
             raise UserError(f"{_flag(dest)} must be {bound} {low:g} and <= {high:g}, got {value:g}")
+    quality = getattr(args, "remote_quality", None)
+    if quality is not None and not 1 <= quality <= 100:
+        raise UserError(f"--remote-quality {quality}: expected 1..100")
     output = getattr(args, "output", None)
     if output:
         from live.sinks import check_video_path
@@ -187,13 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", metavar="PATH",
                    help="FOMM vox checkpoint (vox-cpk.pth.tar); default: downloaded once into the cache")
-    g.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "openvino", "cpu", "torch"), default="auto",
+    g.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="inference backend: auto (default) picks TensorRT, else torch CUDA fp16 + torch.compile, "
                         "else OpenVINO on the CPU, else the eager CPU; torch = plain eager fp32 reference")
-    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
+    g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="numeric precision where the backend supports it (default: the backend's own; OpenVINO: "
                         "bf16 on CPUs with AMX, else fp32); int8 = OpenVINO int8 renderer (opt-in, see README)")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+    g.add_argument("--device", choices=DEVICES, default="auto",
                    help="compute device (default auto: CUDA when available)")
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
                    help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
@@ -450,8 +454,6 @@ def remote_engine(args, offline: bool, log):
     if args.token_file is None and args.remote and not args.remote.startswith(("ws://127.", "ws://localhost",
                                                                                   "ws://[::1]")):
         log("notice: no --token-file: a server on another machine will refuse the connection")
-    if not 1 <= args.remote_quality <= 100:
-        raise UserError(f"--remote-quality {args.remote_quality}: expected 1..100")
     # offline renders keep one frame in flight so output frame i is the render of input frame i, and wait for a
     # lost server instead of filling the file with copies; live runs keep two, so the round trip hides behind the
     # next frame's capture and detection, and show the last frame while reconnecting

@@ -29,6 +29,7 @@ import torch
 from engines.config import VOX_256
 from engines.keypoint_detector import KeypointDetector
 from engines.keypoints import Keypoints
+from engines.backends.common import describe_error
 from engines.storage import cache_root
 from live.errors import UserError
 from remote import protocol as P
@@ -38,6 +39,10 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)   # between reconnection attempts; the las
 
 class RemoteError(UserError):
     """The render server cannot be reached, refused us, or serves other weights."""
+
+
+class ServerWeightsChanged(RemoteError):
+    """The server came back after a restart with other weights: the client's keypoints no longer fit it."""
 
 
 @dataclass
@@ -141,11 +146,7 @@ class RemoteEngine:
         if self._ws is not None:
             try:
                 self._upload(state)
-            except (OSError, EOFError) as exc:
-                self._lost(exc)
-            except RemoteError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - websockets' ConnectionClosed*
+            except Exception as exc:  # noqa: BLE001 - a lost connection is retried; anything else propagates
                 if not _is_connection_error(exc):
                     raise
                 self._lost(exc)
@@ -192,12 +193,7 @@ class RemoteEngine:
                 self._handle(self._ws.recv(timeout=remaining))
         except TimeoutError:
             pass
-        except (OSError, EOFError) as exc:
-            self._lost(exc)
-            return False
-        except RemoteError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - websockets' ConnectionClosed*: the server went away
+        except Exception as exc:  # noqa: BLE001 - a lost connection is retried; anything else propagates
             if not _is_connection_error(exc):
                 raise
             self._lost(exc)
@@ -225,14 +221,14 @@ class RemoteEngine:
             ws = connect(self.url, open_timeout=self.connect_timeout, max_size=P.DETECTOR_CHUNK_BYTES + 4096,
                          compression=None, close_timeout=2).__enter__()
         except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, timeout, HTTP error: one line
-            raise RemoteError(f"cannot reach the render server at {self.url} ({_describe(exc)})") from None
+            raise RemoteError(f"cannot reach the render server at {self.url} ({describe_error(exc, 160)})") from None
         try:
             ws.send(self.hello.to_text())
             reply = P.loads(ws.recv(timeout=self.connect_timeout))
         except Exception as exc:  # noqa: BLE001
             ws.close()
-            raise RemoteError(f"the render server at {self.url} did not answer the hello ({_describe(exc)})") \
-                from None
+            raise RemoteError(f"the render server at {self.url} did not answer the hello "
+                              f"({describe_error(exc, 160)})") from None
         if reply["type"] == "error":
             ws.close()
             if reply.get("code") == "auth":
@@ -253,28 +249,30 @@ class RemoteEngine:
             welcome = self._connect()
             if welcome["detector_digest"] != self.server["detector_digest"]:
                 self.close()
-                raise RemoteError("the render server came back with other model weights; restart the client")
+                raise ServerWeightsChanged("the render server came back with other model weights; restart the client")
             self._slots.clear()
             for state in list(self._states.values())[:P.MAX_AVATARS]:
                 self._upload(state)
-        except RemoteError as exc:
-            if "other model weights" in str(exc):
-                raise
-            self._failures += 1
-            self._retry_at = now + BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
-            self.close()
+        except ServerWeightsChanged:
+            raise
+        except RemoteError:  # refused or unreachable this time: try again later
+            self._back_off(now)
             return False
         except Exception as exc:  # noqa: BLE001 - dropped again during the re-upload
-            if not _is_connection_error(exc) and not isinstance(exc, OSError):
+            if not _is_connection_error(exc):
                 raise
-            self._failures += 1
-            self._retry_at = now + BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
-            self.close()
+            self._back_off(now)
             return False
         self._failures = 0
         self.reconnects += 1
         self.on_status(f"remote: reconnected to {self.url}; avatar sent again")
         return True
+
+    def _back_off(self, now: float) -> None:
+        """A reconnection attempt failed: wait longer before the next one (BACKOFF_S)."""
+        self._failures += 1
+        self._retry_at = now + BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
+        self.close()
 
     def _lost(self, exc) -> None:
         self.close()
@@ -282,7 +280,8 @@ class RemoteEngine:
         self._slots.clear()
         self._failures = 1
         self._retry_at = time.monotonic() + BACKOFF_S[0]
-        self.on_status(f"remote: connection lost ({_describe(exc)}); showing the last frame, reconnecting")
+        self.on_status(f"remote: connection lost ({describe_error(exc, 160)}); showing the last frame, "
+                       "reconnecting")
 
     # --- messages -------------------------------------------------------------------------------------------
     def _receive_ready(self) -> None:
@@ -295,7 +294,7 @@ class RemoteEngine:
         except TimeoutError:
             pass
         except Exception as exc:  # noqa: BLE001
-            if not (_is_connection_error(exc) or isinstance(exc, OSError)):
+            if not _is_connection_error(exc):
                 raise
             self._lost(exc)
 
@@ -393,7 +392,8 @@ class RemoteEngine:
         try:
             detector.load_state_dict(P.blob_to_tensors(blob), strict=True)
         except (ValueError, RuntimeError) as exc:
-            raise RemoteError(f"the server's keypoint detector does not fit this client ({_describe(exc)})") from None
+            raise RemoteError(f"the server's keypoint detector does not fit this client "
+                              f"({describe_error(exc, 160)})") from None
         return detector.eval()
 
     def _cache_path(self, digest: str) -> Path:
@@ -422,7 +422,8 @@ class RemoteEngine:
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise RemoteError(f"fetching the keypoint detector from {self.url} failed ({_describe(exc)})") from None
+            raise RemoteError(f"fetching the keypoint detector from {self.url} failed "
+                              f"({describe_error(exc, 160)})") from None
         blob = b"".join(parts)
         if P.digest(blob) != expected:
             raise RemoteError("the keypoint detector weights from the server do not match its digest (damaged "
@@ -439,14 +440,10 @@ class RemoteEngine:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
+    """The server went away or the socket failed (closed, refused, reset, timed out): retried, never fatal."""
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-    return isinstance(exc, (ConnectionClosed, InvalidHandshake, ConnectionError, EOFError))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+    return isinstance(exc, (ConnectionClosed, InvalidHandshake, OSError, EOFError))
 
 
 def load_engine(url: str, token_file=None, **kwargs) -> RemoteEngine:

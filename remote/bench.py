@@ -169,12 +169,13 @@ def bench_throughput(url, port, token, args, clients: int) -> dict:
 
 
 def main(argv=None) -> int:
+    from engines.backends import BACKENDS
     p = argparse.ArgumentParser(prog="python -m remote.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=20, help="frames for each latency measurement")
     p.add_argument("--seconds", type=float, default=15.0, help="duration of each throughput run")
     p.add_argument("--clients", default="1,2,4", help="concurrent clients of the throughput runs")
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "cuda", "openvino", "cpu", "torch"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--checkpoint", help="real weights (default: deterministic ones, same cost)")
     p.add_argument("--format", default="jpeg", choices=("jpeg", "png", "png16"))
     p.add_argument("--batch-wait-ms", type=float, default=4.0)

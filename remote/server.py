@@ -255,17 +255,18 @@ def app_builder(args: dict):
 
 # --- command line -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
     p = argparse.ArgumentParser(prog="python -m remote.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other needs --token-file)")
     p.add_argument("--port", type=int, default=P.DEFAULT_PORT)
     p.add_argument("--checkpoint", metavar="PATH", help="FOMM vox checkpoint (default: the cached download)")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "openvino", "cpu", "torch"), default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="as in run_live.py; eager backends (cpu, torch) render a batch in one call, compiled ones "
                         "(tensorrt, cuda, openvino) frame by frame")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
     p.add_argument("--token-file", metavar="FILE", help="shared secret the clients must present")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs Ray may use (default 2)")
     p.add_argument("--num-gpus", type=float, default=None,

@@ -83,6 +83,7 @@ def assert_one_line_error(code, err, *fragments):
     ("--crop-scale", "0.1", "--crop-scale must be >= 0.5"),
     ("--vcam-fps", "inf", "--vcam-fps must be a finite number"),
     ("--vcam-fps", "1000", "--vcam-fps must be > 0 and <= 240"),
+    ("--remote-quality", "0", "--remote-quality 0: expected 1..100"),
 ])
 def test_bad_numbers_are_refused_before_the_model_loads(capsys, avatar, clip, tmp_path, no_model, flag, value,
                                                         fragment):

@@ -21,6 +21,7 @@ from .common import describe_error
 
 BACKENDS = ("auto", "tensorrt", "cuda", "openvino", "cpu", "torch")
 DEVICES = ("auto", "cuda", "cpu")
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: the OpenVINO renderer only
 
 
 # --- probes (module-level so tests can replace them) ------------------------------------------------------------
@@ -144,8 +145,8 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
     warm_up: compile/capture at creation so the first live frame is not the slow one.
     calibration_images: avatar images [1,3,S,S] the int8 renderer is calibrated on (default: generated ones).
     """
-    if precision not in (None, "auto", "fp32", "fp16", "bf16", "int8"):
-        raise ValueError(f"unknown precision {precision!r}; choose one of auto, fp32, fp16, bf16, int8")
+    if precision is not None and precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     has_cuda = cuda_available()
     # Probe TensorRT only where it could be used: importing it is slow and may print warnings.
     wants_trt = device != "cpu" and has_cuda and backend in ("auto", "tensorrt")
