@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backends.openvino_backend import SUPPORTED_PRECISIONS as OPENVINO_PRECISIONS  # the rows it offers
 from .engine import FOMMEngine
 from .keypoints import Keypoints
 
@@ -150,7 +151,6 @@ def _timed(fn, device):
     return out, (time.perf_counter() - start) * 1000.0
 
 
-OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def openvino_rows(base: FOMMEngine, notices: list, precisions=OPENVINO_PRECISIONS) -> list[Row]:
