@@ -22,7 +22,7 @@ from pathlib import Path
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
-from live.errors import UserError
+from engines.errors import UserError
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
@@ -449,7 +449,7 @@ RECONNECT_WAIT_S = 60.0  # offline --remote renders: how long to wait for a serv
 
 
 def remote_engine(args, offline: bool, log):
-    from live.remote_engine import check_url, load_engine
+    from remote.client import check_url, load_engine
     check_url(args.remote)
     if args.token_file is None and args.remote and not args.remote.startswith(("ws://127.", "ws://localhost",
                                                                                   "ws://[::1]")):

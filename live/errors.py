@@ -1,12 +1,12 @@
 """User-facing errors of the live loop.
 
 A UserError carries a complete one-line explanation (what went wrong and what to do), so the CLI can print
-``error: <msg>`` and exit with status 2 instead of dumping a traceback for problems the user can fix.
+``error: <msg>`` and exit with status 2 instead of dumping a traceback for problems the user can fix. The base
+class lives in engines/errors.py.
 """
 
 
-class UserError(Exception):
-    """An error whose message is a complete one-line explanation for the user."""
+from engines.errors import UserError  # noqa: F401 - the base class, shared with remote/ (the client)
 
 
 class CaptureError(UserError):

@@ -101,7 +101,7 @@ def local_engine(args):
 
 def remote_client(url, token, args, max_in_flight):
     from engines.image import to_model_input
-    from live.remote_engine import RemoteEngine
+    from remote.client import RemoteEngine
 
     engine = RemoteEngine(url, token=token, fmt=args.format, max_in_flight=max_in_flight,
                           deterministic_weights=not args.checkpoint, checkpoint=args.checkpoint,

@@ -1,4 +1,4 @@
-"""The Ray Serve deployment: a FastAPI WebSocket ingress whose replica also renders (remote.server.RenderService).
+"""The Ray Serve deployment: a FastAPI WebSocket ingress whose replica also renders (remote.service.RenderService).
 
 Kept in its own module, without postponed annotations, because FastAPI resolves the handler's type hints from
 module globals; importing it needs ray[serve] (requirements-serve.txt).
@@ -8,7 +8,7 @@ import asyncio
 from fastapi import FastAPI, WebSocket
 from ray import serve
 
-from remote.server import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, RenderService
+from remote.service import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, RenderService
 
 api = FastAPI()
 

@@ -96,7 +96,7 @@ def test_loopback_detection():
 
 
 def test_remote_engine_refuses_bad_urls():
-    from live.remote_engine import RemoteError, check_url
+    from remote.client import RemoteError, check_url
 
     assert check_url("wss://gpu.example:443") == "wss://gpu.example:443"
     for bad in ("http://x:1", "gpu:8765", "ws://"):

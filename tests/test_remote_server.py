@@ -132,7 +132,7 @@ def _avatar(clip, flip=False) -> np.ndarray:
 
 
 def _engine(server, cache, **kwargs):
-    from live.remote_engine import RemoteEngine
+    from remote.client import RemoteEngine
 
     kwargs.setdefault("token", TOKEN)
     kwargs.setdefault("fmt", "png16")
@@ -219,7 +219,7 @@ def test_switching_avatars_on_one_connection(server, cache, clip, deterministic_
 def test_local_checkpoint_detector_is_checked_against_the_server(server, cache, tmp_path):
     from engines.deterministic_weights import load_deterministic_weights
     from engines.keypoint_detector import KeypointDetector
-    from live.remote_engine import RemoteError
+    from remote.client import RemoteError
 
     def checkpoint(salt: str) -> Path:
         detector = KeypointDetector()
@@ -238,7 +238,7 @@ def test_local_checkpoint_detector_is_checked_against_the_server(server, cache, 
 
 
 def test_wrong_or_missing_token_is_refused(server, cache):
-    from live.remote_engine import RemoteError
+    from remote.client import RemoteError
 
     for token in ("wrong-token-000000", ""):
         with pytest.raises(RemoteError, match="refused the token"):

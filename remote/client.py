@@ -31,7 +31,7 @@ from engines.keypoint_detector import KeypointDetector
 from engines.keypoints import Keypoints
 from engines.backends.common import describe_error
 from engines.storage import cache_root
-from live.errors import UserError
+from engines.errors import UserError
 from remote import protocol as P
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)   # between reconnection attempts; the last one repeats
