@@ -81,6 +81,24 @@ def isolated_cache(tmp_path_factory):
         os.environ[CACHE_ENV] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_config(tmp_path_factory):
+    """LIVE_AVATAR_CONFIG -> a file that does not exist: the user's saved preferences never change a test's flags
+    (subprocesses inherit it too)."""
+    import os
+
+    from live.config import CONFIG_ENV
+
+    path = tmp_path_factory.mktemp("live-avatar-config") / "config.toml"
+    previous = os.environ.get(CONFIG_ENV)
+    os.environ[CONFIG_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(CONFIG_ENV, None)
+    else:
+        os.environ[CONFIG_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def deterministic_engine():
     """One engine with deterministic weights for the whole session (building it costs ~2 s)."""
