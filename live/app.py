@@ -320,6 +320,7 @@ class Session:
         from live.avatar_set import AvatarSet, load_avatars
         from live.crop import FaceTracker, TrackerSettings
         from live.loop import LivePipeline, PipelineOptions
+        from live.snapshot import snapshot_folder
 
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
@@ -346,7 +347,8 @@ class Session:
             media_fps=None if camera else source.fps,
             # a saved neutral pose only makes sense for the same webcam; files are calibrated per run
             calibration_path=default_calibration_path(f"camera {args.camera}") if camera else None,
-            camera_id=f"camera {args.camera}")
+            camera_id=f"camera {args.camera}",
+            snapshot_folder=snapshot_folder(args.avatar))
         def landmarks():  # built on first use of best-frame mode: face-alignment takes seconds to load
             def engine_kp(rgb):
                 return engine.detect(to_model_input(rgb, size=engine.image_size, device=engine.device)).value

@@ -213,3 +213,11 @@ def test_help_names_the_config_flags(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "--config FILE" in out and "--save-config" in out
+
+
+def test_the_documented_example_config_is_valid(tmp_path):
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "live.md").read_text()
+    section = docs[docs.index("## Saved preferences"):]
+    example = section[section.index("```toml") + len("```toml"):section.index("```", section.index("```toml") + 3)]
+    args = parse([], write(tmp_path / "c.toml", example))
+    assert args.avatar == "/home/me/avatars" and args.vcam_size == (1280, 720) and args.backend == "openvino"
