@@ -20,11 +20,11 @@ import math
 import os
 import stat
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from engines.errors import UserError
+from engines.storage import write_atomically
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -326,17 +326,7 @@ def save_preferences(path: Path, entries: dict[str, object], parser: argparse.Ar
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)  # same folder: an atomic rename, the old file stays whole until then
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data, prefix=f".{path.name}.", mode=mode)
     except OSError as exc:
         raise ConfigError(f"cannot write config file {path}: {exc.strerror or exc}") from None
     return path
