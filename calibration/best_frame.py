@@ -70,6 +70,12 @@ def similarity(distance: float, num_points: int) -> float:
     return float(100.0 * math.exp(-(distance / max(num_points, 1)) / SIMILARITY_SCALE))
 
 
+def pose_match(reference, landmarks) -> float:
+    """Similarity 0..100 of a frame's landmarks to the reference's, as best-frame mode scores frames."""
+    reference = _as_points(reference)
+    return similarity(landmark_distance(reference, landmarks), reference.shape[0])
+
+
 class BestFrameSelector:
     """Keeps the frame (any payload: image, keypoints, ...) whose landmarks are closest to the reference."""
 

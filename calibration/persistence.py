@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from engines.keypoints import Keypoints
-from engines.storage import cache_root as cache_dir
+from engines.storage import cache_root as cache_dir, write_atomically
 
 FORMAT_NAME = "live-avatar-calibration"
 FORMAT_VERSION = 1
@@ -89,20 +88,7 @@ def save_calibration(path, kp_initial: Keypoints, *, config_hash: str, camera_id
     data = json.dumps(record, allow_nan=False).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp_files(path)
-    # Same directory, so os.replace is an atomic rename: readers see the old file or the new one, never half.
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, data, prefix=_temp_prefix(path))
     return path
 
 

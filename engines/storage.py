@@ -33,6 +33,25 @@ def sha256_file(path, progress: bool = False) -> str:
     return digest.hexdigest()
 
 
+def write_atomically(path, data: bytes, *, prefix: str, mode: int | None = None) -> None:
+    """Write `data` to `path` through a temporary file in the same folder (named `prefix`...`.tmp`), flushed to
+    disk, then renamed over it: readers see the old file or the new one, never half. The temporary file is removed
+    when anything fails. `mode`: the new file's permissions (default: mkstemp's 0o600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def staged_directory(directory):
     """Write a cache entry atomically: yields an empty temporary sibling folder to fill; when the block ends

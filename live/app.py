@@ -23,6 +23,7 @@ from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from engines.errors import UserError
+from live.config import add_config_arguments
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-scale", type=_positive(float), default=None, metavar="F",
                    help="crop side as a multiple of the detected face size (default 1.8: whole head)")
     g.add_argument("--mirror", action="store_true", help="mirror the camera image")
+    add_config_arguments(p)
     return p
 
 
@@ -318,6 +320,7 @@ class Session:
         from live.avatar_set import AvatarSet, load_avatars
         from live.crop import FaceTracker, TrackerSettings
         from live.loop import LivePipeline, PipelineOptions
+        from live.snapshot import snapshot_folder
 
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
@@ -344,7 +347,8 @@ class Session:
             media_fps=None if camera else source.fps,
             # a saved neutral pose only makes sense for the same webcam; files are calibrated per run
             calibration_path=default_calibration_path(f"camera {args.camera}") if camera else None,
-            camera_id=f"camera {args.camera}")
+            camera_id=f"camera {args.camera}",
+            snapshot_folder=snapshot_folder(args.avatar))
         def landmarks():  # built on first use of best-frame mode: face-alignment takes seconds to load
             def engine_kp(rgb):
                 return engine.detect(to_model_input(rgb, size=engine.image_size, device=engine.device)).value
@@ -471,10 +475,27 @@ def attach_remote(engine, pipeline) -> None:
     engine.timings = pipeline.timings
 
 
+def parse_command_line(argv=None):
+    """The flags over the saved preferences (live/config.py); None when --save-config wrote them (nothing to
+    run)."""
+    from live.config import given_preferences, parse_args, save_preferences
+    parser = build_parser()
+    args = parse_args(parser, argv, check=validate_args)
+    if not args.save_config:
+        return args
+    validate_args(args)
+    entries = given_preferences(parser, argv)
+    path = save_preferences(args.config, entries, parser)
+    print(f"saved {len(entries)} setting(s) to {path}: " + (", ".join(entries) or "nothing new"), file=sys.stderr)
+    return None
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     from engines.checkpoint import CheckpointError
     try:
+        args = parse_command_line(argv)
+        if args is None:
+            return 0
         with stop_on_signals():
             validate_args(args)
             check_environment(args)

@@ -61,6 +61,12 @@ class AvatarSet:
         self._ensure_encoded(self._avatars[index])  # avatars beyond the eager ones: encoded on first use
         return True
 
+    def add(self, avatar: Avatar) -> int:
+        """Append a new avatar (encoded now, so a failing encode leaves the set as it was); returns its index."""
+        self._ensure_encoded(avatar)
+        self._avatars.append(avatar)
+        return len(self._avatars) - 1
+
     def _ensure_encoded(self, avatar: Avatar) -> Avatar:
         if avatar.state is None:
             x = to_model_input(avatar.image, size=self._engine.image_size, device=self._engine.device)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from calibration.best_frame import BestFrameSelector
+from calibration.best_frame import BestFrameSelector, pose_match
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.persistence import load_calibration, save_calibration
 from engines.keypoints import Keypoints
@@ -39,6 +39,8 @@ class CalibrationController:
         self.selector: BestFrameSelector | None = None
         self._selector_fa = False             # the selector compares face-alignment landmarks, not engine kp
         self.best_score: float | None = None  # match of the latest frame in best-frame mode
+        self.measure_match = False            # score every frame against the avatar (the framing guide)
+        self._match: float | None = None
         self.calibrations = 0
 
     # --- inputs ---------------------------------------------------------------------------------------------
@@ -69,6 +71,7 @@ class CalibrationController:
         """A new avatar: alpha is recomputed for it and best-frame restarts against its pose. Returns the notice
         about its keypoints (degenerate hull), if any."""
         notice = self.neutral.set_source(avatar.state.kp)
+        self._match = None  # measured against the old avatar
         if self.selector is not None:
             self.selector = self._new_selector(avatar)  # "best" is relative to the avatar's pose
         self.reset_smoothing()
@@ -95,6 +98,8 @@ class CalibrationController:
     def neutralise(self, kp: Keypoints, crop_rgb: np.ndarray, avatar) -> Keypoints | None:
         """Apply this frame to the calibration policy, then map it to avatar keypoints; None = show the avatar at
         rest (not calibrated yet: motion relative to nothing would be random)."""
+        if self.measure_match and self.selector is None:  # best-frame mode scores the frame itself, below
+            self._match = pose_match(avatar.state.kp.value, kp.value)
         if self.absolute:
             return kp
         if self.pending:
@@ -111,6 +116,12 @@ class CalibrationController:
         if not self.neutral.is_calibrated:
             return None
         return self.neutral.normalize(kp)
+
+    @property
+    def match(self) -> float | None:
+        """How well the latest frame's pose matches the avatar's, 0..100: best-frame mode's score while it is on,
+        else the engine keypoints compared like it (while `measure_match`); None before any frame."""
+        return self.best_score if self.selector is not None else self._match
 
     def status(self) -> str | None:
         """The calibration part of the status line, None when there is nothing to say."""

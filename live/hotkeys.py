@@ -26,6 +26,8 @@ class Action(str, Enum):
     TOGGLE_TRACKING = "toggle_tracking"
     MIRROR = "mirror"
     TOGGLE_HUD = "toggle_hud"
+    SNAPSHOT_AVATAR = "snapshot_avatar"
+    FRAMING = "framing"
     QUIT = "quit"
 
 
@@ -65,6 +67,10 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("t",), Action.TOGGLE_TRACKING, "face tracking on/off (off: fixed centre crop + zoom/pan)"),
     Binding(("m",), Action.MIRROR, "mirror the camera image on/off"),
     Binding(("h",), Action.TOGGLE_HUD, "HUD (FPS, latency, timings) on/off in the preview"),
+    Binding(("k",), Action.SNAPSHOT_AVATAR, "keep the face crop as a new avatar (snapshot-*.png beside the avatars) "
+                                            "and switch to it"),
+    Binding(("g",), Action.FRAMING, "framing guide on/off in the preview: the avatar over your crop, with the "
+                                    "match score; line up, then press c"),
     Binding(("q", "esc"), Action.QUIT, "quit"),
 )
 

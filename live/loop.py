@@ -31,9 +31,11 @@ from live.avatar_set import Avatar, AvatarSet
 from live.calibration_control import CalibrationController
 from live.capture import CapturedFrame
 from live.crop import FaceTracker
-from live.errors import CaptureError
+from live.errors import CaptureError, UserError
 from live.hotkeys import Action, KeyEvent, events_for
 from live.hud import Timings
+from live.preview import Framing
+from live.snapshot import save_snapshot
 
 NOTICE_SECONDS = 3.0  # how long a one-off message (calibrated, avatar 2, ...) stays in the status line
 
@@ -103,6 +105,8 @@ class PipelineOptions:
     media_fps: float | None = None        # smoothing on the media clock (index / fps) instead of wall time
     calibration_path: Path | None = None  # persist the neutral pose here (None: don't)
     camera_id: str = "camera"
+    framing: bool = False                 # the framing guide in the preview (key g)
+    snapshot_folder: Path | None = None   # where key k saves the face crop as a new avatar (None: it can't)
 
 
 @dataclass
@@ -140,6 +144,7 @@ class LivePipeline:
         self._notice_until = 0.0
         self._nonfinite_reported = False
         self._closed = False
+        self._last_crop: np.ndarray | None = None  # the model's view of the latest frame, for key k
         self.calibration = CalibrationController(
             neutral or NeutralPose(), config_hash=engine.config_hash, smoother=smoother,
             path=self.options.calibration_path, camera_id=self.options.camera_id,
@@ -161,6 +166,8 @@ class LivePipeline:
             Action.TOGGLE_TRACKING: self.toggle_tracking,
             Action.MIRROR: self.toggle_mirror,
             Action.TOGGLE_HUD: self.toggle_hud,
+            Action.SNAPSHOT_AVATAR: self.snapshot_avatar,
+            Action.FRAMING: self.toggle_framing,
         }
         # The avatar set is complete here; tell the calibration about the first avatar, then the saved pose.
         notice = self.calibration.avatar_changed(self.avatars.current)
@@ -171,6 +178,7 @@ class LivePipeline:
         self.calibration.pending = self.options.calibrate_first_frame
         if self.options.best_frame:
             self.calibration.set_best_frame(True, self.avatars.current)
+        self.calibration.measure_match = self.options.framing
 
     # --- shortcuts to state kept elsewhere ------------------------------------------------------------------
     @property
@@ -230,13 +238,40 @@ class LivePipeline:
     def quit(self, _=None) -> None:
         self.quit_requested = True
 
-    def select_avatar(self, index: int) -> None:
+    def select_avatar(self, index: int, what: str | None = None) -> None:
         if not self.avatars.select(int(index)):
             self.notify(f"no avatar {int(index) + 1}: there are {len(self.avatars)}")
             return
         avatar = self.avatars.current
         notice = self.calibration.avatar_changed(avatar)
-        self.notify(f"avatar {self.avatars.index + 1}: {avatar.name}" + (f" ({notice})" if notice else ""))
+        self.notify((what or f"avatar {self.avatars.index + 1}: {avatar.name}") + (f" ({notice})" if notice else ""))
+
+    def snapshot_avatar(self, _=None) -> None:
+        """Save the latest face crop as a new avatar image, encode it and switch to it. A folder that cannot be
+        written is a notice: the call goes on with the avatars it has."""
+        folder = self.options.snapshot_folder
+        if folder is None or self._last_crop is None:
+            self.notify("no face crop to keep yet" if folder is not None
+                        else "cannot keep the face crop: no avatar folder to save it in")
+            return
+        image = self._last_crop.copy()
+        try:
+            path = save_snapshot(folder, image)
+        except OSError as exc:
+            self.notify(f"could not save the face crop in {folder}: {exc.strerror or exc}")
+            return
+        try:
+            index = self.avatars.add(Avatar(path.name, image))
+        except UserError as exc:  # e.g. a render server refusing one more avatar: the file is kept for next time
+            self.notify(f"saved {path}, but cannot use it now: {exc}")
+            return
+        self.select_avatar(index, f"saved {path} as avatar {index + 1}")
+
+    def toggle_framing(self, _=None) -> None:
+        self.options.framing = not self.options.framing
+        self.calibration.measure_match = self.options.framing
+        self.notify("framing guide on: line your face up with the avatar, then press C" if self.options.framing
+                    else "framing guide off")
 
     def toggle_passthrough(self, _=None) -> None:
         self.options.passthrough = not self.options.passthrough
@@ -282,7 +317,8 @@ class LivePipeline:
     def _crop(self, image: np.ndarray):
         with self.timings.stage("crop"):
             crop_bgr, box = self.tracker.crop(image)
-            return cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB), box
+            self._last_crop = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
+            return self._last_crop, box
 
     def _animate(self, frame: CapturedFrame, crop_rgb: np.ndarray, avatar: Avatar) -> np.ndarray:
         kp = self._detect(crop_rgb)
@@ -323,7 +359,14 @@ class LivePipeline:
     def _show(self, image: np.ndarray, box, output: np.ndarray) -> None:
         if self.preview is not None:  # its keys are read by poll_keys, with every other key source
             hud = self.timings.lines() if self.options.show_hud else ()
-            self.preview.show(image, box, output, hud_lines=hud, status=self.status)
+            self.preview.show(image, box, output, hud_lines=hud, status=self.status, framing=self._framing())
+
+    def _framing(self) -> Framing | None:
+        """The framing guide for the preview (never for the sinks); no score in passthrough (nothing detected)."""
+        if not self.options.framing:
+            return None
+        score = None if self.options.passthrough else self.calibration.match
+        return Framing(self.avatars.current.image, score)
 
     # --- running --------------------------------------------------------------------------------------------
     def run(self, feed: Iterable[CapturedFrame | None], *, max_frames: int | None = None,

@@ -63,22 +63,32 @@ def golden(reference_dir):
     return Golden()
 
 
+def _environ_for_session(name: str, value: Path):
+    """Set os.environ[name] (subprocesses inherit it) for the session; restore it afterwards."""
+    previous = os.environ.get(name)
+    os.environ[name] = str(value)
+    yield value
+    if previous is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = previous
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """LIVE_AVATAR_CACHE -> a fresh folder for the session: compiled engines (OpenVINO, picked by --backend auto on a
     CPU) and calibrations written by tests never touch, nor depend on, the user's ~/.cache/live-avatar."""
-    import os
-
     from engines.storage import CACHE_ENV
 
-    root = tmp_path_factory.mktemp("live-avatar-cache")
-    previous = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(root)
-    yield root
-    if previous is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = previous
+    yield from _environ_for_session(CACHE_ENV, tmp_path_factory.mktemp("live-avatar-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_config(tmp_path_factory):
+    """LIVE_AVATAR_CONFIG -> a file that does not exist: the user's saved preferences never change a test's flags."""
+    from live.config import CONFIG_ENV
+
+    yield from _environ_for_session(CONFIG_ENV, tmp_path_factory.mktemp("live-avatar-config") / "config.toml")
 
 
 @pytest.fixture(scope="session")

@@ -297,3 +297,23 @@ def test_default_virtual_camera_failure_suggests_no_vcam(capsys, avatar, driving
     code, err = run_main(capsys, ["--avatar", avatar, "--driving", driving_folder, "--vcam-backend", "nope",
                                   "--no-preview"])
     assert_one_line_error(code, err, "virtual camera backend", "--no-vcam")
+
+
+@pytest.mark.slow
+def test_avatar_from_the_config_and_k_saves_the_face_crop_beside_it(tmp_path, driving_folder):
+    from live.app import Session, parse_command_line
+    from live.avatars import load_avatar
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    cv2.imwrite(str(faces / "a.png"), np.full((64, 64, 3), 150, np.uint8))
+    config = tmp_path / "config.toml"
+    config.write_text(f'avatar = "{faces.as_posix()}"\nvcam = false\npreview = false\nbackend = "torch"\n')
+    args = parse_command_line(["--config", str(config), "--driving", str(driving_folder),
+                               "--deterministic-weights", "--device", "cpu"])
+    polls = iter([[], [], ["g", "k"]])
+    log = []
+    assert Session(args, key_sources=[lambda: next(polls, [])], log=log.append).run() == 0
+    saved = list(faces.glob("snapshot-*.png"))
+    assert len(saved) == 1 and any(f"saved {saved[0]} as avatar 2" in m for m in log), log
+    assert load_avatar(saved[0]).shape == (256, 256, 3)
+    assert any("framing guide on" in m for m in log)

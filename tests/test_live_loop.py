@@ -1,6 +1,7 @@
 """LivePipeline behaviour with injected frames, keys and sinks (a tiny fake engine keeps these fast; the real engine
 runs in test_live_e2e.py)."""
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -333,10 +334,12 @@ class FakePreview:
         self.keys = list(keys_per_frame)
         self.pending = []
         self.shown = []
+        self.framings = []
         self.closed = False
 
-    def show(self, camera, box, output, *, hud_lines=(), status=""):
+    def show(self, camera, box, output, *, hud_lines=(), status="", framing=None):
         self.shown.append((camera.shape, box, output.shape, list(hud_lines), status))
+        self.framings.append(framing)
         self.pending += self.keys.pop(0) if self.keys else []
 
     def poll(self):
@@ -501,3 +504,145 @@ def test_auto_calibration_calibrates_once_and_saves_that_pose(tmp_path):
     assert any("auto: you held still" in m and "movement scale" in m for m in p.messages)
     saved = make_pipeline(options=PipelineOptions(calibration_path=path, camera_id="camera 0"))
     assert torch.equal(saved.neutral.kp_initial.value, p.neutral.kp_initial.value)
+
+
+# --- k: the face crop becomes a new avatar ---------------------------------------------------------------------
+def colour_frames(n, shape=(48, 64)):
+    """Frames whose blue and red channels differ (a BGR/RGB swap shows) with a left-right gradient in green."""
+    out = []
+    for i in range(n):
+        image = np.zeros((*shape, 3), np.uint8)
+        image[..., 0] = 30 + i
+        image[..., 1] = np.linspace(0, 255, shape[1], dtype=np.uint8)[None, :]
+        image[..., 2] = 200
+        out.append(CapturedFrame(image, i, i / 30.0))
+    return out
+
+
+def test_k_keeps_the_face_crop_as_a_new_avatar_encodes_it_and_switches_to_it(tmp_path):
+    from live.avatars import load_avatar
+    engine = FakeEngine()
+    p = make_pipeline(engine, n_avatars=2, keys=ScriptedKeys({2: ["k"]}),
+                      options=PipelineOptions(snapshot_folder=tmp_path))
+    detects = engine.detect_calls
+    feed = colour_frames(4)
+    p.run(feed)
+    saved = sorted(tmp_path.glob("snapshot-*.png"))
+    assert len(saved) == 1 and len(p.avatars) == 3 and p.avatars.index == 2
+    assert p.avatars.current.name == saved[0].name
+    image = load_avatar(saved[0], size=SIZE)
+    # the crop of the frame before the key (tracking off: the centred square), as the model saw it (RGB)
+    expected_rgb = FaceTracker(tracking=False, out_size=SIZE).crop(feed[1].image)[0][..., ::-1]
+    assert np.array_equal(image, expected_rgb) and np.array_equal(p.avatars.current.image, expected_rgb)
+    assert image[..., 0].mean() == 200, "red stays red: written as RGB, not BGR"
+    assert engine.detect_calls == detects + 4 + 1, "the new avatar is encoded once"
+    assert torch.equal(p.neutral.kp_source.value, p.avatars.current.state.kp.value), "calibration follows it"
+    assert any(f"saved {saved[0]} as avatar 3" in m for m in p.messages), "the notice names the file"
+
+
+def test_snapshots_never_overwrite_a_file(tmp_path):
+    from live.snapshot import save_snapshot
+    now = time.strptime("2026-12-01 10:15:00", "%Y-%m-%d %H:%M:%S")
+    mine = tmp_path / "snapshot-20261201-101500.png"
+    mine.write_bytes(b"not yours")
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    first, second = save_snapshot(tmp_path, image, now), save_snapshot(tmp_path, image, now)
+    assert (first.name, second.name) == ("snapshot-20261201-101500-2.png", "snapshot-20261201-101500-3.png")
+    assert mine.read_bytes() == b"not yours"
+
+
+@pytest.mark.parametrize("failure", ["read-only", "disk full", "folder gone"])
+def test_a_snapshot_that_cannot_be_written_is_one_notice_and_the_run_goes_on(tmp_path, monkeypatch, failure):
+    import errno
+    from live import snapshot
+    folder = tmp_path / "avatars"
+    folder.mkdir()
+    if failure == "read-only":  # by the errno, not chmod: root (CI containers) may write anyway
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+        monkeypatch.setattr(snapshot.os, "open", refuse)
+    elif failure == "disk full":
+        def full(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(snapshot.os, "write", full)
+    else:
+        folder.rmdir()
+    p = make_pipeline(keys=ScriptedKeys({1: ["k"], 2: ["k"]}), options=PipelineOptions(snapshot_folder=folder))
+    stats = p.run(frames([100] * 4))
+    assert stats.frames == 4 and len(p.sinks[0].frames) == 4, "the run went on"
+    assert len(p.avatars) == 1 and p.avatars.index == 0
+    notices = [m for m in p.messages if m.startswith("could not save the face crop")]
+    assert len(notices) == 2 and str(folder) in notices[0]
+    assert not folder.exists() or list(folder.iterdir()) == [], "no partial file left"
+
+
+def test_k_without_a_folder_or_before_any_frame_says_so():
+    p = make_pipeline(options=PipelineOptions(snapshot_folder=None))
+    p.handle_keys(["k"])
+    assert "no avatar folder" in p.messages[-1]
+    q = make_pipeline(options=PipelineOptions(snapshot_folder=Path(".")))
+    q.handle_keys(["k"])
+    assert "no face crop" in q.messages[-1] and len(q.avatars) == 1
+
+
+def test_snapshot_folder_is_the_avatar_folder_or_the_single_files_folder(tmp_path):
+    from live.snapshot import snapshot_folder
+    (tmp_path / "face.png").write_bytes(b"x")
+    assert snapshot_folder(tmp_path) == tmp_path and snapshot_folder(tmp_path / "face.png") == tmp_path
+
+
+# --- g: the framing guide, in the preview only ---------------------------------------------------------------------
+def test_g_shows_the_avatar_and_match_score_in_the_preview_and_never_in_the_sinks():
+    from calibration.best_frame import pose_match
+    levels = [100, 90, 60, 45, 40]
+    guided = make_pipeline(preview=FakePreview([]), keys=ScriptedKeys({2: ["g"]}))
+    plain = make_pipeline(preview=FakePreview([]))
+    for p in (guided, plain):
+        p.run(frames(levels))
+    assert [f is None for f in guided.preview.framings] == [True, True, False, False, False]
+    assert all(f is None for f in plain.preview.framings)
+    framing = guided.preview.framings[-1]
+    assert np.array_equal(framing.avatar_rgb, guided.avatars.current.image)
+    scores = [f.score for f in guided.preview.framings[2:]]
+    assert all(0.0 <= s <= 100.0 for s in scores) and scores[0] < scores[1] < scores[2], \
+        "the score rises as the pose nears the avatar's (level 40)"
+    avatar_kp = guided.avatars.current.state.kp.value
+    frame_kp = guided.engine.detect(torch.full((1, 3, SIZE, SIZE), 40 / 255.0)).value
+    assert scores[2] == pytest.approx(pose_match(avatar_kp, frame_kp))
+    assert len(guided.sinks[0].frames) == len(plain.sinks[0].frames) == 5
+    for a, b in zip(guided.sinks[0].frames, plain.sinks[0].frames):
+        assert np.array_equal(a, b), "the sinks get the same frames with the guide on"
+    guided.handle_keys(["g"])
+    assert not guided.options.framing and not guided.calibration.measure_match
+
+
+def test_framing_score_is_best_frame_modes_own_score_while_it_is_on():
+    p = make_pipeline(preview=FakePreview([]), keys=ScriptedKeys({0: ["b", "g"]}))
+    p.run(frames([200, 150, 100]))
+    assert p.preview.framings[-1].score == p.calibration.best_score is not None
+    assert p.calibration._match is None, "no second score computed beside best-frame mode's"
+
+
+def test_framing_has_no_score_in_passthrough():
+    p = make_pipeline(preview=FakePreview([]), options=PipelineOptions(framing=True, passthrough=True))
+    p.run(frames([100]))
+    assert p.preview.framings[0] is not None and p.preview.framings[0].score is None
+
+
+def test_compose_blends_the_avatar_into_the_crop_box_only():
+    from live.preview import Framing
+    camera = np.zeros((120, 160, 3), np.uint8)
+    output = np.zeros((SIZE, SIZE, 3), np.uint8)
+    avatar = np.full((SIZE, SIZE, 3), 250, np.uint8)
+    box = CropBox(80, 60, 100)  # x 30..130, y 10..110 -> 60..260, 20..220 at 2x
+    plain = compose(camera, box, output, panel_height=240)
+    guided = compose(camera, box, output, panel_height=240, framing=Framing(avatar, 72.4))
+    assert guided.shape == plain.shape
+    changed = np.argwhere((guided != plain).any(axis=2))
+    assert changed[:, 0].min() >= 20 and changed[:, 0].max() < 220 and changed[:, 1].min() >= 60 \
+        and changed[:, 1].max() < 260, "nothing changes outside the crop box"
+    assert 90 <= guided[60, 150, 0] <= 110, "inside: the avatar at 40% over the black camera"
+    assert (guided[190:218, 60:200] >= 240).all(axis=2).any(), "the score is written inside the box, in white"
+    # a box past the frame's edge is clipped, not an error
+    edge = compose(camera, CropBox(150, 110, 100), output, panel_height=240, framing=Framing(avatar, None))
+    assert edge.shape == plain.shape
