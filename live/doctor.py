@@ -143,7 +143,8 @@ def check_camera(args) -> Check:
             return fail("camera", f"no camera found ({listing.where}{notice}) and camera {args.camera} does not "
                                   "open: plug in a webcam (and allow camera access in the OS privacy settings), or "
                                   "drive from a video: --driving FILE")
-        return fail("camera", f"{exc}" + (f" (cameras here: {others})" if others else ""))
+        listed = others and "cameras here" not in str(exc)
+        return fail("camera", f"{exc}" + (f" (cameras here: {others})" if listed else ""))
     found = f"{camera.label} delivers {frame.shape[1]}x{frame.shape[0]} frames"
     if len(listing.cameras) > 1:
         found += f"; all cameras: {others}"
@@ -273,12 +274,12 @@ CHECKS = (check_versions, check_camera, check_virtual_camera, check_display, che
           check_remote, check_avatar, check_engine)
 
 
-def run_checks(args, checks=CHECKS, out=None):
+def run_checks(args, checks=None, out=None):
     """Each check's line as soon as it is known (the engine check takes seconds); a check that crashes is a FAIL
     with the reason, never a traceback."""
     out = out or (lambda line: print(line, flush=True))
     results = []
-    for check in checks:
+    for check in CHECKS if checks is None else checks:
         name = check.__name__.removeprefix("check_").replace("_", " ")
         try:
             result = check(args)
