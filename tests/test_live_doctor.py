@@ -68,11 +68,6 @@ def test_engine_line_times_what_auto_picks(monkeypatch, tmp_path, delay_s, statu
         assert "slower than 10 frames/s" in check.text
 
 
-def test_engine_line_on_a_real_engine():
-    check = D.check_engine(args_for("--backend", "torch", "--deterministic-weights"))
-    assert check.status in ("ok", "warn") and "runs torch-cpu-fp32 on cpu" in check.text
-
-
 def test_engine_is_not_timed_for_a_remote_run():
     assert D.check_engine(args_for("--remote", "ws://127.0.0.1:9")).status == "skip"
 
