@@ -290,6 +290,9 @@ def format_listing(listing: CameraList) -> list[str]:
 def camera_spec(text: str):
     """argparse type of --camera: an index (int) or a name to look up (str)."""
     text = text.strip()
+    if not text:
+        import argparse
+        raise argparse.ArgumentTypeError("expected a camera index or part of its name (--list-cameras lists them)")
     return int(text) if text.isdigit() else text
 
 

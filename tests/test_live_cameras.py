@@ -133,7 +133,10 @@ def test_index_only_platforms_pass_the_index_through():
 
 
 def test_camera_spec():
+    import argparse
     assert camera_spec(" 2 ") == 2 and camera_spec("Logitech C920") == "Logitech C920"
+    with pytest.raises(argparse.ArgumentTypeError):
+        camera_spec("  ")  # would match every name
 
 
 def test_own_output_is_refused_and_other_virtual_cameras_noticed(machine):

@@ -184,7 +184,7 @@ def test_weights_not_downloaded_yet(monkeypatch, tmp_path):
     monkeypatch.delenv("LIVE_AVATAR_WEIGHTS_URL", raising=False)
     check = D.check_weights(args_for())
     assert check.status == "warn"
-    assert f"not downloaded yet: the first run downloads vox-cpk.pth.tar (695 MB) from https://" in check.text
+    assert "not downloaded yet: the first run downloads vox-cpk.pth.tar (695 MB) from https://" in check.text
     assert f"into {tmp_path}" in check.text
 
 
