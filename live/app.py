@@ -495,13 +495,6 @@ def attach_remote(engine, pipeline) -> None:
     engine.timings = pipeline.timings
 
 
-def list_cameras_command() -> int:
-    from live.cameras import format_listing, list_cameras
-    for line in format_listing(list_cameras()):
-        print(line)
-    return 0
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["doctor"]:  # `live-avatar doctor [flags]`: the flags of the run to check follow
@@ -509,7 +502,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_cameras:
-        return list_cameras_command()
+        from live.cameras import print_cameras
+        return print_cameras()
     if args.avatar is None and not args.doctor:
         parser.error("the following arguments are required: --avatar")
     from engines.checkpoint import CheckpointError

@@ -286,6 +286,13 @@ def format_listing(listing: CameraList) -> list[str]:
     return lines
 
 
+def print_cameras() -> int:
+    """`--list-cameras`: the listing on stdout; exit status 0 also when there is no camera."""
+    for line in format_listing(list_cameras()):
+        print(line)
+    return 0
+
+
 # --- --camera N|NAME ---------------------------------------------------------------------------------------------
 def camera_spec(text: str):
     """argparse type of --camera: an index (int) or a name to look up (str)."""

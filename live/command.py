@@ -1,5 +1,5 @@
-"""The `live-avatar` command (installed by pyproject.toml): `live-avatar --version` answers at once, everything
-else is `run_live.py` (live/app.py), whose imports load torch."""
+"""The `live-avatar` command (installed by pyproject.toml): `--version` and `--list-cameras` alone answer at once,
+everything else is `run_live.py` (live/app.py), whose imports load torch."""
 from __future__ import annotations
 
 import sys
@@ -12,5 +12,8 @@ def main(argv=None) -> int:
     if argv == ["--version"]:
         print(version_line("live-avatar"))
         return 0
+    if argv == ["--list-cameras"]:
+        from live.cameras import print_cameras
+        return print_cameras()
     from live.app import main as run
     return run(argv)

@@ -124,3 +124,11 @@ def test_pip_install_gives_working_commands(tmp_path):
         assert done.returncode == 1
         assert lines[-1] == "result: a live run cannot work here yet: fix camera, virtual camera (the FAIL lines " \
                             "above)"
+
+
+def test_version_and_camera_list_answer_without_loading_torch():
+    code = ("import sys; from live.command import main; main(['--version']); main(['--list-cameras']); "
+            "print(sorted(m for m in ('torch', 'cv2', 'openvino') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("live-avatar ") and done.stdout.splitlines()[-1] == "[]"
