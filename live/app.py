@@ -279,6 +279,7 @@ class Session:
             sinks = self._sinks(source)
             for sink in sinks:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
+            self._refuse_own_output(sinks)
             engine = self._engine(avatars)
             if self.args.remote:
                 stack.callback(engine.close)  # the server frees this client's avatars when it closes
@@ -376,6 +377,14 @@ class Session:
         return LivePipeline(engine, avatars, sinks=sinks, tracker=tracker, neutral=neutral, smoother=smoother,
                             preview=preview, landmarks_factory=landmarks, options=options,
                             log=lambda message: self.log(message))
+
+    def _refuse_own_output(self, sinks) -> None:
+        """The virtual camera pyvirtualcam picked (the first free loopback device) must not be the webcam."""
+        from live.cameras import is_device, own_output_error
+        from live.sinks import VirtualCameraSink
+        for sink in sinks:
+            if self.camera is not None and isinstance(sink, VirtualCameraSink) and is_device(self.camera, sink.name):
+                raise own_output_error(self.camera, sink.name)
 
     @property
     def camera_id(self) -> str:

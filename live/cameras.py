@@ -329,11 +329,20 @@ def choose_camera(spec, listing: CameraList) -> Camera:
                        f"{', '.join(c.label for c in matches)}; give more of the name, or the index")
 
 
+def is_device(camera: Camera, device: str | None) -> bool:
+    """Is `device` (a path such as /dev/video2) this camera?"""
+    return bool(device and camera.path and os.path.realpath(camera.path) == os.path.realpath(device))
+
+
+def own_output_error(camera: Camera, device: str) -> CaptureError:
+    return CaptureError(f"camera {camera.label} is the virtual camera this run writes to ({device}): the avatar "
+                        "would drive itself; pick a webcam (--list-cameras)")
+
+
 def check_not_own_output(camera: Camera, vcam_device: str | None) -> str | None:
     """CaptureError when the camera is the virtual camera this run writes to; a notice for another virtual one."""
-    if vcam_device and camera.path and os.path.realpath(camera.path) == os.path.realpath(vcam_device):
-        raise CaptureError(f"camera {camera.label} is the virtual camera this run writes to (--vcam-device "
-                           f"{vcam_device}): the avatar would drive itself; pick a webcam (--list-cameras)")
+    if is_device(camera, vcam_device):
+        raise own_output_error(camera, f"--vcam-device {vcam_device}")
     if camera.virtual:
         return (f"camera {camera.label} is a virtual camera ({camera.virtual}), not a webcam: if it shows this "
                 "tool's output the avatar drives itself (--list-cameras lists the webcams)")

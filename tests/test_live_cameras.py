@@ -309,3 +309,35 @@ def test_camera_by_name_through_the_app_keys_the_calibration_by_stable_id(capsys
     err = capsys.readouterr().err
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
     assert "'webcam' matches no camera; cameras here: 0 'Integrated Camera', 2 'live avatar' (virtual)" in err
+
+
+def test_a_run_refuses_to_drive_from_the_virtual_camera_it_writes_to(capsys, monkeypatch, tmp_path):
+    """pyvirtualcam picks the first free loopback device: if that is the --camera device, the run stops."""
+    import cv2
+    import live.sinks
+    from live.app import main
+    loopback = tmp_path / "video0"
+    loopback.write_text("")
+    listing = CameraList([Camera(0, "Dummy video device (0x0000)", str(loopback), "v4l2 loopback",
+                                 virtual="v4l2loopback", stable_id="dummy")], where="test", complete=True)
+    monkeypatch.setattr(C, "list_cameras", lambda: listing)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCapture)
+    closed = []
+
+    class FakeVirtualCamera:
+        def __init__(self, *args, **kwargs):
+            self.name = str(loopback)
+
+        def close(self):
+            closed.append(self.name)
+    monkeypatch.setattr(live.sinks, "VirtualCameraSink", FakeVirtualCamera)
+    avatar = tmp_path / "face.png"
+    cv2.imwrite(str(avatar), np.full((64, 64, 3), 128, np.uint8))
+    code = main(["--avatar", str(avatar), "--camera", "0", "--vcam", "--no-preview", "--deterministic-weights",
+                 "--backend", "torch", "--max-frames", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert f"camera 0 'Dummy video device (0x0000)' (virtual) is the virtual camera this run writes to " \
+           f"({loopback}): the avatar would drive itself" in err
+    assert "notice: camera 0 'Dummy video device (0x0000)' (virtual) is a virtual camera" in err
+    assert closed == [str(loopback)]
