@@ -132,3 +132,13 @@ def test_version_and_camera_list_answer_without_loading_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("live-avatar ") and done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("argv0, prog", [("/venv/bin/live-avatar", "live-avatar"), (r"C:\v\live-avatar.exe",
+                                                                                     "live-avatar"),
+                                         ("run_live.py", "run_live.py"), ("/venv/bin/live-avatar-server",
+                                                                          "run_live.py")])
+def test_help_names_the_program_as_it_was_started(monkeypatch, argv0, prog):
+    from engines.version import program_name
+    monkeypatch.setattr(sys, "argv", [argv0.replace("\\", "/")])
+    assert program_name("live-avatar", "run_live.py") == prog
