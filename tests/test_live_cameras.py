@@ -299,7 +299,7 @@ def test_camera_by_name_through_the_app_keys_the_calibration_by_stable_id(capsys
     cv2.imwrite(str(avatar), np.full((64, 64, 3), 128, np.uint8))
     FakeCapture.opened = []
     code = main(["--avatar", str(avatar), "--camera", "integrated", "--no-vcam", "--no-preview",
-                 "--deterministic-weights", "--backend", "torch", "--max-frames", "2"])
+                 "--deterministic-weights", "--backend", "torch", "--max-frames", "1"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert FakeCapture.opened == [0]
