@@ -23,6 +23,8 @@ from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from engines.errors import UserError
+from engines.version import program_name, version_line
+from live.cameras import camera_spec
 from live.config import add_config_arguments
 from live.hotkeys import help_text
 
@@ -154,18 +156,27 @@ def stop_on_signals(names=("SIGTERM", "SIGHUP")):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_live.py",
+        prog=program_name("live-avatar", "run_live.py"),
         description="Animate an avatar image with your webcam (First Order Motion Model) and send it to a virtual "
                     "camera, a preview window and/or a video file.",
         epilog=help_text() + "\n\nexamples:\n"
                "  python run_live.py --avatar face.png                      webcam 0 -> virtual camera (+ preview)\n"
                "  python run_live.py --avatar avatars/ --camera 1           keys 1-9 switch between the images\n"
-               "  python run_live.py --avatar face.png --driving talk.mp4 --output out.mp4   offline render",
+               "  python run_live.py --avatar face.png --driving talk.mp4 --output out.mp4   offline render\n"
+               "  python run_live.py --list-cameras                        index, name, resolutions\n"
+               "  python run_live.py --doctor  (live-avatar doctor)        can a live run work here?",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--avatar", required=True, metavar="PATH", help="avatar image, or a folder of images")
+    p.add_argument("--avatar", metavar="PATH", help="avatar image, or a folder of images (required for a run)")
+    p.add_argument("--version", action="version", version=version_line("live-avatar"))
+    p.add_argument("--list-cameras", action="store_true",
+                   help="list the cameras (index, name, resolutions; virtual cameras marked) and exit")
+    p.add_argument("--doctor", action="store_true",
+                   help="check everything a live run with these flags needs, one line each, and exit (also: "
+                        "live-avatar doctor); exit status 1 when something fails")
 
     g = p.add_argument_group("input")
-    g.add_argument("--camera", type=int, default=0, metavar="N", help="webcam index (default 0)")
+    g.add_argument("--camera", type=camera_spec, default=0, metavar="N|NAME",
+                   help="webcam index, or part of its name as --list-cameras shows it (default 0)")
     g.add_argument("--camera-size", type=_size, metavar="WxH", help="ask the webcam for this resolution")
     g.add_argument("--driving", metavar="FILE|FOLDER",
                    help="drive from a video file or image folder instead of the webcam")
@@ -239,6 +250,8 @@ class Session:
     """Everything one run opens, built in an order that reports cheap mistakes before slow work: avatar images,
     driving source, weights + engine, avatar encodings, sinks."""
 
+    camera = None  # the live.cameras.Camera of a webcam run
+
     def __init__(self, args, *, key_sources=(), log=None):
         self.args = args
         self.extra_key_sources = list(key_sources)
@@ -260,7 +273,7 @@ class Session:
         avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=self.log)
         with ExitStack() as stack:
             w, h = args.camera_size or (None, None)
-            spec = args.driving if args.driving is not None else args.camera
+            spec = args.driving if args.driving is not None else self._camera().index
             source = stack.enter_context(open_source(spec, loop=args.loop and not self.offline, width=w, height=h))
             preview = self._preview()
             if preview is not None:
@@ -268,6 +281,7 @@ class Session:
             sinks = self._sinks(source)
             for sink in sinks:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
+            self._refuse_own_output(sinks)
             engine = self._engine(avatars)
             if self.args.remote:
                 stack.callback(engine.close)  # the server frees this client's avatars when it closes
@@ -289,6 +303,12 @@ class Session:
         return 0
 
     # --- pieces ---------------------------------------------------------------------------------------------
+    def _camera(self):
+        """--camera as a listed camera (a name resolved to its index); its stable id keys the saved calibration."""
+        from live.cameras import camera_for_run
+        self.camera = camera_for_run(self.args.camera, self.args.vcam_device, self.log)
+        return self.camera
+
     def _engine(self, avatars=()):
         from engines.backends import create_engine
         from engines.image import to_model_input
@@ -345,9 +365,10 @@ class Session:
             best_frame=args.best_frame,
             absolute=args.absolute,
             media_fps=None if camera else source.fps,
-            # a saved neutral pose only makes sense for the same webcam; files are calibrated per run
-            calibration_path=default_calibration_path(f"camera {args.camera}") if camera else None,
-            camera_id=f"camera {args.camera}",
+            # a saved neutral pose only makes sense for the same webcam (by its stable id, not the index that
+            # changes with the plug-in order); files are calibrated per run
+            calibration_path=default_calibration_path(self.camera_id) if camera else None,
+            camera_id=self.camera_id,
             snapshot_folder=snapshot_folder(args.avatar))
         def landmarks():  # built on first use of best-frame mode: face-alignment takes seconds to load
             def engine_kp(rgb):
@@ -360,6 +381,18 @@ class Session:
         return LivePipeline(engine, avatars, sinks=sinks, tracker=tracker, neutral=neutral, smoother=smoother,
                             preview=preview, landmarks_factory=landmarks, options=options,
                             log=lambda message: self.log(message))
+
+    def _refuse_own_output(self, sinks) -> None:
+        """The virtual camera pyvirtualcam picked (the first free loopback device) must not be the webcam."""
+        from live.cameras import is_device, own_output_error
+        from live.sinks import VirtualCameraSink
+        for sink in sinks:
+            if self.camera is not None and isinstance(sink, VirtualCameraSink) and is_device(self.camera, sink.name):
+                raise own_output_error(self.camera, sink.name)
+
+    @property
+    def camera_id(self) -> str:
+        return self.camera.stable_id if self.camera is not None else f"camera {self.args.camera}"
 
     def _sinks(self, source) -> list:
         from live.loop import RealtimePacer
@@ -491,13 +524,25 @@ def parse_command_line(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["doctor"]:  # `live-avatar doctor [flags]`: the flags of the run to check follow
+        argv = [*argv[1:], "--doctor"]
     from engines.checkpoint import CheckpointError
     try:
         args = parse_command_line(argv)
         if args is None:
             return 0
+        if args.list_cameras:
+            from live.cameras import print_cameras
+            return print_cameras()
+        if args.avatar is None and not args.doctor:
+            raise UserError("--avatar is required for a run (an image or a folder of images; or set avatar in "
+                            f"the config file {args.config})")
         with stop_on_signals():
             validate_args(args)
+            if args.doctor:
+                from live import doctor
+                return doctor.main(args)
             check_environment(args)
             return Session(args).run()
     except (UserError, CheckpointError) as exc:

@@ -143,7 +143,8 @@ class CameraSource(_OpenCVSource):
             other = 1 if index == 0 else 0
             raise CaptureError(
                 f"cannot open camera {index}: no such device, it is in use by another program, or camera access "
-                f"is blocked by the OS privacy settings (try --camera {other}, or --driving FILE)")
+                f"is blocked by the OS privacy settings (try --camera {other}; --list-cameras lists them; or "
+                f"--driving FILE)")
         self._cap = cap
         # Driver-side buffering adds latency on top of ours; ask for the smallest buffer (ignored where unsupported).
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)

@@ -151,6 +151,17 @@ def _download(url: str, part: Path, size: int | None, progress: bool, timeout: f
         raise fail(f"the connection closed after {got} of {size} bytes; run again to resume")
 
 
+def cached_checkpoint(name: str = "vox-cpk", *, cache=None, verify: bool = True) -> tuple[Path, str | None]:
+    """(where the known checkpoint `name` lives in the cache, None if it is there and verified, else why not:
+    "not downloaded yet" or what is wrong with it). Never downloads or deletes (`live-avatar doctor`)."""
+    entry = KNOWN_CHECKPOINTS[name]
+    folder = Path(cache).expanduser() if cache is not None else cache_dir()
+    target = folder / entry["filename"]
+    if not target.is_file():
+        return target, "not downloaded yet"
+    return target, _cached_problem(target, entry["sha256"].lower(), entry.get("size"), verify, progress=False)
+
+
 def resolve_checkpoint(path=None, *, name: str = "vox-cpk", url: str | None = None, cache=None,
                        progress: bool = True, verify: bool = True, sha256: str | None = None,
                        size: int | None = None, timeout: float = 30.0) -> Path:

@@ -214,31 +214,8 @@ class RemoteEngine:
 
     # --- connection -----------------------------------------------------------------------------------------
     def _connect(self) -> dict:
-        from websockets.sync.client import connect
-
-        try:
-            # entered like a context manager (websockets >= 17.1 deprecates bare connect()); close() ends it
-            ws = connect(self.url, open_timeout=self.connect_timeout, max_size=P.DETECTOR_CHUNK_BYTES + 4096,
-                         compression=None, close_timeout=2).__enter__()
-        except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, timeout, HTTP error: one line
-            raise RemoteError(f"cannot reach the render server at {self.url} ({describe_error(exc, 160)})") from None
-        try:
-            ws.send(self.hello.to_text())
-            reply = P.loads(ws.recv(timeout=self.connect_timeout))
-        except Exception as exc:  # noqa: BLE001
-            ws.close()
-            raise RemoteError(f"the render server at {self.url} did not answer the hello "
-                              f"({describe_error(exc, 160)})") from None
-        if reply["type"] == "error":
-            ws.close()
-            if reply.get("code") == "auth":
-                raise RemoteError(f"the render server at {self.url} refused the token (check --token-file)")
-            raise RemoteError(f"the render server at {self.url} refused the connection: {reply.get('message')}")
-        if reply["type"] != "welcome" or reply.get("version") != P.PROTOCOL_VERSION:
-            ws.close()
-            raise RemoteError(f"{self.url} does not speak the live-avatar protocol version {P.PROTOCOL_VERSION}")
-        self._ws = ws
-        return reply
+        self._ws, welcome = open_session(self.url, self.hello, self.connect_timeout)
+        return welcome
 
     def _reconnect(self) -> bool:
         """One attempt when the backoff allows; True when connected again with every avatar uploaded."""
@@ -437,6 +414,44 @@ class RemoteEngine:
         except OSError as exc:
             self.log(f"notice: could not cache the detector weights in {path.parent} ({exc.strerror or exc})")
         return blob
+
+
+def open_session(url: str, hello: P.Hello, timeout: float):
+    """Connect and say hello: (websocket, the server's welcome). RemoteError (one line) when the server cannot be
+    reached, refuses the token or speaks another protocol."""
+    from websockets.sync.client import connect
+
+    try:
+        # entered like a context manager (websockets >= 17.1 deprecates bare connect()); close() ends it
+        ws = connect(url, open_timeout=timeout, max_size=P.DETECTOR_CHUNK_BYTES + 4096,
+                     compression=None, close_timeout=2).__enter__()
+    except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, timeout, HTTP error: one line
+        raise RemoteError(f"cannot reach the render server at {url} ({describe_error(exc, 160)})") from None
+    try:
+        ws.send(hello.to_text())
+        reply = P.loads(ws.recv(timeout=timeout))
+    except Exception as exc:  # noqa: BLE001
+        ws.close()
+        raise RemoteError(f"the render server at {url} did not answer the hello "
+                          f"({describe_error(exc, 160)})") from None
+    if reply["type"] == "error":
+        ws.close()
+        if reply.get("code") == "auth":
+            raise RemoteError(f"the render server at {url} refused the token (check --token-file)")
+        raise RemoteError(f"the render server at {url} refused the connection: {reply.get('message')}")
+    if reply["type"] != "welcome" or reply.get("version") != P.PROTOCOL_VERSION:
+        ws.close()
+        raise RemoteError(f"{url} does not speak the live-avatar protocol version {P.PROTOCOL_VERSION}")
+    return ws, reply
+
+
+def probe_server(url: str, token_file=None, timeout: float = 5.0) -> dict:
+    """Is the server reachable and is our token accepted? Its welcome (engine, device, ...), the connection closed
+    again at once (`live-avatar doctor --remote`)."""
+    token = read_token_file(token_file) if token_file else ""
+    ws, welcome = open_session(check_url(url), P.Hello(token=token), timeout)
+    ws.close()
+    return welcome
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -51,8 +51,10 @@ def app_builder(args: dict):
 # --- command line -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
-    p = argparse.ArgumentParser(prog="python -m remote.server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from engines.version import program_name, version_line
+    p = argparse.ArgumentParser(prog=program_name("live-avatar-server", "python -m remote.server"),
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line("live-avatar-server"))
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other needs --token-file)")
     p.add_argument("--port", type=int, default=P.DEFAULT_PORT)
@@ -103,6 +105,10 @@ def _settings(args) -> dict:
 
 
 def main(argv=None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:  # at once, before torch loads
+        from engines.version import version_line
+        print(version_line("live-avatar-server"))
+        return 0
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)

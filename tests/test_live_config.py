@@ -60,9 +60,9 @@ def test_precedence_flag_over_config_over_default(tmp_path):
 
 def test_required_avatar_may_come_from_the_config_but_must_come_from_somewhere(tmp_path, capsys):
     assert parse([], write(tmp_path / "c.toml", 'avatar = "face.png"\n')).avatar == "face.png"
-    with pytest.raises(SystemExit) as exc:
-        parse([], write(tmp_path / "none.toml", 'camera = 1\n'))
-    assert exc.value.code == 2 and "--avatar" in capsys.readouterr().err
+    assert main(["--config", str(write(tmp_path / "none.toml", 'camera = 1\n'))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --avatar is required") and "none.toml" in err and err.count("\n") == 1
 
 
 def test_save_round_trip_merges_and_keeps_other_keys(tmp_path, capsys, monkeypatch):
