@@ -33,6 +33,7 @@ from remote import protocol as P  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TOKEN = "test-token-0123456789"
+IDENTITY = np.tile(np.eye(2, dtype=np.float32), (10, 1, 1))  # invertible jacobians: refused only for what is tested
 START_TIMEOUT_S = 120
 
 
@@ -292,7 +293,7 @@ def test_malformed_and_oversized_messages_close_only_that_connection(server, cac
          P.CLOSE_TOO_BIG),
         (lambda ws: ws.send(P.pack(P.KIND_AVATAR, 0, b"\x89PNG\r\n\x1a\n" + b"junk" * 100)), "bad-image",
          P.CLOSE_POLICY),
-        (lambda ws: ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), np.zeros((10, 2, 2)))), "malformed",
+        (lambda ws: ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), IDENTITY)), "malformed",
          P.CLOSE_POLICY),                                                 # frame for an avatar never uploaded
         (lambda ws: ws.send(P.pack(P.KIND_KEYPOINTS, 1, b"\0" * 400)), "malformed", P.CLOSE_TOO_BIG),
         (lambda ws: ws.send(P.pack(P.KIND_FRAME, 1, b"\0" * 10)), "malformed", P.CLOSE_POLICY),
@@ -303,7 +304,7 @@ def test_malformed_and_oversized_messages_close_only_that_connection(server, cac
         _expect_refusal(ws, code, close_code)
         ws.close()
     ws = _raw(server, hello=False)  # binary before the hello
-    ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), np.zeros((10, 2, 2))))
+    ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), IDENTITY))
     _expect_refusal(ws, "malformed", P.CLOSE_POLICY)
     ws.close()
     # the server still serves the connection that behaved
