@@ -9,7 +9,8 @@ import hmac
 import secrets
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
+from itertools import count
 
 import numpy as np
 
@@ -66,8 +67,10 @@ class RenderService:
         self.max_clients = int(settings.get("max_clients", DEFAULT_MAX_CLIENTS))
         self.max_unauthenticated = int(settings.get("max_unauthenticated", DEFAULT_MAX_UNAUTHENTICATED))
         self.hello_timeout = float(settings.get("hello_timeout", HELLO_TIMEOUT_S))
+        self.max_unread = int(settings.get("max_unread_bytes", P.MAX_UNREAD_BYTES))
         self.connections = 0            # every open connection
-        self.waiting_hello = 0          # of those, the ones that have not said hello
+        self._waiting: OrderedDict[int, asyncio.Event] = OrderedDict()  # no hello yet, oldest first
+        self._ids = count()
         self._avatar_decodes = None     # asyncio.Semaphore, made on the event loop
         self.frames = 0
         self.batches: Counter = Counter()
@@ -124,16 +127,40 @@ class RenderService:
             out.append((P.encode_image(rgb, fmt, quality), len(requests), render_ms))
         return out
 
+    @property
+    def waiting_hello(self) -> int:
+        return len(self._waiting)
+
+    async def _hello(self, ws, key: int) -> dict:
+        """The first message, within the hello deadline. Peers that have not said hello are capped apart from the
+        clients: when the cap is reached the one that has waited longest is dropped, so a newcomer (a real client
+        says hello at once) always gets its turn, however many silent peers keep connecting."""
+        evicted = self._waiting[key] = asyncio.Event()
+        if len(self._waiting) > self.max_unauthenticated:
+            self._waiting.popitem(last=False)[1].set()
+        receive = asyncio.ensure_future(ws.receive())
+        evict = asyncio.ensure_future(evicted.wait())
+        try:
+            await asyncio.wait({receive, evict}, timeout=self.hello_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            evict.cancel()
+            self._waiting.pop(key, None)
+        if receive.done():
+            return receive.result()
+        receive.cancel()
+        if evicted.is_set():
+            raise P.ProtocolError(f"more than {self.max_unauthenticated} connections waiting to say hello; the "
+                                  "longest waiting is dropped", code="busy", close_code=CLOSE_TRY_AGAIN)
+        raise P.ProtocolError(f"no hello within {self.hello_timeout:g} s")
+
     # --- one connection ---------------------------------------------------------------------------------------
     async def serve_connection(self, ws, render) -> None:
         """The protocol on one accepted Starlette WebSocket; `render(request)` is the batched render coroutine."""
-        out = Outbox(ws)
+        out = Outbox(ws, self.max_unread)
         in_flight: set[asyncio.Task] = set()
         slots: dict[int, object] = {}
         detector: asyncio.Task | None = None
-        authenticated = False
         self.connections += 1
-        self.waiting_hello += 1
         if self._avatar_decodes is None:
             self._avatar_decodes = asyncio.Semaphore(AVATAR_DECODES)
 
@@ -155,13 +182,7 @@ class RenderService:
                     pass
 
         try:
-            if self.waiting_hello > self.max_unauthenticated:
-                raise P.ProtocolError(f"{self.waiting_hello - 1} connections are waiting to say hello; try again",
-                                      code="busy", close_code=CLOSE_TRY_AGAIN)
-            try:
-                first = await asyncio.wait_for(ws.receive(), self.hello_timeout)
-            except asyncio.TimeoutError:
-                raise P.ProtocolError(f"no hello within {self.hello_timeout:g} s") from None
+            first = await self._hello(ws, next(self._ids))
             if first.get("type") == "websocket.disconnect":
                 return
             if first.get("text") is None:
@@ -169,8 +190,6 @@ class RenderService:
             hello = P.Hello.parse(P.loads(first["text"]))
             if self.token and not hmac.compare_digest(hello.token.encode(), self.token.encode()):
                 raise P.ProtocolError("wrong or missing token (see --token-file)", code="auth")
-            self.waiting_hello -= 1
-            authenticated = True
             if self.connections - self.waiting_hello > self.max_clients:
                 raise P.ProtocolError(f"the server has its {self.max_clients} clients; try again later",
                                       code="busy", close_code=CLOSE_TRY_AGAIN)
@@ -233,8 +252,6 @@ class RenderService:
                 task.cancel()
             slots.clear()  # the avatar states die with the connection
             self.connections -= 1
-            if not authenticated:
-                self.waiting_hello -= 1
 
     async def _send_detector(self, out: "Outbox") -> None:
         """The detector blob in chunks, each sent only when the unread bytes leave room for it: a peer that stops
