@@ -192,16 +192,15 @@ class RemoteEngine:
             while len(self._in_flight) >= self.max_in_flight:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    if self.reconnect_wait > 0:  # offline: a skipped frame would be a wrong frame in the file
-                        raise RemoteError(f"the render server at {self.url} did not answer frame "
-                                          f"{next(iter(self._in_flight))} within {self.frame_timeout:.0f} s")
                     stale = self._in_flight.popitem(last=False)[0]  # give up on it: its answer will be dropped
                     self.dropped += 1
                     self.on_status(f"remote: frame {stale} took over {self.frame_timeout:.0f} s; skipped")
                     break
                 self._handle(self._ws.recv(timeout=remaining))
         except TimeoutError:
-            pass
+            if self.reconnect_wait > 0 and self._in_flight:  # offline: a skipped frame is a wrong frame in the file
+                raise RemoteError(f"the render server at {self.url} did not answer frame "
+                                  f"{next(iter(self._in_flight))} within {self.frame_timeout:.0f} s") from None
         except Exception as exc:  # noqa: BLE001 - a lost connection is retried; anything else propagates
             if not _is_connection_error(exc):
                 raise
