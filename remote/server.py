@@ -106,6 +106,17 @@ def _settings(args) -> dict:
             "replica_cpus": max(1, args.num_cpus // max(1, args.replicas))}
 
 
+def _private_ray_token() -> None:
+    """ray.init writes the cluster token to ~/.ray/auth_token with the default umask (often world-readable): that
+    token is what protects the one Ray port that listens beyond loopback, so keep it to this user."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as exc:
+        print(f"notice: could not make {path} private ({exc.strerror or exc})", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -131,6 +142,7 @@ def main(argv=None) -> int:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": repo, "RAY_USAGE_STATS_ENABLED": "0"}})
+    _private_ray_token()
     try:
         serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"enable_access_log": False})
         serve.run(deployment(settings), name="live-avatar", route_prefix="/", blocking=False)
