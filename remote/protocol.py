@@ -14,14 +14,16 @@ followed by a payload that depends on the kind:
     DETECTOR   server -> client  id = chunk index; payload: receipt u32, a slice of the detector weights blob
 
 Conversation:
-    client: {"type": "hello", "version": 1, "token": "...", "format": "jpeg"|"png"|"png16", "quality": 90}
+    client: {"type": "hello", "version": 2, "token": "...", "format": "jpeg"|"png"|"png16", "quality": 90}
     server: {"type": "welcome", ...server facts: image_size, num_kp, config_hash, weights_id, detector_digest...}
             or {"type": "error", "code": "auth"|"version"|..., "message": "..."} and a close
-    client: {"type": "get_detector"}  (optional, once) -> {"type": "detector", "size", "chunks", "digest"} + chunks
+    client: {"type": "get_detector"}  (optional, once per connection) -> {"type": "detector", "size", "chunks",
+            "digest"} + chunks, each answered by {"type": "receipt", "receipt": r}
     client: AVATAR(slot) -> server: {"type": "avatar", "slot": n, "kp": {"value": [...], "jacobian": [...]}}
     client: KEYPOINTS(frame id, slot) ... -> server: FRAME(frame id) or {"type": "busy", "id": n} when the client
             has more than max_in_flight frames in flight on the server (the frame is dropped, not queued)
-Any malformed message gets {"type": "error", ...} and the connection is closed (code 1008, 1009 for too big).
+Any malformed message gets {"type": "error", ...} and the connection is closed (code 1008, 1009 for too big,
+1013 try again later, 1011 for anything unexpected on the server).
 A render that fails gets {"type": "error", "code": "render", "id": frame id, ...}; the connection stays.
 
 Flow control: every FRAME and DETECTOR message carries a random receipt; the client echoes the receipt of the newest

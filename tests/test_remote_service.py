@@ -89,7 +89,8 @@ class FakeSocket:
                 if predicate(message):
                     return message
             if self.closed is not None or time.monotonic() > deadline:
-                raise AssertionError(f"not sent (closed {self.closed}): {[m if isinstance(m, str) else len(m) for m in self.sent][-5:]}")
+                tail = [m if isinstance(m, str) else len(m) for m in self.sent][-5:]
+                raise AssertionError(f"not sent (closed {self.closed}): {tail}")
             self._news.clear()
             try:
                 await asyncio.wait_for(self._news.wait(), 0.5)
