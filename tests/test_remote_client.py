@@ -210,6 +210,7 @@ def test_offline_client_does_not_skip_a_frame_the_server_never_answers(fake, dig
         client.close()
 
 
+@pytest.mark.slow
 def test_run_live_offline_against_a_server_that_errors_on_every_frame_exits_2(fake, digest, tmp_path):
     server = fake(welcome(digest), lambda i: [P.error_message("\x1b[31mout of memory", "render", id=i)])
     face = tmp_path / "face.png"
