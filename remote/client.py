@@ -12,6 +12,10 @@ sends only the normalised keypoints (~250 bytes) and gets the frame back. Wire f
   the output is the render of input i); answers older than the newest shown are dropped.
 - faults: when the connection drops, `render` returns the last frame (or the avatar at rest), reconnects with
   backoff, uploads the avatars again and says so through `on_status`.
+- the server is not trusted more than it trusts us: the welcome's fields are type-checked, every message must be of
+  the kind expected, a frame's image header must declare the agreed size and format before it is decoded, and
+  server texts are printed without control characters and cut. A malformed message stops the client with one
+  line; so does a server error in an offline render (reconnect_wait > 0), where a skipped frame would be wrong.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from engines.keypoints import Keypoints
 from engines.backends.common import describe_error
 from engines.storage import cache_root
 from engines.errors import UserError
+from engines.image_header import ImageRejected
 from remote import protocol as P
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)   # between reconnection attempts; the last one repeats
@@ -95,6 +100,7 @@ class RemoteEngine:
         self._states: dict[int, RemoteState] = {}
         self._slots: OrderedDict[int, int] = OrderedDict()   # uploaded avatar -> server slot, least recent first
         self._retry_at = 0.0
+        self._receipt = 0                   # of the newest frame/detector chunk read: echoed (flow control)
         self._failures = 0
         self.round_trip_ms: float | None = None
         self.server_render_ms: float | None = None  # of the newest frame: the rest of the round trip is overhead
@@ -180,7 +186,7 @@ class RemoteEngine:
             self._next_id += 1
             kp = kp_driving.to("cpu", torch.float32)
             self._ws.send(P.pack_keypoints(frame_id, self._slots[state.slot], kp.value.numpy(),
-                                           kp.jacobian.numpy()))
+                                           kp.jacobian.numpy(), self._receipt))
             self._in_flight[frame_id] = time.perf_counter()
             deadline = time.monotonic() + self.frame_timeout
             while len(self._in_flight) >= self.max_in_flight:
@@ -192,7 +198,9 @@ class RemoteEngine:
                     break
                 self._handle(self._ws.recv(timeout=remaining))
         except TimeoutError:
-            pass
+            if self.reconnect_wait > 0 and self._in_flight:  # offline: a skipped frame is a wrong frame in the file
+                raise RemoteError(f"the render server at {self.url} did not answer frame "
+                                  f"{next(iter(self._in_flight))} within {self.frame_timeout:.0f} s") from None
         except Exception as exc:  # noqa: BLE001 - a lost connection is retried; anything else propagates
             if not _is_connection_error(exc):
                 raise
@@ -215,6 +223,7 @@ class RemoteEngine:
     # --- connection -----------------------------------------------------------------------------------------
     def _connect(self) -> dict:
         self._ws, welcome = open_session(self.url, self.hello, self.connect_timeout)
+        self._receipt = 0
         return welcome
 
     def _reconnect(self) -> bool:
@@ -257,7 +266,7 @@ class RemoteEngine:
         self._slots.clear()
         self._failures = 1
         self._retry_at = time.monotonic() + BACKOFF_S[0]
-        self.on_status(f"remote: connection lost ({describe_error(exc, 160)}); showing the last frame, "
+        self.on_status(f"remote: connection lost ({P.printable(describe_error(exc, 160))}); showing the last frame, "
                        "reconnecting")
 
     # --- messages -------------------------------------------------------------------------------------------
@@ -276,26 +285,46 @@ class RemoteEngine:
             self._lost(exc)
 
     def _handle(self, message) -> dict | None:
-        """Apply one server message; returns control messages that are not frames."""
+        """Apply one server message; returns control messages that are not frames. A message that breaks the
+        protocol is a RemoteError (one line), never a traceback."""
+        try:
+            return self._apply(message)
+        except RemoteError:
+            raise
+        except (P.ProtocolError, ImageRejected, KeyError, TypeError, ValueError) as exc:
+            raise RemoteError(f"the render server at {self.url} sent a malformed message "
+                              f"({P.printable(exc, 160)})") from None
+
+    def _apply(self, message) -> dict | None:
         if isinstance(message, str):
             reply = P.loads(message)
             if reply["type"] == "busy":
-                self._in_flight.pop(reply.get("id"), None)
-                self.dropped += 1
+                if self._in_flight.pop(reply.get("id"), None) is not None:
+                    self.dropped += 1
             elif reply["type"] == "error":
+                text = P.printable(reply.get("message"))
                 if reply.get("code") == "auth":
                     raise RemoteError("the render server refused the token (check --token-file)")
-                self.on_status(f"remote: server error: {reply.get('message')}")
+                if self.reconnect_wait > 0:  # offline: a frame the server would not render cannot be skipped
+                    raise RemoteError(f"the render server at {self.url} failed: {text}")
+                if self._in_flight.pop(reply.get("id"), None) is not None:
+                    self.dropped += 1  # that frame will not come: do not wait for it
+                self.on_status(f"remote: server error: {text}")
             return reply
         kind, frame_id, payload = P.unpack(message)
         if kind != P.KIND_FRAME:
-            raise P.ProtocolError(f"unexpected {P.KINDS[kind]} message")
+            raise P.ProtocolError(f"a {P.KINDS[kind]} message where a frame was expected")
+        batch, render_ms, receipt, data = P.unpack_frame(payload)
+        self._receipt = receipt  # read, even if stale: the server may count it as delivered
         sent = self._in_flight.pop(frame_id, None)
         if sent is None or frame_id < self._latest_id:
             self.dropped += 1  # stale: a newer frame is already shown, or we gave up on it
             return None
-        batch, self.server_render_ms, data = P.unpack_frame(payload)
-        rgb = P.decode_image(data, float_output=True)
+        # the header must declare the agreed size and format before anything is decoded
+        size = self.image_size
+        rgb = P.decode_image(data, float_output=True, min_side=size, max_side=size,
+                             formats=("jpeg",) if self.hello.fmt == "jpeg" else ("png",))
+        self.server_render_ms = render_ms
         self._latest = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
         self._latest_id = frame_id
         self.batch_sizes[batch] += 1
@@ -317,7 +346,7 @@ class RemoteEngine:
             if reply["type"] == kind:
                 return reply
             if reply["type"] == "error":
-                raise RemoteError(f"the render server refused: {reply.get('message')}")
+                raise RemoteError(f"the render server refused: {P.printable(reply.get('message'))}")
 
     def _upload(self, state: RemoteState) -> None:
         # The server keeps MAX_AVATARS slots per connection: beyond that the least recently used avatar gives its
@@ -330,9 +359,16 @@ class RemoteEngine:
             _, server_slot = self._slots.popitem(last=False)
         self._ws.send(P.pack(P.KIND_AVATAR, server_slot, state.png))
         reply = self._wait_for("avatar", max(self.frame_timeout, 30.0))
-        num_kp = len(reply["kp"]["value"]) // 2
-        state.kp = Keypoints(torch.tensor(reply["kp"]["value"], dtype=torch.float32).view(1, num_kp, 2),
-                             torch.tensor(reply["kp"]["jacobian"], dtype=torch.float32).view(1, num_kp, 2, 2))
+        num_kp = int(self.server["num_kp"])
+        try:
+            value = np.asarray(reply["kp"]["value"], dtype=np.float32).reshape(1, num_kp, 2)
+            jacobian = np.asarray(reply["kp"]["jacobian"], dtype=np.float32).reshape(1, num_kp, 2, 2)
+            if not (np.isfinite(value).all() and np.isfinite(jacobian).all()):
+                raise ValueError("non-finite keypoints")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteError(f"the render server at {self.url} sent a malformed avatar reply "
+                              f"({P.printable(exc, 120)})") from None
+        state.kp = Keypoints(torch.from_numpy(value), torch.from_numpy(jacobian))
         self._slots[state.slot] = server_slot
 
     def _fallback(self, state: RemoteState) -> torch.Tensor:
@@ -390,17 +426,30 @@ class RemoteEngine:
         try:
             self._ws.send(P.dumps({"type": "get_detector"}))
             header = self._wait_for("detector", self.connect_timeout)
-            parts = []
-            for index in range(int(header["chunks"])):
-                kind, ident, payload = P.unpack(self._ws.recv(timeout=self.connect_timeout))
+            size, chunks = header["size"], header["chunks"]
+            if not (isinstance(size, int) and isinstance(chunks, int) and 0 < size <= P.MAX_DETECTOR_BYTES
+                    and chunks == -(-size // P.DETECTOR_CHUNK_BYTES)):
+                raise P.ProtocolError(f"detector header announcing {size!r} bytes in {chunks!r} chunks")
+            parts, received = [], 0
+            for index in range(chunks):
+                message = self._ws.recv(timeout=self.connect_timeout)
+                if not isinstance(message, bytes):
+                    raise P.ProtocolError("a text message among the detector chunks")
+                kind, ident, payload = P.unpack(message)
                 if kind != P.KIND_DETECTOR or ident != index:
                     raise P.ProtocolError("detector chunks out of order")
-                parts.append(bytes(payload))
+                receipt, chunk = P.unpack_detector_chunk(payload)
+                received += len(chunk)
+                if received > size:
+                    raise P.ProtocolError("more detector bytes than announced")
+                parts.append(chunk)
+                # the server sends the next chunks once it knows this one was read
+                self._ws.send(P.dumps({"type": "receipt", "receipt": receipt}))
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise RemoteError(f"fetching the keypoint detector from {self.url} failed "
-                              f"({describe_error(exc, 160)})") from None
+                              f"({P.printable(describe_error(exc, 160))})") from None
         blob = b"".join(parts)
         if P.digest(blob) != expected:
             raise RemoteError("the keypoint detector weights from the server do not match its digest (damaged "
@@ -417,8 +466,8 @@ class RemoteEngine:
 
 
 def open_session(url: str, hello: P.Hello, timeout: float):
-    """Connect and say hello: (websocket, the server's welcome). RemoteError (one line) when the server cannot be
-    reached, refuses the token or speaks another protocol."""
+    """Connect and say hello: (websocket, the server's checked welcome). RemoteError (one line) when the server
+    cannot be reached, refuses the token, speaks another protocol or sends a malformed welcome."""
     from websockets.sync.client import connect
 
     try:
@@ -429,19 +478,27 @@ def open_session(url: str, hello: P.Hello, timeout: float):
         raise RemoteError(f"cannot reach the render server at {url} ({describe_error(exc, 160)})") from None
     try:
         ws.send(hello.to_text())
-        reply = P.loads(ws.recv(timeout=timeout))
+        text = ws.recv(timeout=timeout)
+        if not isinstance(text, str):
+            raise P.ProtocolError("a binary message instead of the welcome")
+        reply = P.loads(text)
     except Exception as exc:  # noqa: BLE001
         ws.close()
         raise RemoteError(f"the render server at {url} did not answer the hello "
-                          f"({describe_error(exc, 160)})") from None
+                          f"({P.printable(describe_error(exc, 160))})") from None
     if reply["type"] == "error":
         ws.close()
         if reply.get("code") == "auth":
             raise RemoteError(f"the render server at {url} refused the token (check --token-file)")
-        raise RemoteError(f"the render server at {url} refused the connection: {reply.get('message')}")
-    if reply["type"] != "welcome" or reply.get("version") != P.PROTOCOL_VERSION:
+        raise RemoteError(f"the render server at {url} refused the connection: {P.printable(reply.get('message'))}")
+    if reply["type"] != "welcome":
         ws.close()
         raise RemoteError(f"{url} does not speak the live-avatar protocol version {P.PROTOCOL_VERSION}")
+    try:
+        reply = P.parse_welcome(reply)
+    except P.ProtocolError as exc:
+        ws.close()
+        raise RemoteError(f"the render server at {url} sent a malformed welcome: {exc}") from None
     return ws, reply
 
 

@@ -6,22 +6,31 @@ Text messages are JSON objects with a "type"; binary messages start with an 8-by
 
 followed by a payload that depends on the kind:
 
-    KEYPOINTS  client -> server  id = frame id; payload: avatar slot u16, K u16, K*2 float32 values, K*4 float32
-                                 jacobians (row-major 2x2) = 252 bytes in all for K=10 (fixed size per K)
-    FRAME      server -> client  id = frame id; payload: batch size u16, server render ms float32, image bytes
-                                 (JPEG, PNG or 16-bit PNG as asked in hello)
+    KEYPOINTS  client -> server  id = frame id; payload: avatar slot u16, K u16, receipt u32, K*2 float32 values,
+                                 K*4 float32 jacobians (row-major 2x2) = 256 bytes in all for K=10 (fixed size per K)
+    FRAME      server -> client  id = frame id; payload: batch size u16, server render ms float32, receipt u32,
+                                 image bytes (JPEG, PNG or 16-bit PNG as asked in hello, image_size x image_size)
     AVATAR     client -> server  id = avatar slot; payload: an encoded image (PNG/JPEG, at most MAX_AVATAR_BYTES)
-    DETECTOR   server -> client  id = chunk index; payload: a slice of the detector weights blob (see below)
+    DETECTOR   server -> client  id = chunk index; payload: receipt u32, a slice of the detector weights blob
 
 Conversation:
-    client: {"type": "hello", "version": 1, "token": "...", "format": "jpeg"|"png"|"png16", "quality": 90}
+    client: {"type": "hello", "version": 2, "token": "...", "format": "jpeg"|"png"|"png16", "quality": 90}
     server: {"type": "welcome", ...server facts: image_size, num_kp, config_hash, weights_id, detector_digest...}
             or {"type": "error", "code": "auth"|"version"|..., "message": "..."} and a close
-    client: {"type": "get_detector"}  (optional, once) -> {"type": "detector", "size", "chunks", "digest"} + chunks
+    client: {"type": "get_detector"}  (optional, once per connection) -> {"type": "detector", "size", "chunks",
+            "digest"} + chunks, each answered by {"type": "receipt", "receipt": r}
     client: AVATAR(slot) -> server: {"type": "avatar", "slot": n, "kp": {"value": [...], "jacobian": [...]}}
     client: KEYPOINTS(frame id, slot) ... -> server: FRAME(frame id) or {"type": "busy", "id": n} when the client
             has more than max_in_flight frames in flight on the server (the frame is dropped, not queued)
-Any malformed message gets {"type": "error", ...} and the connection is closed (code 1008, 1009 for too big).
+Any malformed message gets {"type": "error", ...} and the connection is closed (code 1008, 1009 for too big,
+1013 try again later, 1011 for anything unexpected on the server).
+A render that fails gets {"type": "error", "code": "render", "id": frame id, ...}; the connection stays.
+
+Flow control: every FRAME and DETECTOR message carries a random receipt; the client echoes the receipt of the newest
+one it has read (in each KEYPOINTS message, or {"type": "receipt", "receipt": r} while it reads detector chunks).
+Only a peer that has read a message can know its receipt, so the server knows how many of the bytes it sent are
+still unread and never lets that exceed MAX_UNREAD_BYTES per connection: the detector is sent as fast as the client
+reads it, and a peer that asks for frames while not reading them is dropped.
 
 The detector blob (weights without pickle): u32 header length | JSON header {"tensors": [[name, dtype, shape],
 ...]} | raw little-endian tensor bytes in header order. Its sha256 is the detector digest the server announces.
@@ -31,21 +40,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"LA"
 HEADER = struct.Struct("<2sBBI")
 KIND_KEYPOINTS, KIND_FRAME, KIND_AVATAR, KIND_DETECTOR = 1, 2, 3, 4
 KINDS = {KIND_KEYPOINTS: "keypoints", KIND_FRAME: "frame", KIND_AVATAR: "avatar", KIND_DETECTOR: "detector"}
-KP_PREFIX = struct.Struct("<HH")
-FRAME_PREFIX = struct.Struct("<Hf")
+KP_PREFIX = struct.Struct("<HHI")       # slot, K, receipt
+FRAME_PREFIX = struct.Struct("<HfI")    # batch size, render ms, receipt
+RECEIPT = struct.Struct("<I")
 
 MAX_AVATAR_BYTES = 10 * 1024 * 1024
+MAX_AVATAR_SIDE = 8192
+MIN_AVATAR_SIDE = 16
+MAX_AVATAR_DECODED_BYTES = 96 * 1024 * 1024  # decoded avatar (4096^2 RGB at 16 bits fits); refused from the header
+MAX_UNREAD_BYTES = 8 * 1024 * 1024  # per connection: sent but not yet confirmed read (a few frames, 8 detector chunks)
+MIN_JACOBIAN_DET = 1e-6            # |det| below this: the renderer's 2x2 inverse blows up (NaN frames)
 MAX_TEXT_BYTES = 4096              # control messages are small; a long one is an attack or a bug
 MAX_AVATARS = 16                   # avatar slots per connection (keys 1-9 need 9)
 MAX_KEYPOINTS = 64
@@ -89,22 +105,25 @@ def keypoints_size(num_kp: int) -> int:
     return HEADER.size + KP_PREFIX.size + num_kp * 6 * 4
 
 
-def pack_keypoints(frame_id: int, slot: int, value: np.ndarray, jacobian: np.ndarray) -> bytes:
-    """value [K,2] (or [1,K,2]), jacobian [K,2,2] (or [1,K,2,2]) -> a KEYPOINTS message."""
+def pack_keypoints(frame_id: int, slot: int, value: np.ndarray, jacobian: np.ndarray, receipt: int = 0) -> bytes:
+    """value [K,2] (or [1,K,2]), jacobian [K,2,2] (or [1,K,2,2]) -> a KEYPOINTS message; receipt: that of the
+    newest FRAME or DETECTOR message read (0 before any)."""
     value = np.asarray(value, dtype="<f4").reshape(-1, 2)
     num_kp = value.shape[0]
     jacobian = np.asarray(jacobian, dtype="<f4").reshape(num_kp, 2, 2)
-    return pack(KIND_KEYPOINTS, frame_id, KP_PREFIX.pack(slot, num_kp) + value.tobytes() + jacobian.tobytes())
+    return pack(KIND_KEYPOINTS, frame_id, KP_PREFIX.pack(slot, num_kp, receipt) + value.tobytes()
+                + jacobian.tobytes())
 
 
-def unpack_keypoints(payload: memoryview, num_kp: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """(slot, value [1,K,2], jacobian [1,K,2,2]) float32; ProtocolError unless exactly K finite keypoints."""
+def unpack_keypoints(payload: memoryview, num_kp: int) -> tuple[int, np.ndarray, np.ndarray, int]:
+    """(slot, value [1,K,2], jacobian [1,K,2,2], receipt) float32; ProtocolError unless exactly K finite keypoints
+    with invertible jacobians."""
     expected = keypoints_size(num_kp) - HEADER.size
     if len(payload) != expected:
         raise ProtocolError(f"keypoints message of {len(payload)} payload bytes, expected {expected} "
                             f"({num_kp} keypoints)", close_code=CLOSE_TOO_BIG if len(payload) > expected
                             else CLOSE_POLICY)
-    slot, count = KP_PREFIX.unpack_from(payload)
+    slot, count, receipt = KP_PREFIX.unpack_from(payload)
     if count != num_kp:
         raise ProtocolError(f"{count} keypoints sent, the server's model has {num_kp}")
     data = np.frombuffer(payload, dtype="<f4", offset=KP_PREFIX.size)
@@ -114,18 +133,34 @@ def unpack_keypoints(payload: memoryview, num_kp: int) -> tuple[int, np.ndarray,
         raise ProtocolError("keypoint values out of range (|x| > 1000)")
     value = data[:num_kp * 2].reshape(1, num_kp, 2).astype(np.float32)
     jacobian = data[num_kp * 2:].reshape(1, num_kp, 2, 2).astype(np.float32)
-    return slot, value, jacobian
+    det = (jacobian[..., 0, 0].astype(np.float64) * jacobian[..., 1, 1]
+           - jacobian[..., 0, 1].astype(np.float64) * jacobian[..., 1, 0])
+    if np.abs(det).min() < MIN_JACOBIAN_DET:
+        raise ProtocolError(f"singular keypoint jacobian (|det| = {np.abs(det).min():.2g} < {MIN_JACOBIAN_DET:g})")
+    return slot, value, jacobian, receipt
 
 
-def pack_frame(frame_id: int, image: bytes, batch_size: int, render_ms: float) -> bytes:
-    return pack(KIND_FRAME, frame_id, FRAME_PREFIX.pack(min(batch_size, 0xFFFF), render_ms) + image)
+def pack_frame(frame_id: int, image: bytes, batch_size: int, render_ms: float, receipt: int = 0) -> bytes:
+    return pack(KIND_FRAME, frame_id, FRAME_PREFIX.pack(min(batch_size, 0xFFFF), render_ms, receipt) + image)
 
 
-def unpack_frame(payload: memoryview) -> tuple[int, float, bytes]:
+def unpack_frame(payload: memoryview) -> tuple[int, float, int, bytes]:
+    """(batch size, server render ms, receipt, image bytes)."""
     if len(payload) < FRAME_PREFIX.size:
         raise ProtocolError("frame message too short")
-    batch, render_ms = FRAME_PREFIX.unpack_from(payload)
-    return batch, render_ms, bytes(payload[FRAME_PREFIX.size:])
+    batch, render_ms, receipt = FRAME_PREFIX.unpack_from(payload)
+    return batch, render_ms, receipt, bytes(payload[FRAME_PREFIX.size:])
+
+
+def pack_detector_chunk(index: int, chunk: bytes, receipt: int) -> bytes:
+    return pack(KIND_DETECTOR, index, RECEIPT.pack(receipt) + chunk)
+
+
+def unpack_detector_chunk(payload: memoryview) -> tuple[int, bytes]:
+    """(receipt, slice of the blob)."""
+    if len(payload) < RECEIPT.size:
+        raise ProtocolError("detector message too short")
+    return RECEIPT.unpack_from(payload)[0], bytes(payload[RECEIPT.size:])
 
 
 # --- images -----------------------------------------------------------------------------------------------------
@@ -148,12 +183,20 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes
     return data.tobytes()
 
 
-def decode_image(data: bytes, *, float_output: bool = False) -> np.ndarray:
-    """Encoded image -> RGB: uint8 HxWx3, or float32 in [0,1] (exact for 16-bit PNG) when float_output."""
+def decode_image(data: bytes, *, float_output: bool = False, **budget) -> np.ndarray:
+    """Encoded PNG or JPEG -> RGB: uint8 HxWx3, or float32 in [0,1] (exact for 16-bit PNG) when float_output.
+    The header is checked against `budget` (engines.image_header.check_header: max_side, min_side,
+    max_decoded_bytes, ...) before anything is decoded; ProtocolError("bad-image") when it fails."""
     import cv2
 
-    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None or array.ndim not in (2, 3):
+    from engines.image_header import ImageRejected, decode_checked
+
+    budget.setdefault("formats", ("png", "jpeg"))
+    try:
+        array, _ = decode_checked(np.frombuffer(data, dtype=np.uint8), **budget)
+    except ImageRejected as exc:
+        raise ProtocolError(f"not a readable image (PNG or JPEG expected): {exc}", code="bad-image") from None
+    if array.ndim not in (2, 3):
         raise ProtocolError("not a readable image (PNG or JPEG expected)", code="bad-image")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
@@ -165,7 +208,8 @@ def decode_image(data: bytes, *, float_output: bool = False) -> np.ndarray:
     scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
     if float_output:
         return rgb.astype(np.float32) / scale
-    return rgb if rgb.dtype == np.uint8 else (rgb.astype(np.float32) / scale * 255.0 + 0.5).astype(np.uint8)
+    # 16 -> 8 bits without float temporaries (a big 16-bit avatar would need several times its size)
+    return rgb if rgb.dtype == np.uint8 else cv2.convertScaleAbs(rgb, alpha=255.0 / 65535.0)
 
 
 # --- text messages ----------------------------------------------------------------------------------------------
@@ -179,15 +223,27 @@ def loads(text: str) -> dict:
                             close_code=CLOSE_TOO_BIG)
     try:
         message = json.loads(text)
-    except ValueError:
-        raise ProtocolError("control message is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: a few thousand nested brackets
+        raise ProtocolError("control message is not JSON (or nested too deeply)") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError('control message must be a JSON object with a "type"')
     return message
 
 
-def error_message(text: str, code: str = "malformed") -> str:
-    return dumps({"type": "error", "code": code, "message": text})
+def error_message(text: str, code: str = "malformed", **extra) -> str:
+    return dumps({"type": "error", "code": code, "message": text, **extra})
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.")
+
+
+def printable(text, limit: int = 200) -> str:
+    """Text from the peer made safe for a terminal line: escape sequences and control characters dropped,
+    whitespace runs folded, at most `limit` characters."""
+    text = _ESCAPES.sub("", str(text))
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -208,13 +264,46 @@ class Hello:
             raise ProtocolError(f"client speaks protocol version {message.get('version')!r}, the server "
                                 f"{PROTOCOL_VERSION}: update the older side", code="version")
         token, fmt, quality = message.get("token", ""), message.get("format", "jpeg"), message.get("quality", 90)
-        if not isinstance(token, str):
+        if not isinstance(token, str) or len(token) > 1024:
             raise ProtocolError("token must be a string", code="auth")
+        try:
+            token.encode("utf-8")  # a lone surrogate (JSON "\\ud800") parses, but is no UTF-8 text
+        except UnicodeEncodeError:
+            raise ProtocolError("token is not valid UTF-8 text", code="auth") from None
         if fmt not in FORMATS:
             raise ProtocolError(f"unknown frame format {fmt!r}; one of {', '.join(FORMATS)}")
         if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
             raise ProtocolError("quality must be an integer 1..100")
         return cls(token=token, fmt=fmt, quality=quality)
+
+
+# What the client needs from the welcome, with the type each field must have (the server may send more)
+WELCOME_FIELDS = {"version": int, "engine": str, "device": str, "image_size": int, "num_kp": int,
+                  "config_hash": str, "weights_id": str, "detector_digest": str, "detector_bytes": int}
+MAX_DETECTOR_BYTES = 256 * 1024 * 1024  # the vox detector is ~57 MB
+
+
+def parse_welcome(message: dict) -> dict:
+    """The server's welcome with every field the client uses checked (type, range); ProtocolError naming the first
+    field that is missing or wrong. Texts the client prints are made printable."""
+    for name, kind in WELCOME_FIELDS.items():
+        value = message.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProtocolError(f"welcome without a valid {name!r} ({kind.__name__} expected)")
+    if message["version"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"server speaks protocol version {message['version']}, this client "
+                            f"{PROTOCOL_VERSION}: update the older side", code="version")
+    if not 16 <= message["image_size"] <= 2048 or not 1 <= message["num_kp"] <= MAX_KEYPOINTS:
+        raise ProtocolError(f"welcome with an impossible model ({message['image_size']} px, "
+                            f"{message['num_kp']} keypoints)")
+    if not re.fullmatch(r"[0-9a-f]{64}", message["detector_digest"]):
+        raise ProtocolError("welcome with a detector digest that is no sha256")
+    if not 0 < message["detector_bytes"] <= MAX_DETECTOR_BYTES:
+        raise ProtocolError(f"welcome announcing {message['detector_bytes']:,} bytes of detector weights")
+    welcome = dict(message)
+    for name in ("engine", "device", "config_hash", "weights_id"):
+        welcome[name] = printable(message[name], 120)
+    return welcome
 
 
 # --- detector weights without pickle ----------------------------------------------------------------------------

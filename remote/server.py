@@ -20,7 +20,8 @@ import threading
 from pathlib import Path
 
 from remote import protocol as P
-from remote.service import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_MAX_CLIENTS, read_token
+from remote.service import (DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_MAX_CLIENTS,
+                            DEFAULT_MAX_UNAUTHENTICATED, read_token)
 
 
 def deployment(settings: dict):
@@ -29,7 +30,10 @@ def deployment(settings: dict):
 
     return AvatarRenderer.options(
         num_replicas=int(settings.get("replicas", 1)),
-        max_ongoing_requests=int(settings.get("max_clients", DEFAULT_MAX_CLIENTS)),
+        # Serve's own cap sits above the service's two (clients, peers still to say hello): a silent peer beyond its
+        # cap is closed at once instead of queueing in front of a real client; +4 for /healthz
+        max_ongoing_requests=int(settings.get("max_clients", DEFAULT_MAX_CLIENTS))
+        + int(settings.get("max_unauthenticated", DEFAULT_MAX_UNAUTHENTICATED)) + 4,
         ray_actor_options={"num_cpus": float(settings.get("replica_cpus", 1)),
                            "num_gpus": float(settings.get("num_gpus", 0))}).bind(settings)
 
@@ -104,6 +108,17 @@ def _settings(args) -> dict:
             "replica_cpus": max(1, args.num_cpus // max(1, args.replicas))}
 
 
+def _private_ray_token() -> None:
+    """ray.init writes the cluster token to ~/.ray/auth_token with the default umask (often world-readable): that
+    token is what protects the one Ray port that listens beyond loopback, so keep it to this user."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as exc:
+        print(f"notice: could not make {path} private ({exc.strerror or exc})", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:  # at once, before torch loads
         from engines.version import version_line
@@ -119,6 +134,10 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a render box
+    # This Ray is a single local node: its node address is loopback, so GCS, raylet, workers, the dashboard
+    # agent, the runtime-env agent and the metrics ports all listen on 127.0.0.1 (Ray's own switch for local-only
+    # clusters); only the Serve proxy listens on --host. Ray's token authentication stays on.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
     from ray import serve
 
@@ -126,8 +145,10 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     repo = str(Path(__file__).resolve().parents[1])  # the replicas import engines/ and remote/ from here
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True,
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": repo, "RAY_USAGE_STATS_ENABLED": "0"}})
+    _private_ray_token()
     try:
         serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"enable_access_log": False})
         serve.run(deployment(settings), name="live-avatar", route_prefix="/", blocking=False)

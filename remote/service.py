@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import secrets
 import sys
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
+from itertools import count
 
 import numpy as np
 
@@ -17,8 +19,12 @@ from remote import protocol as P
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_WAIT_MS = 4.0
 DEFAULT_MAX_IN_FLIGHT = 4       # per connection; the client keeps at most 2
-DEFAULT_MAX_CLIENTS = 64        # per replica
-HELLO_TIMEOUT_S = 10.0
+DEFAULT_MAX_CLIENTS = 64        # per replica: connections that said hello
+DEFAULT_MAX_UNAUTHENTICATED = 16  # per replica: connections still waiting for their hello (counted apart)
+HELLO_TIMEOUT_S = 3.0           # a real client says hello at once; a silent peer frees its slot quickly
+AVATAR_DECODES = 2              # avatar images decoded at once per replica (each within MAX_AVATAR_DECODED_BYTES)
+CLOSE_TRY_AGAIN = 1013          # RFC 6455: try again later
+CLOSE_INTERNAL = 1011
 
 
 def read_token(path) -> str:
@@ -58,7 +64,14 @@ class RenderService:
         self.num_kp = self.engine.config.num_kp
         blob = P.detector_blob(self.engine.kp_detector)
         self.detector_blob, self.detector_digest = blob, P.digest(blob)
-        self.connections = 0
+        self.max_clients = int(settings.get("max_clients", DEFAULT_MAX_CLIENTS))
+        self.max_unauthenticated = int(settings.get("max_unauthenticated", DEFAULT_MAX_UNAUTHENTICATED))
+        self.hello_timeout = float(settings.get("hello_timeout", HELLO_TIMEOUT_S))
+        self.max_unread = int(settings.get("max_unread_bytes", P.MAX_UNREAD_BYTES))
+        self.connections = 0            # every open connection
+        self._waiting: OrderedDict[int, asyncio.Event] = OrderedDict()  # no hello yet, oldest first
+        self._ids = count()
+        self._avatar_decodes = None     # asyncio.Semaphore, made on the event loop
         self.frames = 0
         self.batches: Counter = Counter()
         self._torch = torch
@@ -74,7 +87,8 @@ class RenderService:
                 "max_avatars": P.MAX_AVATARS}
 
     def health(self) -> dict:
-        return {"connections": self.connections, "frames": self.frames, "engine": self.engine.name,
+        return {"connections": self.connections, "waiting_hello": self.waiting_hello, "frames": self.frames,
+                "engine": self.engine.name,
                 "torch_threads": self._torch.get_num_threads(),
                 "batches": {str(k): v for k, v in sorted(self.batches.items())}}
 
@@ -82,15 +96,15 @@ class RenderService:
     def encode_avatar(self, data: bytes):
         from engines.image import to_model_input
 
-        rgb = P.decode_image(data)
-        if min(rgb.shape[:2]) < 16 or max(rgb.shape[:2]) > 8192:
-            raise P.ProtocolError(f"avatar image of {rgb.shape[1]}x{rgb.shape[0]} pixels (16..8192 allowed)",
-                                  code="bad-image")
+        # the header is checked (16..8192 px per side, decoded size) before a single pixel is decoded
+        rgb = P.decode_image(data, min_side=P.MIN_AVATAR_SIDE, max_side=P.MAX_AVATAR_SIDE,
+                             max_decoded_bytes=P.MAX_AVATAR_DECODED_BYTES)
         size = self.engine.image_size
         return self.engine.encode(to_model_input(rgb, size, self.engine.device))
 
     def render_batch(self, requests: list) -> list:
-        """[(state, value, jacobian, fmt, quality)] -> [(image bytes, batch size, render ms)]."""
+        """[(state, value, jacobian, fmt, quality)] -> [(image bytes, batch size, render ms)]; image None for a
+        frame that came out non-finite."""
         from engines.batch import render_batch
         from engines.keypoints import Keypoints
 
@@ -106,42 +120,69 @@ class RenderService:
         self.frames += len(requests)
         out = []
         for frame, (_, _, _, fmt, quality) in zip(frames, requests):
+            if not np.isfinite(frame).all():  # never sent: a NaN frame would arrive as a black one
+                out.append((None, len(requests), render_ms))
+                continue
             rgb = frame if fmt == "png16" else (frame * 255.0 + 0.5).astype(np.uint8)
             out.append((P.encode_image(rgb, fmt, quality), len(requests), render_ms))
         return out
 
+    @property
+    def waiting_hello(self) -> int:
+        return len(self._waiting)
+
+    async def _hello(self, ws, key: int) -> dict:
+        """The first message, within the hello deadline. Peers that have not said hello are capped apart from the
+        clients: when the cap is reached the one that has waited longest is dropped, so a newcomer (a real client
+        says hello at once) always gets its turn, however many silent peers keep connecting."""
+        evicted = self._waiting[key] = asyncio.Event()
+        if len(self._waiting) > self.max_unauthenticated:
+            self._waiting.popitem(last=False)[1].set()
+        receive = asyncio.ensure_future(ws.receive())
+        evict = asyncio.ensure_future(evicted.wait())
+        try:
+            await asyncio.wait({receive, evict}, timeout=self.hello_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            evict.cancel()
+            self._waiting.pop(key, None)
+        if receive.done():
+            return receive.result()
+        receive.cancel()
+        if evicted.is_set():
+            raise P.ProtocolError(f"more than {self.max_unauthenticated} connections waiting to say hello; the "
+                                  "longest waiting is dropped", code="busy", close_code=CLOSE_TRY_AGAIN)
+        raise P.ProtocolError(f"no hello within {self.hello_timeout:g} s")
+
     # --- one connection ---------------------------------------------------------------------------------------
     async def serve_connection(self, ws, render) -> None:
         """The protocol on one accepted Starlette WebSocket; `render(request)` is the batched render coroutine."""
-        send_lock = asyncio.Lock()
+        out = Outbox(ws, self.max_unread)
         in_flight: set[asyncio.Task] = set()
         slots: dict[int, object] = {}
+        detector: asyncio.Task | None = None
         self.connections += 1
-
-        async def send(data) -> None:
-            async with send_lock:  # several frame tasks answer on one socket
-                if isinstance(data, str):
-                    await ws.send_text(data)
-                else:
-                    await ws.send_bytes(data)
+        if self._avatar_decodes is None:
+            self._avatar_decodes = asyncio.Semaphore(AVATAR_DECODES)
 
         async def answer(frame_id: int, request) -> None:
             try:
                 image, batch, render_ms = await render(request)
-                await send(P.pack_frame(frame_id, image, batch, render_ms))
+                if image is None:
+                    await out.text(P.error_message("render produced non-finite values; frame not sent", "render",
+                                                   id=frame_id))
+                else:
+                    await out.binary(lambda receipt: P.pack_frame(frame_id, image, batch, render_ms, receipt))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the client hears why; the server goes on
                 try:
-                    await send(P.error_message(f"render failed: {type(exc).__name__}: {exc}", "render"))
+                    await out.text(P.error_message(P.printable(f"render failed: {type(exc).__name__}: {exc}"),
+                                                   "render", id=frame_id))
                 except Exception:  # noqa: BLE001 - the client is gone
                     pass
 
         try:
-            try:
-                first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                raise P.ProtocolError(f"no hello within {HELLO_TIMEOUT_S:.0f} s") from None
+            first = await self._hello(ws, next(self._ids))
             if first.get("type") == "websocket.disconnect":
                 return
             if first.get("text") is None:
@@ -149,15 +190,22 @@ class RenderService:
             hello = P.Hello.parse(P.loads(first["text"]))
             if self.token and not hmac.compare_digest(hello.token.encode(), self.token.encode()):
                 raise P.ProtocolError("wrong or missing token (see --token-file)", code="auth")
-            await send(P.dumps(self.welcome()))
+            if self.connections - self.waiting_hello > self.max_clients:
+                raise P.ProtocolError(f"the server has its {self.max_clients} clients; try again later",
+                                      code="busy", close_code=CLOSE_TRY_AGAIN)
+            await out.text(P.dumps(self.welcome()))
             while True:
                 message = await ws.receive()
                 if message.get("type") == "websocket.disconnect":
                     return
                 if message.get("text") is not None:
                     request = P.loads(message["text"])
-                    if request["type"] == "get_detector":
-                        await self._send_detector(send)
+                    if request["type"] == "receipt":
+                        out.confirm(request.get("receipt"))
+                    elif request["type"] == "get_detector":
+                        if detector is not None:
+                            raise P.ProtocolError("the detector weights were already sent on this connection")
+                        detector = asyncio.create_task(self._send_detector(out))
                     else:
                         raise P.ProtocolError(f"unknown control message {request['type']!r}")
                     continue
@@ -167,49 +215,122 @@ class RenderService:
                                           "avatar image)", code="too-big", close_code=P.CLOSE_TOO_BIG)
                 kind, ident, payload = P.unpack(data)
                 if kind == P.KIND_KEYPOINTS:
-                    slot, value, jacobian = P.unpack_keypoints(payload, self.num_kp)
+                    slot, value, jacobian, receipt = P.unpack_keypoints(payload, self.num_kp)
+                    out.confirm(receipt)
+                    out.check_reading()
                     if slot not in slots:
                         raise P.ProtocolError(f"frame for avatar slot {slot}, which was not uploaded")
                     if len(in_flight) >= self.max_in_flight:
-                        await send(P.dumps({"type": "busy", "id": ident}))  # dropped, not queued
+                        await out.text(P.dumps({"type": "busy", "id": ident}))  # dropped, not queued
                         continue
                     task = asyncio.create_task(answer(ident, (slots[slot], value, jacobian, hello.fmt,
                                                               hello.quality)))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 elif kind == P.KIND_AVATAR:
+                    out.check_reading()
                     if ident >= P.MAX_AVATARS:
                         raise P.ProtocolError(f"avatar slot {ident} (0..{P.MAX_AVATARS - 1} allowed)")
-                    state = await asyncio.to_thread(self.encode_avatar, bytes(payload))
+                    async with self._avatar_decodes:
+                        state = await asyncio.to_thread(self.encode_avatar, bytes(payload))
                     slots[ident] = state
-                    await send(P.dumps({"type": "avatar", "slot": ident,
-                                        "kp": {"value": state.kp.value.cpu().reshape(-1).tolist(),
-                                               "jacobian": state.kp.jacobian.cpu().reshape(-1).tolist()}}))
+                    await out.text(P.dumps({"type": "avatar", "slot": ident,
+                                            "kp": {"value": state.kp.value.cpu().reshape(-1).tolist(),
+                                                   "jacobian": state.kp.jacobian.cpu().reshape(-1).tolist()}}))
                 else:
                     raise P.ProtocolError(f"{P.KINDS[kind]} messages only go from the server to the client")
         except P.ProtocolError as exc:
-            await self._refuse(ws, send, exc)
-        except Exception as exc:  # noqa: BLE001 - disconnects and anything unexpected end this connection only
+            await self._refuse(ws, out, exc)
+        except Exception as exc:  # noqa: BLE001 - anything unexpected ends this connection only, with a reason
             if type(exc).__name__ not in ("WebSocketDisconnect", "ClientDisconnected", "CancelledError"):
-                print(f"connection ended: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                print(f"connection ended: {type(exc).__name__}: {P.printable(exc)}", file=sys.stderr, flush=True)
+                await self._refuse(ws, out, P.ProtocolError(f"the server could not handle a message "
+                                                            f"({type(exc).__name__})", code="internal",
+                                                            close_code=CLOSE_INTERNAL))
         finally:
-            for task in list(in_flight):
+            for task in [*in_flight, *([detector] if detector is not None else [])]:
                 task.cancel()
             slots.clear()  # the avatar states die with the connection
             self.connections -= 1
 
-    async def _send_detector(self, send) -> None:
+    async def _send_detector(self, out: "Outbox") -> None:
+        """The detector blob in chunks, each sent only when the unread bytes leave room for it: a peer that stops
+        reading stops the transfer (it costs at most MAX_UNREAD_BYTES), one that reads gets it at full speed."""
         blob, size = self.detector_blob, P.DETECTOR_CHUNK_BYTES
         chunks = (len(blob) + size - 1) // size
-        await send(P.dumps({"type": "detector", "digest": self.detector_digest, "size": len(blob),
-                            "chunks": chunks}))
-        for index in range(chunks):
-            await send(P.pack(P.KIND_DETECTOR, index, blob[index * size:(index + 1) * size]))
+        try:
+            await out.text(P.dumps({"type": "detector", "digest": self.detector_digest, "size": len(blob),
+                                    "chunks": chunks}))
+            for index in range(chunks):
+                chunk = blob[index * size:(index + 1) * size]
+                await out.room_for(len(chunk))
+                await out.binary(lambda receipt: P.pack_detector_chunk(index, chunk, receipt))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the connection is gone; its handler cleans up
+            pass
 
     @staticmethod
-    async def _refuse(ws, send, exc: "P.ProtocolError") -> None:
+    async def _refuse(ws, out: "Outbox", exc: "P.ProtocolError") -> None:
         try:
-            await send(P.error_message(str(exc), exc.code))
+            await out.text(P.error_message(P.printable(exc, 300), exc.code))
             await ws.close(code=exc.close_code, reason=exc.code)
         except Exception:  # noqa: BLE001 - the client may be gone already
             pass
+
+
+class Outbox:
+    """One connection's sending side: one message at a time, and a count of the bytes the peer has not confirmed
+    reading. Every binary message carries a fresh random receipt; the peer echoes the newest one it read, which
+    confirms that message and everything sent before it (the stream is ordered)."""
+
+    def __init__(self, ws, limit: int = P.MAX_UNREAD_BYTES):
+        self.ws, self.limit = ws, limit
+        self.sent = 0                    # bytes sent on this connection
+        self.confirmed = 0               # of those, confirmed read
+        self._pending: deque = deque()   # (receipt, self.sent after it) of unconfirmed binary messages
+        self._last = 0                   # the newest confirmed receipt (echoed again until a newer one is read)
+        self._lock = asyncio.Lock()      # several frame tasks answer on one socket
+        self._progress = asyncio.Event()
+
+    @property
+    def unread(self) -> int:
+        return self.sent - self.confirmed
+
+    async def text(self, text: str) -> None:
+        async with self._lock:
+            self.sent += len(text)
+            await self.ws.send_text(text)
+
+    async def binary(self, make) -> None:
+        """Send make(receipt): the receipt is registered before the message leaves, so a quick echo is known."""
+        async with self._lock:
+            receipt = secrets.randbits(32) or 1
+            data = make(receipt)
+            self.sent += len(data)
+            self._pending.append((receipt, self.sent))
+            await self.ws.send_bytes(data)
+
+    def confirm(self, receipt) -> None:
+        if receipt in (0, self._last):
+            return
+        for index, (known, end) in enumerate(self._pending):
+            if known == receipt:
+                for _ in range(index + 1):
+                    self._pending.popleft()
+                self._last, self.confirmed = receipt, end
+                self._progress.set()
+                return
+        raise P.ProtocolError("receipt of a message this server did not send (or already confirmed)")
+
+    def check_reading(self) -> None:
+        """A peer that keeps asking while it leaves more than the limit unread is dropped."""
+        if self.unread > self.limit:
+            raise P.ProtocolError(f"the client does not read what it is sent ({self.unread:,} bytes unread, "
+                                  f"limit {self.limit:,})", code="slow-reader")
+
+    async def room_for(self, size: int) -> None:
+        """Wait until `size` more bytes keep the unread ones within the limit (always true on an idle line)."""
+        while self.unread and self.unread + size > self.limit:
+            self._progress.clear()
+            await self._progress.wait()

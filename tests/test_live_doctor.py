@@ -241,7 +241,8 @@ def fake_server():
             ws.send(json.dumps({"type": "error", "code": "auth", "message": "bad token"}))
             return
         ws.send(json.dumps({"type": "welcome", "version": P.PROTOCOL_VERSION, "engine": "tensorrt-fp16",
-                            "device": "NVIDIA H100"}))
+                            "device": "NVIDIA H100", "image_size": 256, "num_kp": 10, "config_hash": "c" * 16,
+                            "weights_id": "w" * 16, "detector_digest": "d" * 64, "detector_bytes": 1 << 20}))
         try:
             ws.recv(timeout=5)
         except Exception:  # noqa: BLE001 - the doctor closes at once

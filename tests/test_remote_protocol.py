@@ -8,18 +8,19 @@ import pytest
 import torch
 
 from remote import protocol as P
+from tests.test_image_header import png_declaring
 
 
 def test_keypoints_round_trip_and_size():
     rng = np.random.default_rng(0)
     value = rng.uniform(-1, 1, (1, 10, 2)).astype(np.float32)
     jacobian = rng.normal(size=(1, 10, 2, 2)).astype(np.float32)
-    message = P.pack_keypoints(7, 3, value, jacobian)
-    assert len(message) == P.keypoints_size(10) == 252  # "~240 bytes" per frame
+    message = P.pack_keypoints(7, 3, value, jacobian, receipt=0xDEADBEEF)
+    assert len(message) == P.keypoints_size(10) == 256  # "~250 bytes" per frame
     kind, ident, payload = P.unpack(message)
     assert (kind, ident) == (P.KIND_KEYPOINTS, 7)
-    slot, v, j = P.unpack_keypoints(payload, 10)
-    assert slot == 3 and np.array_equal(v, value) and np.array_equal(j, jacobian)
+    slot, v, j, receipt = P.unpack_keypoints(payload, 10)
+    assert slot == 3 and np.array_equal(v, value) and np.array_equal(j, jacobian) and receipt == 0xDEADBEEF
 
 
 @pytest.mark.parametrize("mutate, match", [
@@ -33,7 +34,7 @@ def test_keypoints_round_trip_and_size():
     (lambda m: m[:3], "shorter than"),
 ])
 def test_malformed_keypoints_are_refused(mutate, match):
-    good = P.pack_keypoints(1, 0, np.zeros((10, 2)), np.zeros((10, 2, 2)))
+    good = P.pack_keypoints(1, 0, np.zeros((10, 2)), np.tile(np.eye(2), (10, 1, 1)))
     with pytest.raises(P.ProtocolError, match=match):
         kind, _, payload = P.unpack(mutate(good))
         P.unpack_keypoints(payload, 10)
@@ -64,11 +65,12 @@ def test_invalid_image_is_a_protocol_error():
 def test_hello_validation():
     hello = P.Hello.parse(json.loads(P.Hello(token="t0ken-123", fmt="png16", quality=80).to_text()))
     assert (hello.token, hello.fmt, hello.quality) == ("t0ken-123", "png16", 80)
+    v = P.PROTOCOL_VERSION
     for bad, match in [({"type": "frame"}, "first message"),
                        ({"type": "hello", "version": 99}, "protocol version"),
-                       ({"type": "hello", "version": 1, "format": "gif"}, "unknown frame format"),
-                       ({"type": "hello", "version": 1, "quality": 0}, "quality"),
-                       ({"type": "hello", "version": 1, "token": 5}, "token")]:
+                       ({"type": "hello", "version": v, "format": "gif"}, "unknown frame format"),
+                       ({"type": "hello", "version": v, "quality": 0}, "quality"),
+                       ({"type": "hello", "version": v, "token": 5}, "token")]:
         with pytest.raises(P.ProtocolError, match=match):
             P.Hello.parse(bad)
     with pytest.raises(P.ProtocolError, match="not JSON"):
@@ -102,3 +104,112 @@ def test_remote_engine_refuses_bad_urls():
     for bad in ("http://x:1", "gpu:8765", "ws://"):
         with pytest.raises(RemoteError, match="expected ws://"):
             check_url(bad)
+
+
+# --- hostile input -------------------------------------------------------------------------------------------------
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def test_singular_jacobians_are_refused():
+    jacobian = np.tile(np.eye(2), (10, 1, 1))
+    jacobian[3] = [[1.0, 2.0], [0.5, 1.0]]  # det 0: the renderer's 2x2 inverse would give NaN frames
+    with pytest.raises(P.ProtocolError, match="singular"):
+        P.unpack_keypoints(P.unpack(P.pack_keypoints(1, 0, np.zeros((10, 2)), jacobian))[2], 10)
+    with pytest.raises(P.ProtocolError, match="singular"):
+        P.unpack_keypoints(P.unpack(P.pack_keypoints(1, 0, np.zeros((10, 2)), np.zeros((10, 2, 2))))[2], 10)
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 2040 + "]" * 2040,                                    # RecursionError in json, within 4 KB
+    '{"type": ' + "[" * 2000 + "]" * 2000 + "}",
+])
+def test_deeply_nested_json_is_a_protocol_error(text):
+    with pytest.raises(P.ProtocolError, match="not JSON"):
+        P.loads(text)
+
+
+def test_lone_surrogate_token_is_refused_as_auth():
+    message = P.loads('{"type": "hello", "version": %d, "token": "\\ud800"}' % P.PROTOCOL_VERSION)
+    with pytest.raises(P.ProtocolError) as error:
+        P.Hello.parse(message)
+    assert error.value.code == "auth"
+
+
+AVATAR_BUDGET = dict(min_side=P.MIN_AVATAR_SIDE, max_side=P.MAX_AVATAR_SIDE,
+                     max_decoded_bytes=P.MAX_AVATAR_DECODED_BYTES)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: png_declaring(20000, 20000), "too large"),                     # 20000^2 RGB: 1.2 GB decoded
+    (lambda: png_declaring(6000, 6000, depth=16), "MiB decoded"),           # 16 bit, sides allowed: 206 MiB
+    (lambda: png_declaring(8, 8), "too small"),
+    (lambda: b"", "empty"),
+    (lambda: b"v/1\x01" + b"\0" * 64, "not a PNG"),                         # OpenEXR magic
+    (lambda: __import__("cv2").imencode(".bmp", np.zeros((32, 32, 3), np.uint8))[1].tobytes(),
+     "not accepted"),                                                       # a BMP: PNG/JPEG only on the wire
+])
+def test_avatar_bombs_and_foreign_formats_are_refused_from_the_header(make, match):
+    data = make()
+    assert len(data) < 1_000_000
+    before, start = _rss(), __import__("time").perf_counter()
+    with pytest.raises(P.ProtocolError, match=match) as error:
+        P.decode_image(data, **AVATAR_BUDGET)
+    assert error.value.code == "bad-image"
+    assert __import__("time").perf_counter() - start < 0.5
+    assert _rss() - before < 20 * 2**20   # nothing was decoded
+
+
+def test_16_bit_avatar_is_converted_without_float_copies():
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 65536, (1024, 1024, 3), dtype=np.uint16)
+    import cv2
+
+    ok, data = cv2.imencode(".png", big, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    rgb = P.decode_image(data.tobytes(), **AVATAR_BUDGET)
+    assert rgb.dtype == np.uint8 and rgb.shape == (1024, 1024, 3)
+    expected = np.round(big[..., ::-1] / 257.0)
+    assert np.abs(rgb.astype(np.float64) - expected).max() <= 1
+
+
+def test_frames_are_checked_against_the_agreed_size_before_decoding():
+    frame = P.encode_image(np.zeros((256, 256, 3), np.uint8), "jpeg")
+    assert P.decode_image(frame, float_output=True, min_side=256, max_side=256, formats=("jpeg",)).shape == \
+        (256, 256, 3)
+    for data, fmt, match in [(png_declaring(12000, 12000), "png", "too large"),   # 0.4 KB, 1.6 GB as float
+                             (P.encode_image(np.zeros((128, 128, 3), np.uint8), "jpeg"), "jpeg", "too small"),
+                             (P.encode_image(np.zeros((256, 256, 3), np.uint8), "png"), "jpeg", "not accepted"),
+                             (b"GIF89a" + b"\0" * 30, "jpeg", "not a PNG")]:
+        before = _rss()
+        with pytest.raises(P.ProtocolError, match=match):
+            P.decode_image(data, float_output=True, min_side=256, max_side=256, formats=(fmt,))
+        assert _rss() - before < 20 * 2**20
+
+
+def test_printable_strips_escapes_and_control_characters_and_cuts():
+    hostile = "\x1b[2J\x1b[31mred\x1b[0m\x07 bell\r\nnew line\x1b]0;title\x07 " + "x" * 3000
+    text = P.printable(hostile)
+    assert len(text) <= 200 and text.startswith("red bell new line")
+    assert all(c.isprintable() for c in text) and "\x1b" not in text and text.endswith("...")
+    assert P.printable(None) == "None" and P.printable("fine") == "fine"
+
+
+def _welcome(**changes) -> dict:
+    welcome = {"type": "welcome", "version": P.PROTOCOL_VERSION, "engine": "cpu-fp32", "device": "cpu",
+               "image_size": 256, "num_kp": 10, "config_hash": "abc", "weights_id": "w", "detector_digest": "0" * 64,
+               "detector_bytes": 57_000_000}
+    welcome.update(changes)
+    return {k: v for k, v in welcome.items() if v is not ...}
+
+
+def test_welcome_fields_are_type_checked():
+    assert P.parse_welcome(_welcome(engine="\x1b[31mcpu"))["engine"] == "cpu"
+    for changes, match in [(dict(image_size=...), "image_size"), (dict(image_size="256"), "image_size"),
+                           (dict(num_kp=True), "num_kp"), (dict(detector_digest=None), "detector_digest"),
+                           (dict(detector_digest="zz"), "sha256"), (dict(image_size=10**9), "impossible"),
+                           (dict(detector_bytes=10**12), "detector weights"), (dict(version=1), "version"),
+                           (dict(engine=["x"]), "engine")]:
+        with pytest.raises(P.ProtocolError, match=match):
+            P.parse_welcome(_welcome(**changes))

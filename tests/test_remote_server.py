@@ -33,6 +33,7 @@ from remote import protocol as P  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TOKEN = "test-token-0123456789"
+IDENTITY = np.tile(np.eye(2, dtype=np.float32), (10, 1, 1))  # invertible jacobians: refused only for what is tested
 START_TIMEOUT_S = 120
 
 
@@ -292,7 +293,7 @@ def test_malformed_and_oversized_messages_close_only_that_connection(server, cac
          P.CLOSE_TOO_BIG),
         (lambda ws: ws.send(P.pack(P.KIND_AVATAR, 0, b"\x89PNG\r\n\x1a\n" + b"junk" * 100)), "bad-image",
          P.CLOSE_POLICY),
-        (lambda ws: ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), np.zeros((10, 2, 2)))), "malformed",
+        (lambda ws: ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), IDENTITY)), "malformed",
          P.CLOSE_POLICY),                                                 # frame for an avatar never uploaded
         (lambda ws: ws.send(P.pack(P.KIND_KEYPOINTS, 1, b"\0" * 400)), "malformed", P.CLOSE_TOO_BIG),
         (lambda ws: ws.send(P.pack(P.KIND_FRAME, 1, b"\0" * 10)), "malformed", P.CLOSE_POLICY),
@@ -303,7 +304,7 @@ def test_malformed_and_oversized_messages_close_only_that_connection(server, cac
         _expect_refusal(ws, code, close_code)
         ws.close()
     ws = _raw(server, hello=False)  # binary before the hello
-    ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), np.zeros((10, 2, 2))))
+    ws.send(P.pack_keypoints(1, 0, np.zeros((10, 2)), IDENTITY))
     _expect_refusal(ws, "malformed", P.CLOSE_POLICY)
     ws.close()
     # the server still serves the connection that behaved
@@ -344,6 +345,100 @@ def test_closed_connections_free_their_state(server, cache, clip):
     while server.health()["connections"] != baseline and time.monotonic() < deadline:
         time.sleep(0.2)
     assert server.health()["connections"] == baseline
+
+
+def _server_processes(server):
+    import psutil
+
+    root = psutil.Process(server.process.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _server_rss(server) -> int:
+    import psutil
+
+    total = 0
+    for process in _server_processes(server):
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def test_ray_listens_on_loopback_but_for_the_replicas_token_checked_grpc_port(server):
+    """--host 127.0.0.1: GCS, raylet, workers, agents, metrics and the Serve proxy listen on loopback. What Ray
+    2.60 does not let us bind, the Serve replica's inter-deployment gRPC server ("[::]:0" in its source), refuses
+    calls without Ray's cluster token."""
+    import ipaddress
+
+    import grpc
+    import psutil
+
+    names = {}
+    for process in _server_processes(server):
+        try:
+            names[process.pid] = process.name()
+        except psutil.NoSuchProcess:
+            pass
+    listeners = sorted({(c.laddr.ip, c.laddr.port, names[c.pid]) for c in psutil.net_connections("inet")
+                        if c.status == psutil.CONN_LISTEN and c.pid in names})
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+    assert ("127.0.0.1", server.port, "ray::ProxyActor") in listeners
+    exposed = [item for item in listeners if not loopback(item[0])]
+    print(f"{len(listeners)} listeners, {len(listeners) - len(exposed)} on loopback; beyond it: {exposed}")
+    assert len(exposed) <= 1 and all("ServeReplica" in name for _, _, name in exposed), exposed
+    for _, port, _ in exposed:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_client_that_never_reads_costs_a_bounded_amount_of_memory(server):
+    """25 get_detector requests (57 MB each) from a client that stops reading: once per connection, and never more
+    than the unread limit queued."""
+    base = _server_rss(server)
+    # max_queue=1: the client library stops reading the socket once one message waits: a peer that does not read
+    ws = websockets_sync.connect(server.url, max_size=2 ** 24, open_timeout=10, max_queue=1).__enter__()
+    try:
+        ws.send(P.Hello(token=TOKEN).to_text())
+        ws.send(json.dumps({"type": "get_detector"}))
+        time.sleep(4)               # the transfer stops at the unread limit
+        paced = _server_rss(server) - base
+        for _ in range(24):         # the audit's 25 requests in all: refused, the connection closed
+            ws.send(json.dumps({"type": "get_detector"}))
+        time.sleep(3)
+        during = _server_rss(server) - base
+    finally:
+        ws.close()
+    time.sleep(3)
+    after = _server_rss(server) - base
+    print(f"non-reading client, 25 get_detector: server RSS +{paced / 2**20:.0f} MiB after the first, "
+          f"+{during / 2**20:.0f} MiB after all, +{after / 2**20:.0f} MiB 3 s after it closed")
+    assert paced < 200 * 2**20 and during < 200 * 2**20 and after < 200 * 2**20
+    deadline = time.monotonic() + 10
+    while server.health()["connections"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.health()["connections"] == 0
+
+
+def test_silent_peers_do_not_starve_a_real_client(server):
+    silent = [websockets_sync.connect(server.url, open_timeout=10).__enter__() for _ in range(64)]
+    try:
+        start = time.monotonic()
+        ws = _raw(server)    # hello -> welcome
+        took = time.monotonic() - start
+        ws.close()
+    finally:
+        for peer in silent:
+            peer.close()
+    print(f"real client behind 64 silent peers: welcome after {took:.2f} s")
+    assert took < 3.0
 
 
 def test_run_live_two_concurrent_clients_write_12_frames(server, tmp_path, clip):

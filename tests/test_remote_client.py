@@ -1,0 +1,228 @@
+"""remote.client.RemoteEngine against a lying server: a small `websockets` server on 127.0.0.1 in a thread follows a
+script (a welcome without fields, a detector chunk where a frame belongs, bad magic, a frame that is no image or
+declares 12000x12000 pixels, error text with escape codes, an error for every frame). Each is one RemoteError line
+(run_live.py: one `error:` line, exit 2), never a traceback, and costs no more memory than its size."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from remote import protocol as P
+from tests.conftest import REPO, carphone_path
+from tests.test_image_header import png_declaring
+
+ws_server = pytest.importorskip("websockets.sync.server")
+
+
+@pytest.fixture(scope="module")
+def digest():
+    from engines.config import VOX_256
+    from engines.deterministic_weights import load_deterministic_weights
+    from engines.keypoint_detector import KeypointDetector
+
+    detector = KeypointDetector(VOX_256)
+    load_deterministic_weights(detector, "kp_detector")
+    return P.digest(P.detector_blob(detector))
+
+
+def welcome(digest, **changes) -> dict:
+    message = {"type": "welcome", "version": P.PROTOCOL_VERSION, "engine": "fake", "device": "cpu",
+               "image_size": 256, "num_kp": 10, "config_hash": "fake", "weights_id": "fake",
+               "detector_digest": digest, "detector_bytes": 1 << 20, "max_in_flight": 4}
+    message.update(changes)
+    return {k: v for k, v in message.items() if v is not ...}
+
+
+def good_frame(frame_id: int) -> bytes:
+    return P.pack_frame(frame_id, P.encode_image(np.full((256, 256, 3), 128, np.uint8), "jpeg"), 1, 1.0, 7)
+
+
+class FakeServer:
+    """Serves `script`: welcome(dict or raw text) and frame(frame_id) -> the messages sent for each keypoints."""
+
+    def __init__(self, hello_reply, frame=good_frame):
+        self.hello_reply, self.frame = hello_reply, frame
+        self.server = ws_server.serve(self.handle, "127.0.0.1", 0, compression=None, max_size=2 ** 24)
+        self.url = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def handle(self, ws) -> None:
+        try:
+            ws.recv(timeout=10)  # hello
+            reply = self.hello_reply
+            ws.send(reply if isinstance(reply, (str, bytes)) else json.dumps(reply))
+            while True:
+                message = ws.recv(timeout=30)
+                if isinstance(message, str):
+                    continue
+                kind, ident, _ = P.unpack(message)
+                if kind == P.KIND_AVATAR:
+                    ws.send(json.dumps({"type": "avatar", "slot": ident,
+                                        "kp": {"value": [0.0] * 20, "jacobian": [1.0, 0.0, 0.0, 1.0] * 10}}))
+                elif kind == P.KIND_KEYPOINTS:
+                    for answer in self.frame(ident):
+                        ws.send(answer)
+        except Exception:  # noqa: BLE001 - the client went away
+            pass
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def start(*args, **kwargs) -> FakeServer:
+        servers.append(FakeServer(*args, **kwargs))
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.close()
+
+
+def engine(url, tmp_path, **kwargs):
+    from remote.client import RemoteEngine
+
+    kwargs.setdefault("max_in_flight", 1)
+    kwargs.setdefault("frame_timeout", 10)
+    return RemoteEngine(url, deterministic_weights=True, connect_timeout=5, cache_dir=tmp_path,
+                        log=lambda m: None, **kwargs)
+
+
+def render_once(client):
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    state = client.encode(image)
+    kp = client.detect(image)
+    return client.render(state, kp)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(image_size=...), "image_size"),
+    (dict(num_kp="10"), "num_kp"),
+    (dict(detector_digest=...), "detector_digest"),
+    (dict(engine=None), "engine"),
+    (dict(version=1), "version"),
+])
+def test_malformed_welcome_is_one_line(fake, digest, tmp_path, changes, match):
+    from remote.client import RemoteError
+
+    server = fake(welcome(digest, **changes))
+    with pytest.raises(RemoteError, match=match) as error:
+        engine(server.url, tmp_path)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("hello_reply", [b"LA\x02\x02\0\0\0\0", "[1, 2]", "not json"])
+def test_a_welcome_that_is_no_welcome_is_one_line(fake, tmp_path, hello_reply):
+    from remote.client import RemoteError
+
+    with pytest.raises(RemoteError, match="did not answer the hello"):
+        engine(fake(hello_reply).url, tmp_path)
+
+
+LIES = {
+    "detector chunk as frame": (lambda i: [P.pack_detector_chunk(0, b"x" * 64, 5)], "where a frame was expected"),
+    "bad magic": (lambda i: [b"XX" + good_frame(i)[2:]], "magic"),
+    "frame that is no image": (lambda i: [P.pack_frame(i, b"GIF89a" + b"\0" * 100, 1, 1.0, 1)], "not a PNG"),
+    "frame of another size": (lambda i: [P.pack_frame(i, P.encode_image(np.zeros((64, 64, 3), np.uint8),
+                                                                         "jpeg"), 1, 1.0, 1)], "too small"),
+    "12000x12000 frame": (lambda i: [P.pack_frame(i, png_declaring(12000, 12000), 1, 1.0, 1)], "too large"),
+    "frame too short": (lambda i: [P.pack(P.KIND_FRAME, i, b"\0")], "too short"),
+    "busy with a list id": (lambda i: [json.dumps({"type": "busy", "id": [i]})], "malformed"),
+}
+
+
+@pytest.mark.parametrize("name", list(LIES))
+def test_lying_frames_are_one_line_never_a_traceback(fake, digest, tmp_path, name):
+    from remote.client import RemoteError
+
+    frame, match = LIES[name]
+    server = fake(welcome(digest), frame)
+    client = engine(server.url, tmp_path, fmt="png" if "12000" in name else "jpeg")
+    import psutil
+
+    before = psutil.Process().memory_info().rss
+    try:
+        with pytest.raises(RemoteError, match=match) as error:
+            render_once(client)
+    finally:
+        client.close()
+    grown = psutil.Process().memory_info().rss - before
+    assert "\n" not in str(error.value) and "malformed message" in str(error.value)
+    if "12000" in name:
+        print(f"12000x12000 frame PNG: refused, client RSS +{grown / 2**20:.1f} MiB")
+    assert grown < 100 * 2**20
+
+
+HOSTILE = "\x1b[2J\x1b[1;31mpwned\x1b[0m\x07\r" + "A" * 3000
+
+
+def test_server_error_text_is_sanitised_and_cut_live(fake, digest, tmp_path):
+    server = fake(welcome(digest), lambda i: [P.error_message(HOSTILE, "render", id=i)])
+    client = engine(server.url, tmp_path)
+    messages = []
+    client.on_status = messages.append
+    start = time.monotonic()
+    try:
+        frame = render_once(client)
+    finally:
+        client.close()
+    assert time.monotonic() - start < 5           # the frame's error ends the wait for it
+    assert frame.shape == (1, 3, 256, 256)         # live: the avatar at rest, the session goes on
+    shown = [m for m in messages if "server error" in m]
+    assert shown and all("\x1b" not in m and "\x07" not in m and len(m) <= 240 for m in shown)
+    assert "pwned" in shown[0]
+
+
+def test_offline_client_fails_at_the_first_server_error(fake, digest, tmp_path):
+    from remote.client import RemoteError
+
+    server = fake(welcome(digest), lambda i: [P.error_message(HOSTILE, "render", id=i)])
+    client = engine(server.url, tmp_path, reconnect_wait=60)
+    start = time.monotonic()
+    try:
+        with pytest.raises(RemoteError, match="failed: pwned") as error:
+            render_once(client)
+    finally:
+        client.close()
+    assert time.monotonic() - start < 5 and len(str(error.value)) < 300 and "\x1b" not in str(error.value)
+
+
+def test_offline_client_does_not_skip_a_frame_the_server_never_answers(fake, digest, tmp_path):
+    from remote.client import RemoteError
+
+    client = engine(fake(welcome(digest), lambda i: []).url, tmp_path, reconnect_wait=60, frame_timeout=1)
+    try:
+        with pytest.raises(RemoteError, match="did not answer frame 0"):
+            render_once(client)
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_run_live_offline_against_a_server_that_errors_on_every_frame_exits_2(fake, digest, tmp_path):
+    server = fake(welcome(digest), lambda i: [P.error_message("\x1b[31mout of memory", "render", id=i)])
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    out = tmp_path / "out.mp4"
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "run_live.py", "--avatar", str(face), "--remote", server.url, "--deterministic-weights",
+         "--driving", str(carphone_path()), "--output", str(out), "--no-vcam", "--no-preview", "--max-frames", "5"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "out of memory" in errors[0] and "\x1b" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - start < 60   # not 30 s per frame
