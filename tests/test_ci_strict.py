@@ -43,3 +43,15 @@ def test_readme_test_command_is_what_ci_runs():
     ci_command = [line for line in ci.splitlines() if line.startswith("python -m pytest")]
     assert ci_command == ["python -m pytest -q -rs"]
     assert f"```bash\nCI=true {ci_command[0]}\n```" in readme
+
+
+def test_ci_builds_a_fresh_environment_and_runs_the_tests_with_it():
+    lines = (REPO / ".ci" / "run").read_text().splitlines()
+    at = {line: i for i, line in reversed(list(enumerate(lines)))}
+    venv = [line for line in lines if line.startswith("VENV=")]
+    assert venv and venv[0].split()[0] == "VENV=.ci-venv"
+    assert ".ci-venv" in (REPO / ".gitignore").read_text()
+    removed, created = at['rm -rf "$VENV"'], at['"${PYTHON:-python3}" -m venv "$VENV"']
+    activated, installed = at['source "$VENV/bin/activate"  # from here on `python` is the fresh environment\'s'], \
+        at["python -m pip install --quiet -r requirements-dev.txt"]
+    assert removed < created < activated < installed < at["python -m pytest -q -rs"]
