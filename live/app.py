@@ -16,13 +16,15 @@ import os
 import signal
 import sys
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
+from engines.cli import ArgumentParser
 from engines.errors import UserError
+from engines.progress import step
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
@@ -152,7 +154,7 @@ def stop_on_signals(names=("SIGTERM", "SIGHUP")):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="run_live.py",
         description="Animate an avatar image with your webcam (First Order Motion Model) and send it to a virtual "
                     "camera, a preview window and/or a video file.",
@@ -202,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
                    help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
                         "trained with; off = the original FOMM code as it runs on today's torch")
-    g.add_argument("--deterministic-weights", action="store_true", help=argparse.SUPPRESS)  # tests: no file
+    g.add_argument("--deterministic-weights", action="store_true",
+                   help="run without any checkpoint on generated weights: no download, but the output is not a "
+                        "face (for trying the pipeline, the speed and the outputs, and for tests)")
     add_remote_arguments(p)
 
     g = p.add_argument_group("calibration and motion")
@@ -304,7 +308,7 @@ class Session:
         engine, notices = create_engine(backend=args.backend, device=args.device, checkpoint=checkpoint,
                                         deterministic_weights=args.deterministic_weights,
                                         align_corners=args.align_corners, precision=args.precision,
-                                        calibration_images=calibration)
+                                        calibration_images=calibration, progress=self.log)
         for notice in notices:
             self.log(f"notice: {notice}")
         if args.deterministic_weights:
@@ -322,7 +326,9 @@ class Session:
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
             avatar_list = load_avatars(args.avatar, engine.image_size)
-        avatars = AvatarSet(avatar_list, engine)
+        # a folder's avatars are encoded up front (those keys 1-9 reach): seconds on a CPU
+        with step(self.log, f"encoding {len(avatar_list)} avatars") if len(avatar_list) > 1 else nullcontext():
+            avatars = AvatarSet(avatar_list, engine)
         if len(avatars) > 1:
             self.log(f"{len(avatars)} avatars: " + ", ".join(f"{i + 1}={name}" for i, name in
                                                           enumerate(avatars.names[:9]))
