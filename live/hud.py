@@ -86,10 +86,14 @@ class Timings:
 
     @property
     def fps(self) -> float | None:
-        """New frames sent per second over the last `window` seconds (over the last two when slower)."""
+        """New frames sent per second over the last `window` seconds (over the last two when slower); None once no
+        new frame came for longer than the window and two of those intervals (only repeats are sent: a stall)."""
         if len(self._sent) < 2 or self._sent[-1] <= self._sent[0]:
             return None
-        return (len(self._sent) - 1) / (self._sent[-1] - self._sent[0])
+        interval = (self._sent[-1] - self._sent[0]) / (len(self._sent) - 1)
+        if self.clock() - self._sent[-1] > max(self.window, 2 * interval):
+            return None
+        return 1.0 / interval
 
     @property
     def average_fps(self) -> float | None:

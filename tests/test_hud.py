@@ -114,3 +114,17 @@ def test_repeated_frames_count_for_neither_fps_nor_latency():
     assert t.fresh_frames == 5 and t.frames == 25
     assert t.fps == pytest.approx(2.0)
     assert t.latency_ms == pytest.approx(500)
+
+
+def test_fps_goes_blank_when_only_repeats_are_sent_for_a_while():
+    clock = FakeClock()
+    t = Timings(clock=clock, window=3.0)
+    for _ in range(30):
+        _frame(t, clock, 0.1)                       # 10 new frames per second
+    assert t.fps == pytest.approx(10.0)
+    for _ in range(40):                             # then 4 s of the last frame again (the server is away)
+        t.record("detect", 1.0)
+        t.record("render", 1.0)
+        clock.t += 0.1
+        t.frame_done(clock.t - 0.1, fresh=False)
+    assert t.fps is None and t.lines()[0].startswith("FPS   -"), "no frozen 10 fps of a frozen frame"
