@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from engines.progress import step
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
+TERMINAL_HUD_S = 5.0  # live runs without a preview window print the HUD this often
 INT8_CALIBRATION_AVATARS = 4  # --precision int8 calibrates on the first avatars (each is encoded once for it)
 
 
@@ -53,7 +55,7 @@ def _positive(kind):
     return parse
 
 
-# --- up-front validation (issue 10): every mistake found here costs no model load --------------------------------
+# --- up-front validation: every mistake found here costs no model load -----------------------------------------
 # Float flags with their valid range: (low, high, low included). Every other float flag is at least checked to be
 # finite: argparse's float() accepts "nan" and "inf", which used to give black video or a traceback mid-run.
 FLOAT_RANGES = {
@@ -116,7 +118,7 @@ def check_environment(args) -> None:
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
 
 
-# --- SIGTERM / SIGHUP handled like Ctrl-C (issue 10) --------------------------------------------------------------
+# --- SIGTERM / SIGHUP handled like Ctrl-C -----------------------------------------------------------------------
 class Stopped(KeyboardInterrupt):
     """Raised in the main thread by SIGTERM/SIGHUP; a KeyboardInterrupt, so every path that closes outputs on
     Ctrl-C (finalising the mp4) does the same here."""
@@ -283,7 +285,7 @@ class Session:
                 feed = file_feed(source)
             else:  # a --driving file in live mode plays at its own frame rate, like a camera
                 feed = live_feed(stack.enter_context(LatestFrameReader(source, realtime=not source.is_live)))
-            stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack))
+            stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack, pipeline))
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
@@ -408,7 +410,8 @@ class Session:
         self.log(f"engine {pipeline.engine.name}; input {source.name}"
                  + (f" ({source.frame_count} frames)" if source.frame_count else ""))
         if not pipeline.sinks and pipeline.preview is None:
-            self.log("notice: no output selected (no --vcam, --preview or --output): only timings are shown")
+            self.log(f"notice: no output selected (no --vcam, --preview or --output): only timings are shown, "
+                     f"every {TERMINAL_HUD_S:g} s")
         if not self.offline:
             where = "the preview window" if pipeline.preview is not None else "this terminal"
             if pipeline.preview is not None or terminal_keys:
@@ -417,10 +420,11 @@ class Session:
                     or self.args.absolute):
                 self.log(instructions("c"))
 
-    def _progress(self, source, stack):
-        """tqdm bar for offline renders (its write() keeps messages from breaking the bar); None when live."""
+    def _progress(self, source, stack, pipeline):
+        """tqdm bar for offline renders (its write() keeps messages from breaking the bar); live without a preview
+        window, the HUD and the status line in the terminal every TERMINAL_HUD_S seconds; else None."""
         if not self.offline:
-            return None
+            return self._terminal_hud(pipeline) if pipeline.preview is None else None
         from tqdm import tqdm
         total = source.frame_count
         if self.args.max_frames:
@@ -437,6 +441,17 @@ class Session:
 
         self.log = log_above_bar
         stack.callback(lambda: setattr(self, "log", previous_log))
+        return update
+
+    def _terminal_hud(self, pipeline):
+        next_at = time.monotonic() + TERMINAL_HUD_S
+
+        def update(frames: int) -> None:
+            nonlocal next_at
+            if time.monotonic() >= next_at:
+                next_at = time.monotonic() + TERMINAL_HUD_S
+                hud = " | ".join(pipeline.timings.lines()) if pipeline.show_hud else ""
+                self.log(" | ".join(part for part in (f"{frames} frames", hud, pipeline.status) if part))
         return update
 
 

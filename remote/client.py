@@ -430,7 +430,7 @@ class RemoteEngine:
 
     def _fetch_detector(self, expected: str) -> bytes:
         self.log(f"fetching the keypoint detector weights from the server "
-                 f"({self.server.get('detector_bytes', 0) / 2**20:.0f} MB, once)")
+                 f"({self.server.get('detector_bytes', 0) / 2**20:.0f} MiB, once)")
         try:
             self._ws.send(P.dumps({"type": "get_detector"}))
             header = self._wait_for("detector", self.connect_timeout)

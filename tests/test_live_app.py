@@ -298,3 +298,12 @@ def test_default_virtual_camera_failure_suggests_no_vcam(capsys, avatar, driving
     code, err = run_main(capsys, ["--avatar", avatar, "--driving", driving_folder, "--vcam-backend", "nope",
                                   "--no-preview"])
     assert_one_line_error(code, err, "virtual camera backend", "--no-vcam")
+
+
+def test_a_live_run_without_a_window_prints_the_hud_in_the_terminal(capsys, avatar, driving_folder, monkeypatch):
+    monkeypatch.setattr(app, "TERMINAL_HUD_S", 0.0)  # every frame, instead of every 5 s
+    code, err = run_main(capsys, ["--avatar", avatar, "--driving", driving_folder, "--no-vcam", "--no-preview",
+                                  "--deterministic-weights", "--backend", "torch", "--device", "cpu"])
+    assert code == 0, err
+    hud = [line for line in err.splitlines() if " frames | FPS " in line]
+    assert hud and "ms: " in hud[-1] and "press C" in hud[-1], err
