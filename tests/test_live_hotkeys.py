@@ -86,8 +86,8 @@ def test_terminal_reader_reads_keys_and_restores_the_mode_even_on_error():
 def test_readme_hotkey_table_covers_every_key():
     from pathlib import Path
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("## Live loop")
-    section = readme[start:readme.index("### Virtual camera setup", start)]
+    start = readme.index("## Hotkeys")
+    section = readme[start:readme.index("\n## ", start + 1)]
     table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
     assert "`1`-`9`" in table
     for b in BINDINGS:
