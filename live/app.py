@@ -478,6 +478,7 @@ def remote_engine(args, offline: bool, log):
     # offline renders keep one frame in flight so output frame i is the render of input frame i, and wait for a
     # lost server instead of filling the file with copies; live runs keep two, so the round trip hides behind the
     # next frame's capture and detection, and show the last frame while reconnecting
+    log(f"remote: connecting to {args.remote} ...")
     engine = load_engine(args.remote, args.token_file, checkpoint=args.checkpoint,
                          deterministic_weights=args.deterministic_weights, quality=args.remote_quality,
                          max_in_flight=1 if offline else 2, reconnect_wait=RECONNECT_WAIT_S if offline else 0.0,

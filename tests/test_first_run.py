@@ -116,6 +116,7 @@ def test_deterministic_weights_is_documented_in_help(capsys, program):
     assert action.help and "not a face" in " ".join(action.help.split())
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Serve's own pydantic deprecations, on import
 def test_the_render_server_says_it_is_starting_before_ray_starts(capsys, monkeypatch):
     pytest.importorskip("ray")
     import ray
