@@ -90,10 +90,16 @@ class Timings:
         new frame came for longer than the window and two of those intervals (only repeats are sent: a stall)."""
         if len(self._sent) < 2 or self._sent[-1] <= self._sent[0]:
             return None
-        interval = (self._sent[-1] - self._sent[0]) / (len(self._sent) - 1)
-        if self.clock() - self._sent[-1] > max(self.window, 2 * interval):
+        if self._stalled():
             return None
-        return 1.0 / interval
+        return (len(self._sent) - 1) / (self._sent[-1] - self._sent[0])
+
+    def _stalled(self) -> bool:
+        """No new frame for longer than the window and two of the recent intervals: only repeats go out."""
+        if not self._sent:
+            return False
+        interval = (self._sent[-1] - self._sent[0]) / max(1, len(self._sent) - 1)
+        return self.clock() - self._sent[-1] > max(self.window, 2 * interval)
 
     @property
     def average_fps(self) -> float | None:
@@ -107,18 +113,18 @@ class Timings:
         names = [n for n in STAGES if n in self.stage_ms] + [n for n in self.stage_ms if n not in STAGES]
         return {n: self.stage_ms[n] for n in names if self._ran_recently(n)}
 
-    def _lines(self, fps: float | None) -> list[str]:
+    def _lines(self, fps: float | None, latency_ms: float | None) -> list[str]:
         fps_text = f"{fps:5.1f}" if fps is not None else "  -  "
-        latency = f"{self.latency_ms:4.0f} ms" if self.latency_ms is not None else "-"
+        latency = f"{latency_ms:4.0f} ms" if latency_ms is not None else "-"
         stages = " ".join(f"{name} {ms:.0f}" for name, ms in self.recent_stages().items())
         return [f"FPS {fps_text}  latency {latency}", f"ms: {stages}" if stages else "ms: -"]
 
     def lines(self) -> list[str]:
-        return self._lines(self.fps)
+        return self._lines(self.fps, None if self._stalled() else self.latency_ms)
 
     def summary(self) -> str:
         """One line for the terminal at exit (FPS averaged over the whole run)."""
-        return " | ".join(self._lines(self.average_fps))
+        return " | ".join(self._lines(self.average_fps, self.latency_ms))
 
 
 def draw_text_lines(image: np.ndarray, lines, origin=(8, 8), scale: float = 0.5,
