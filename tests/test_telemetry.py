@@ -61,3 +61,12 @@ def test_the_probe_sees_telemetry_when_it_is_not_blocked(tmp_path):
     seen = _probe("telemetry-allowed", tmp_path)
     assert seen["telemetry_loaded"]
     assert any("_send_func" in name for name in seen["started"]) or seen["opened"], seen
+
+
+def test_the_test_process_itself_has_telemetry_blocked():
+    import openvino  # noqa: F401 - imports openvino.tools.ovc, which would load the telemetry package
+
+    assert "openvino_telemetry" in sys.modules and sys.modules["openvino_telemetry"] is None
+    from openvino.tools.ovc import telemetry_utils
+
+    assert telemetry_utils.tm.__name__.endswith("telemetry_stub")
