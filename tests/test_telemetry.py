@@ -56,8 +56,8 @@ def test_an_openvino_conversion_starts_no_telemetry_process_and_sends_nothing(tm
 
 
 def test_the_probe_sees_telemetry_when_it_is_not_blocked(tmp_path):
-    """The control: without the block the same conversion does start a GA4 sender, so the test above can fail."""
-    pytest.importorskip("openvino_telemetry")
+    """The control: without the block the same conversion does start a GA4 sender, so the test above can fail.
+    (openvino itself requires the openvino-telemetry package: it is always there to be blocked.)"""
     seen = _probe("telemetry-allowed", tmp_path)
     assert seen["telemetry_loaded"]
     assert any("_send_func" in name for name in seen["started"]) or seen["opened"], seen
