@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Live avatar: `python run_live.py --avatar face.png` (see --help, and the README's "Live loop" section)."""
+"""Live avatar: `python run_live.py --avatar face.png` (see --help, README.md and docs/live.md); the same command as
+the installed `live-avatar`."""
 import sys
 
-from live.app import main
-
 if __name__ == "__main__":
+    from live.command import main
+
     sys.exit(main())

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .backends.openvino_backend import SUPPORTED_PRECISIONS as OPENVINO_PRECISIONS  # the rows it offers
+from .cli import ArgumentParser
 from .engine import FOMMEngine
 from .keypoints import Keypoints
 
@@ -344,7 +345,7 @@ def _openvino_precisions(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engines.bench", description=__doc__,
+    parser = ArgumentParser(prog="python -m engines.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=20, help="timed round-robin rounds (default 20: ~1 min on a 2-core CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")

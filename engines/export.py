@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import ArgumentParser
 from .engine import FOMMEngine, renderer_inputs
 from .generator import FrameRenderer
 
@@ -127,7 +128,7 @@ def onnx_opset(path) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engines.export", description=__doc__,
+    parser = ArgumentParser(prog="python -m engines.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder for keypoint_detector.onnx, frame_renderer.onnx")
     parser.add_argument("--checkpoint", help="vox-cpk.pth.tar (default: deterministic weights)")

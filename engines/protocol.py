@@ -33,6 +33,20 @@ class Engine(Protocol):
         """The original full generator forward (baseline for tests and benchmarks)."""
 
 
+# Optional members, read through the two functions below so local engines need neither:
+#   last_render_fresh: bool   False when the last render() answered with an earlier frame again (a remote engine
+#                             while its server is away or has not answered yet)
+#   status_line: str | None   a condition the user must keep seeing (the render server is unreachable)
+def render_was_fresh(engine) -> bool:
+    """Whether the engine's last render() made a new frame (local engines always do)."""
+    return bool(getattr(engine, "last_render_fresh", True))
+
+
+def engine_status(engine) -> str | None:
+    """What the engine needs the status line to keep saying, or None."""
+    return getattr(engine, "status_line", None)
+
+
 # Members a conforming class must have, for checks that go beyond isinstance (which only sees the names).
 ATTRIBUTES = ("name", "device", "image_size", "config_hash", "weights_id")
 METHODS = ("detect", "encode", "render", "forward_full")

@@ -18,6 +18,7 @@ import numpy as np
 
 from calibration.neutral_pose import NeutralPose
 from engines.checkpoint import CheckpointError
+from engines.cli import ArgumentParser
 from engines.engine import FOMMEngine
 from engines.image import to_model_input, to_uint8_image
 from engines.protocol import Engine
@@ -71,7 +72,7 @@ def _read_image_rgb(path) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m live.animate", description=__doc__,
+    parser = ArgumentParser(prog="python -m live.animate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--avatar", required=True, help="avatar image")
     parser.add_argument("--driving", required=True, help="driving video file")

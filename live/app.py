@@ -16,19 +16,23 @@ import os
 import signal
 import sys
 import threading
-from contextlib import ExitStack, contextmanager
+import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
+from engines.cli import ArgumentParser
 from engines.errors import UserError
 from engines.version import program_name, version_line
 from live.cameras import camera_spec
 from live.config import add_config_arguments
+from engines.progress import step
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
+TERMINAL_HUD_S = 5.0  # live runs without a preview window print the HUD this often
 INT8_CALIBRATION_AVATARS = 4  # --precision int8 calibrates on the first avatars (each is encoded once for it)
 
 
@@ -54,7 +58,7 @@ def _positive(kind):
     return parse
 
 
-# --- up-front validation (issue 10): every mistake found here costs no model load --------------------------------
+# --- up-front validation: every mistake found here costs no model load -----------------------------------------
 # Float flags with their valid range: (low, high, low included). Every other float flag is at least checked to be
 # finite: argparse's float() accepts "nan" and "inf", which used to give black video or a traceback mid-run.
 FLOAT_RANGES = {
@@ -117,7 +121,7 @@ def check_environment(args) -> None:
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
 
 
-# --- SIGTERM / SIGHUP handled like Ctrl-C (issue 10) --------------------------------------------------------------
+# --- SIGTERM / SIGHUP handled like Ctrl-C -----------------------------------------------------------------------
 class Stopped(KeyboardInterrupt):
     """Raised in the main thread by SIGTERM/SIGHUP; a KeyboardInterrupt, so every path that closes outputs on
     Ctrl-C (finalising the mp4) does the same here."""
@@ -155,7 +159,7 @@ def stop_on_signals(names=("SIGTERM", "SIGHUP")):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=program_name("live-avatar", "run_live.py"),
         description="Animate an avatar image with your webcam (First Order Motion Model) and send it to a virtual "
                     "camera, a preview window and/or a video file.",
@@ -214,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
                    help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
                         "trained with; off = the original FOMM code as it runs on today's torch")
-    g.add_argument("--deterministic-weights", action="store_true", help=argparse.SUPPRESS)  # tests: no file
+    g.add_argument("--deterministic-weights", action="store_true",
+                   help="run without any checkpoint on generated weights: no download, but the output is not a "
+                        "face (for trying the pipeline, the speed and the outputs, and for tests)")
     add_remote_arguments(p)
 
     g = p.add_argument_group("calibration and motion")
@@ -295,7 +301,7 @@ class Session:
                 feed = file_feed(source)
             else:  # a --driving file in live mode plays at its own frame rate, like a camera
                 feed = live_feed(stack.enter_context(LatestFrameReader(source, realtime=not source.is_live)))
-            stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack))
+            stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack, pipeline))
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
@@ -326,7 +332,7 @@ class Session:
         engine, notices = create_engine(backend=args.backend, device=args.device, checkpoint=checkpoint,
                                         deterministic_weights=args.deterministic_weights,
                                         align_corners=args.align_corners, precision=args.precision,
-                                        calibration_images=calibration)
+                                        calibration_images=calibration, progress=self.log)
         for notice in notices:
             self.log(f"notice: {notice}")
         if args.deterministic_weights:
@@ -345,7 +351,9 @@ class Session:
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
             avatar_list = load_avatars(args.avatar, engine.image_size)
-        avatars = AvatarSet(avatar_list, engine)
+        # a folder's avatars are encoded up front (those keys 1-9 reach): seconds on a CPU
+        with step(self.log, f"encoding {len(avatar_list)} avatars") if len(avatar_list) > 1 else nullcontext():
+            avatars = AvatarSet(avatar_list, engine)
         if len(avatars) > 1:
             self.log(f"{len(avatars)} avatars: " + ", ".join(f"{i + 1}={name}" for i, name in
                                                           enumerate(avatars.names[:9]))
@@ -439,7 +447,8 @@ class Session:
         self.log(f"engine {pipeline.engine.name}; input {source.name}"
                  + (f" ({source.frame_count} frames)" if source.frame_count else ""))
         if not pipeline.sinks and pipeline.preview is None:
-            self.log("notice: no output selected (no --vcam, --preview or --output): only timings are shown")
+            self.log(f"notice: no output selected (no --vcam, --preview or --output): only timings are shown, "
+                     f"every {TERMINAL_HUD_S:g} s")
         if not self.offline:
             where = "the preview window" if pipeline.preview is not None else "this terminal"
             if pipeline.preview is not None or terminal_keys:
@@ -448,10 +457,11 @@ class Session:
                     or self.args.absolute):
                 self.log(instructions("c"))
 
-    def _progress(self, source, stack):
-        """tqdm bar for offline renders (its write() keeps messages from breaking the bar); None when live."""
+    def _progress(self, source, stack, pipeline):
+        """tqdm bar for offline renders (its write() keeps messages from breaking the bar); live without a preview
+        window, the HUD and the status line in the terminal every TERMINAL_HUD_S seconds; else None."""
         if not self.offline:
-            return None
+            return self._terminal_hud(pipeline) if pipeline.preview is None else None
         from tqdm import tqdm
         total = source.frame_count
         if self.args.max_frames:
@@ -468,6 +478,17 @@ class Session:
 
         self.log = log_above_bar
         stack.callback(lambda: setattr(self, "log", previous_log))
+        return update
+
+    def _terminal_hud(self, pipeline):
+        next_at = time.monotonic() + TERMINAL_HUD_S
+
+        def update(frames: int) -> None:
+            nonlocal next_at
+            if time.monotonic() >= next_at:
+                next_at = time.monotonic() + TERMINAL_HUD_S
+                hud = " | ".join(pipeline.timings.lines()) if pipeline.show_hud else ""
+                self.log(" | ".join(part for part in (f"{frames} frames", hud, pipeline.status) if part))
         return update
 
 
@@ -494,6 +515,7 @@ def remote_engine(args, offline: bool, log):
     # offline renders keep one frame in flight so output frame i is the render of input frame i, and wait for a
     # lost server instead of filling the file with copies; live runs keep two, so the round trip hides behind the
     # next frame's capture and detection, and show the last frame while reconnecting
+    log(f"remote: connecting to {args.remote} ...")
     engine = load_engine(args.remote, args.token_file, checkpoint=args.checkpoint,
                          deterministic_weights=args.deterministic_weights, quality=args.remote_quality,
                          max_in_flight=1 if offline else 2, reconnect_wait=RECONNECT_WAIT_S if offline else 0.0,

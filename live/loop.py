@@ -26,7 +26,7 @@ import torch
 from calibration.neutral_pose import NeutralPose
 from engines.image import to_model_input, to_uint8_image
 from engines.keypoints import Keypoints
-from engines.protocol import Engine
+from engines.protocol import Engine, engine_status, render_was_fresh
 from live.avatar_set import Avatar, AvatarSet
 from live.calibration_control import CalibrationController
 from live.capture import CapturedFrame
@@ -209,9 +209,12 @@ class LivePipeline:
 
     @property
     def status(self) -> str:
+        """The preview's status line: what the engine must keep saying (render server unreachable) first, then a
+        recent notice, else the calibration state and the avatar."""
+        persistent = engine_status(self.engine)
+        parts = [persistent] if persistent else []
         if self._notice and time.monotonic() < self._notice_until:
-            return self._notice
-        parts = []
+            return " | ".join([*parts, self._notice])
         if self.options.passthrough:
             parts.append("PASSTHROUGH (camera shown)")
         elif (calibration := self.calibration.status()) is not None:
@@ -301,11 +304,11 @@ class LivePipeline:
         crop_rgb, box = self._crop(image)
         avatar = self.avatars.current
         if self.options.passthrough:
-            output = crop_rgb
+            output, fresh = crop_rgb, True
         else:
-            output = self._animate(frame, crop_rgb, avatar)
+            output, fresh = self._animate(frame, crop_rgb, avatar)
         self._send(output)
-        self.timings.frame_done(frame.timestamp)
+        self.timings.frame_done(frame.timestamp, fresh=fresh)  # FPS and latency count new frames only
         self.stats.frames += 1
         self.stats.calibrations = self.calibration.calibrations
         self._show(image, box, output)
@@ -320,21 +323,23 @@ class LivePipeline:
             self._last_crop = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
             return self._last_crop, box
 
-    def _animate(self, frame: CapturedFrame, crop_rgb: np.ndarray, avatar: Avatar) -> np.ndarray:
+    def _animate(self, frame: CapturedFrame, crop_rgb: np.ndarray, avatar: Avatar) -> tuple[np.ndarray, bool]:
+        """(frame to send, whether it is a new render rather than the avatar at rest or a repeat)."""
         kp = self._detect(crop_rgb)
         if not _finite(kp.value, kp.jacobian):  # before the smoother: one NaN would poison its history
-            return self._at_rest(avatar, "the keypoint detector returned NaN/inf")
+            return self._at_rest(avatar, "the keypoint detector returned NaN/inf"), False
         with self.timings.stage("normalize"):
             kp = self.calibration.smooth(kp, self._clock(frame))
             kp_avatar = self.calibration.neutralise(kp, crop_rgb, avatar)
         if kp_avatar is None:
-            return avatar.image  # at rest until calibrated
+            return avatar.image, False  # at rest until calibrated
         with self.timings.stage("render"):
             rendered = self.engine.render(avatar.state, kp_avatar)
+            fresh = render_was_fresh(self.engine)
         if not _finite(rendered):
-            return self._at_rest(avatar, "the renderer returned NaN/inf")
+            return self._at_rest(avatar, "the renderer returned NaN/inf"), False
         self._nonfinite_reported = False  # a good frame again: a later failure is news worth a notice
-        return to_uint8_image(rendered)
+        return to_uint8_image(rendered), fresh
 
     def _detect(self, crop_rgb: np.ndarray) -> Keypoints:
         with self.timings.stage("detect"):

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.cli import ArgumentParser
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -170,7 +172,7 @@ def bench_throughput(url, port, token, args, clients: int) -> dict:
 
 def main(argv=None) -> int:
     from engines.backends import BACKENDS
-    p = argparse.ArgumentParser(prog="python -m remote.bench", description=__doc__,
+    p = ArgumentParser(prog="python -m remote.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=20, help="frames for each latency measurement")
     p.add_argument("--seconds", type=float, default=15.0, help="duration of each throughput run")

@@ -107,6 +107,8 @@ class RemoteEngine:
         self.batch_sizes: Counter = Counter()
         self.dropped = 0                    # stale or refused (busy) answers
         self.reconnects = 0
+        self.last_render_fresh = False      # did the last render() bring a new frame (engines/protocol.py)
+        self._lost_at: float | None = None  # monotonic time the connection was lost; None while connected
 
         self.server = self._connect()       # first connection: failures here are errors, later ones are retried
         try:
@@ -161,7 +163,24 @@ class RemoteEngine:
     def render(self, state: RemoteState, kp_driving: Keypoints) -> torch.Tensor:
         """[1,3,S,S] in [0,1]: the newest frame the server has answered (one frame behind with 2 in flight).
         While the server is unreachable: live (reconnect_wait 0) the last frame or the avatar at rest at once;
-        offline, wait up to reconnect_wait seconds for it to come back and render this frame then."""
+        offline, wait up to reconnect_wait seconds for it to come back and render this frame then.
+        `last_render_fresh` says afterwards whether the frame is a new answer or a repeat."""
+        newest_before = self._latest_id
+        try:
+            return self._render(state, kp_driving)
+        finally:
+            self.last_render_fresh = self._latest_id != newest_before
+
+    @property
+    def status_line(self) -> str | None:
+        """While the server is away, what the status line keeps saying (engines/protocol.py)."""
+        if self._lost_at is None:
+            return None
+        retry = max(0.0, self._retry_at - time.monotonic())
+        return (f"RENDER SERVER UNREACHABLE for {time.monotonic() - self._lost_at:.0f} s: reconnecting "
+                f"(next try in {retry:.0f} s), showing the last frame")
+
+    def _render(self, state: RemoteState, kp_driving: Keypoints) -> torch.Tensor:
         self._receive_ready()
         give_up = time.monotonic() + self.reconnect_wait
         while True:
@@ -250,8 +269,9 @@ class RemoteEngine:
             self._back_off(now)
             return False
         self._failures = 0
+        self._lost_at = None
         self.reconnects += 1
-        self.on_status(f"remote: reconnected to {self.url}; avatar sent again")
+        self.on_status(f"remote: render server back: reconnected to {self.url}; avatar sent again")
         return True
 
     def _back_off(self, now: float) -> None:
@@ -266,6 +286,7 @@ class RemoteEngine:
         self._slots.clear()
         self._failures = 1
         self._retry_at = time.monotonic() + BACKOFF_S[0]
+        self._lost_at = time.monotonic()
         self.on_status(f"remote: connection lost ({P.printable(describe_error(exc, 160))}); showing the last frame, "
                        "reconnecting")
 
@@ -422,7 +443,7 @@ class RemoteEngine:
 
     def _fetch_detector(self, expected: str) -> bytes:
         self.log(f"fetching the keypoint detector weights from the server "
-                 f"({self.server.get('detector_bytes', 0) / 2**20:.0f} MB, once)")
+                 f"({self.server.get('detector_bytes', 0) / 2**20:.0f} MiB, once)")
         try:
             self._ws.send(P.dumps({"type": "get_detector"}))
             header = self._wait_for("detector", self.connect_timeout)

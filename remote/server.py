@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from remote import protocol as P
@@ -55,9 +56,10 @@ def app_builder(args: dict):
 # --- command line -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
+    from engines.cli import ArgumentParser
     from engines.version import program_name, version_line
-    p = argparse.ArgumentParser(prog=program_name("live-avatar-server", "python -m remote.server"),
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=program_name("live-avatar-server", "python -m remote.server"),
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=version_line("live-avatar-server"))
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other needs --token-file)")
@@ -77,13 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
                    help="how long a frame waits for others to fill a batch (default 4 ms)")
     p.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, help="connections per replica")
-    p.add_argument("--deterministic-weights", action="store_true", help=argparse.SUPPRESS)  # tests: no file
+    p.add_argument("--deterministic-weights", action="store_true",
+                   help="serve generated weights instead of a checkpoint (the output is not a face): for trying "
+                        "the set-up and for tests")
     return p
 
 
 def _settings(args) -> dict:
-    import torch
-
+    """Checked settings (raises ValueError & co. with one-line messages); quick: nothing heavy is imported."""
     token = read_token(args.token_file) if args.token_file else ""
     if not P.is_loopback(args.host) and not token:
         raise ValueError(f"--host {args.host} is reachable from other machines: give --token-file FILE "
@@ -98,11 +101,10 @@ def _settings(args) -> dict:
         if not checkpoint.is_file():
             raise ValueError(f"checkpoint not found: {checkpoint} (give --checkpoint PATH)")
         checkpoint = str(checkpoint)
-    num_gpus = args.num_gpus if args.num_gpus is not None else (1.0 if torch.cuda.is_available() else 0.0)
     return {"token": token, "checkpoint": checkpoint, "backend": args.backend, "device": args.device,
             "precision": None if args.precision == "auto" else args.precision,
             "deterministic_weights": args.deterministic_weights, "max_batch": args.max_batch,
-            "batch_wait_ms": args.batch_wait_ms, "num_gpus": num_gpus, "replicas": args.replicas,
+            "batch_wait_ms": args.batch_wait_ms, "num_gpus": args.num_gpus, "replicas": args.replicas,
             "max_clients": args.max_clients,
             # the replica's torch threads follow its CPUs (Ray sets OMP_NUM_THREADS); Serve's own actors take 0
             "replica_cpus": max(1, args.num_cpus // max(1, args.replicas))}
@@ -133,6 +135,13 @@ def main(argv=None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    started = time.perf_counter()
+    # said before the slow part: PyTorch and Ray take seconds to import, Ray and the replica ~20 s to start
+    print(f"starting the render server on {args.host}:{args.port}: Ray, then the renderer (about 20-40 s) ...",
+          file=sys.stderr, flush=True)
+    if settings["num_gpus"] is None:
+        import torch
+        settings["num_gpus"] = 1.0 if torch.cuda.is_available() else 0.0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a render box
     # This Ray is a single local node: its node address is loopback, so GCS, raylet, workers, the dashboard
     # agent, the runtime-env agent and the metrics ports all listen on 127.0.0.1 (Ray's own switch for local-only
@@ -152,7 +161,8 @@ def main(argv=None) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"enable_access_log": False})
         serve.run(deployment(settings), name="live-avatar", route_prefix="/", blocking=False)
-        print(f"ready: ws://{args.host}:{args.port}/ (token {'required' if settings['token'] else 'not required'},"
+        token = "required" if settings["token"] else "not required"
+        print(f"ready in {time.perf_counter() - started:.0f} s: ws://{args.host}:{args.port}/ (token {token},"
               f" max batch {args.max_batch}, batch wait {args.batch_wait_ms:g} ms)", flush=True)
         while not stop.wait(0.5):
             pass

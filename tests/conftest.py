@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+import engines  # noqa: F401 - first, so OpenVINO's telemetry is blocked before any test imports openvino
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
 GOLDEN = REFERENCE / "golden" / "astronaut"

@@ -476,10 +476,22 @@ class _TF32Probe(torch.nn.Module):
         return torch.zeros(1, 10, 2), torch.zeros(1, 10, 2, 2)
 
 
-def test_the_detector_runs_with_tf32_off_on_every_engine_and_the_setting_is_restored(monkeypatch,
+@pytest.fixture
+def tf32_allowed():
+    """TF32 allowed for the test, torch's own flags put back afterwards. Restored by hand: monkeypatch's undo
+    deletes attributes it did not find in the instance dict, and `torch.backends.cuda.matmul` answers
+    `allow_tf32` through __getattr__, so pytest 9 fails there with AttributeError."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # torch's default for cuDNN
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_detector_runs_with_tf32_off_on_every_engine_and_the_setting_is_restored(monkeypatch, tf32_allowed,
                                                                                      deterministic_engine):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default for cuDNN
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     probe = _TF32Probe()
     monkeypatch.setattr(deterministic_engine, "kp_detector", probe)
     image = torch.rand(1, 3, 256, 256)

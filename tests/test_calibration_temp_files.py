@@ -1,4 +1,4 @@
-"""Calibration saves leave no orphan temp files (issue 10): removed on failure, and a killed save's orphans are
+"""Calibration saves leave no orphan temp files: removed on failure, and a killed save's orphans are
 cleaned on the next start."""
 import os
 import signal

@@ -146,7 +146,7 @@ def test_arbitrary_pickled_code_is_refused(tmp_path, capsys):
 
 
 class SystemPayload:
-    """The hostile case from issue 10: os.system in __reduce__. torch words this refusal differently ("unsupported
+    """The hostile case: os.system in __reduce__. torch words this refusal differently ("unsupported
     GLOBAL posix.system whose module posix is blocked"); it used to be reported as a corrupt download."""
 
     def __reduce__(self):

@@ -646,3 +646,74 @@ def test_compose_blends_the_avatar_into_the_crop_box_only():
     # a box past the frame's edge is clipped, not an error
     edge = compose(camera, CropBox(150, 110, 100), output, panel_height=240, framing=Framing(avatar, None))
     assert edge.shape == plain.shape
+
+
+class RepeatingEngine(FakeEngine):
+    """Like a remote engine while its server is away: render answers with the last frame again."""
+
+    def __init__(self, fresh_pattern):
+        super().__init__()
+        self.fresh_pattern = list(fresh_pattern)
+        self.last_render_fresh = True
+        self._last = None
+
+    def render(self, state, kp_driving):
+        self.last_render_fresh = self.fresh_pattern[self.render_calls % len(self.fresh_pattern)]
+        frame = super().render(state, kp_driving)
+        if self.last_render_fresh or self._last is None:
+            self._last = frame
+        return self._last
+
+
+def test_fps_counts_new_renders_only_not_repeats():
+    engine = RepeatingEngine([True, False, False, False])  # one new frame in four
+    p = make_pipeline(engine, options=PipelineOptions(calibrate_first_frame=True))
+    stats = p.run(frames([100 + i for i in range(40)]))
+    assert stats.frames == 40 and len(p.sinks[0].frames) == 40, "every frame is still sent"
+    assert p.timings.fresh_frames == 10 and p.timings.frames == 40
+
+
+def test_the_avatar_at_rest_is_no_new_frame():
+    p = make_pipeline()  # never calibrated
+    p.run(frames([100] * 5))
+    assert p.timings.fresh_frames == 0 and p.timings.fps is None and p.timings.latency_ms is None
+
+
+def test_hud_latency_is_never_below_the_stages_of_the_same_frames_after_calibrating():
+    from live.hud import Timings
+
+    clock = {"t": 1000.0}
+    timings = Timings(clock=lambda: clock["t"])
+
+    class SlowRenderer(FakeEngine):
+        def detect(self, image):
+            clock["t"] += 0.02
+            return super().detect(image)
+
+        def render(self, state, kp_driving):
+            clock["t"] += 2.0
+            return super().render(state, kp_driving)
+
+    p = make_pipeline(SlowRenderer(), timings=timings)
+    for i in range(40):
+        if i == 30:
+            p.calibration.request()  # key C
+        frame = CapturedFrame(np.full((48, 64, 3), 100 + i, np.uint8), i, clock["t"])
+        clock["t"] += 0.01  # queued for 10 ms
+        p.step(frame)
+        if i >= 30:
+            stages = {k: v for k, v in timings.recent_stages().items() if k not in ("wait", "rtt")}
+            assert "render" in stages
+            assert timings.latency_ms >= sum(stages.values()), (i, timings.latency_ms, stages)
+
+
+def test_the_status_line_keeps_saying_the_render_server_is_away():
+    engine = FakeEngine()
+    p = make_pipeline(engine)
+    engine.status_line = "RENDER SERVER UNREACHABLE for 3 s: reconnecting"
+    assert p.status.startswith("RENDER SERVER UNREACHABLE")
+    p.notify("avatar 1: a0.png")
+    assert p.status.startswith("RENDER SERVER UNREACHABLE") and "avatar 1" in p.status, "notices do not hide it"
+    engine.status_line = None
+    p._notice_until = 0.0
+    assert "UNREACHABLE" not in p.status

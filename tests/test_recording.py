@@ -1,4 +1,4 @@
-"""Recordings that survive (issue 10): fragmented MP4 through PyAV, written beside the target and renamed when
+"""Recordings that survive: fragmented MP4 through PyAV, written beside the target and renamed when
 finalised, write errors reported, and a killed writer leaving a playable partial file."""
 import os
 import signal

@@ -1,4 +1,4 @@
-"""run_live.py refuses bad input up front and survives signals (issue 10).
+"""run_live.py refuses bad input up front and survives signals.
 
 Up-front means before the model loads: these tests make engine creation fail loudly, so a check that ran too late
 shows up as that failure instead of the expected one-line error."""

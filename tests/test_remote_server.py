@@ -483,6 +483,7 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
     after_kill = engine.render(state, engine.detect(to_model_input(clip[20], 256)))
     assert torch.equal(after_kill, before)
     assert any("connection lost" in m for m in messages)
+    assert not engine.last_render_fresh and engine.status_line.startswith("RENDER SERVER UNREACHABLE")
     # an avatar picked while the server is away: local source keypoints now, uploaded on its first frame
     late = engine.encode(to_model_input(_avatar(clip, flip=True), 256))
     late_local = deterministic_engine.encode(to_model_input(_avatar(clip, flip=True), 256))
@@ -502,8 +503,10 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
         time.sleep(0.2)
     assert engine.connected and engine.reconnects == 1
     assert any("reconnected" in m and "avatar sent again" in m for m in messages)
+    assert engine.status_line is None
     kp = engine.detect(to_model_input(clip[30], 256))
     frame = engine.render(state, kp)
+    assert engine.last_render_fresh
     expected = deterministic_engine.render(local_state, kp)
     assert (frame - expected).abs().max().item() <= 1e-4
     frame = engine.render(late, kp)

@@ -1,4 +1,4 @@
-"""scripts/soak.py (run by hand, issue 10): its arithmetic, checked here so the README figure means what it says."""
+"""scripts/soak.py (run by hand): its arithmetic, checked here so the README figure means what it says."""
 import importlib.util
 from pathlib import Path
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import FOMMEngine
+from ..progress import Progress, step, to_stderr
 from .common import describe_error
 
 BACKENDS = ("auto", "tensorrt", "cuda", "openvino", "cpu", "torch")
@@ -111,9 +112,9 @@ def _base_engine(device, checkpoint, deterministic_weights, align_corners) -> FO
     return FOMMEngine.from_checkpoint(checkpoint, device=device, align_corners=align_corners)
 
 
-def _build_tensorrt(base, *, precision, cache_dir, warm_up):
+def _build_tensorrt(base, *, precision, cache_dir, warm_up, progress=None):
     from .tensorrt_backend import build_tensorrt_engine
-    return build_tensorrt_engine(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up)
+    return build_tensorrt_engine(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up, progress=progress)
 
 
 def _build_cuda(base, *, precision, warm_up):
@@ -121,10 +122,10 @@ def _build_cuda(base, *, precision, warm_up):
     return build_cuda_engine(base, precision=precision, warm_up=warm_up)
 
 
-def _build_openvino(base, *, precision, cache_dir, warm_up, calibration_images=None):
+def _build_openvino(base, *, precision, cache_dir, warm_up, calibration_images=None, progress=None):
     from .openvino_backend import build_openvino_engine
     return build_openvino_engine(base, precision=precision, cache_dir=cache_dir, capabilities=cpu_capabilities(),
-                                 warm_up=warm_up, calibration_images=calibration_images)
+                                 warm_up=warm_up, calibration_images=calibration_images, progress=progress)
 
 
 def _build_cpu(base, *, precision, warm_up):
@@ -134,7 +135,7 @@ def _build_cpu(base, *, precision, warm_up):
 
 def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=None, deterministic_weights=False,
                   align_corners: bool = True, precision: str | None = None, cache_dir=None, warm_up: bool = True,
-                  calibration_images=None):
+                  calibration_images=None, progress: Progress | None = None):
     """Return (engine, notices).
 
     precision: None/'auto' = the backend's default (TensorRT and CUDA fp16, OpenVINO per CPU: bf16 with AMX else
@@ -144,7 +145,10 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
     $LIVE_AVATAR_CACHE defaulting to ~/.cache/live-avatar).
     warm_up: compile/capture at creation so the first live frame is not the slow one.
     calibration_images: avatar images [1,3,S,S] the int8 renderer is calibrated on (default: generated ones).
+    progress: called with one line before each slow step (loading weights, converting, compiling, quantizing) and
+    with its elapsed time after it; default: printed to stderr.
     """
+    progress = progress or to_stderr
     if precision is not None and precision not in PRECISION_CHOICES:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     has_cuda = cuda_available()
@@ -158,22 +162,27 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
         notices.append(f"int8 is an OpenVINO backend option: the {choice} backend uses its default precision")
         precision = None
 
-    base = _base_engine("cuda" if choice in ("tensorrt", "cuda", "torch-cuda") else "cpu", checkpoint,
-                        deterministic_weights, align_corners)
+    weights = "generating the test weights" if deterministic_weights else f"loading the checkpoint {checkpoint}"
+    with step(progress, weights):
+        base = _base_engine("cuda" if choice in ("tensorrt", "cuda", "torch-cuda") else "cpu", checkpoint,
+                            deterministic_weights, align_corners)
     if choice.startswith("torch-"):
         if precision not in (None, "auto", "fp32"):
             notices.append(f"the torch backend runs fp32 only: ignoring precision {precision}")
         return base, notices
     if choice == "tensorrt":
         try:
-            engine, more = _build_tensorrt(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up)
+            engine, more = _build_tensorrt(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up,
+                                           progress=progress)
             return engine, notices + more
         except Exception as error:  # noqa: BLE001 - a failed TensorRT build must not stop the app
             notices.append(f"TensorRT build failed ({describe_error(error)}): using the CUDA backend")
             choice = "cuda"
     if choice == "cuda":
         try:
-            engine, more = _build_cuda(base, precision=precision, warm_up=warm_up)
+            # torch.compile traces and captures the graphs on the first calls: the warm-up, every start
+            with step(progress if warm_up else (lambda _: None), "compiling the CUDA graphs (torch.compile)"):
+                engine, more = _build_cuda(base, precision=precision, warm_up=warm_up)
             return engine, notices + more
         except Exception as error:  # noqa: BLE001
             notices.append(f"CUDA backend failed ({describe_error(error)}): using the plain torch CUDA engine")
@@ -181,7 +190,7 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
     if choice == "openvino":
         try:
             engine, more = _build_openvino(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up,
-                                           calibration_images=calibration_images)
+                                           calibration_images=calibration_images, progress=progress)
             details = getattr(engine, "details", {})
             # One line naming what runs, and why this precision (the CPU decides it unless asked).
             why = details.get("precision_reason", "")

@@ -36,6 +36,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
+from ..progress import Progress, announced, step
 from ..storage import cache_root, sha256_file, staged_directory
 from .common import AcceleratedEngine, describe_error, weights_digest
 
@@ -245,13 +246,16 @@ def compile_config(hint_precision: str, cache_dir: Path | None, threads: int) ->
 
 def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None,
                           capabilities: CpuCapabilities | None = None, warm_up: bool = True,
-                          calibration_images=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES):
+                          calibration_images=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+                          progress: Progress | None = None):
     """(engine, notices). `base` must live on the CPU and openvino must import.
 
     precision: None/'auto' = per CPU (bf16 with AMX, else fp32); 'fp32', 'bf16' or 'int8' on request.
     capabilities: the CPU probe's answer (tests pass their own); probed when None.
     calibration_images: avatar images [1,3,S,S] for int8 calibration (default: generated ones); the cache key
     names them, so other images quantize anew.
+    progress: one line before each slow step (conversion, int8 quantization, compilation) and its elapsed time
+    after it (engines/progress.py; default: stderr).
     """
     import openvino as ov
 
@@ -295,12 +299,14 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
     statuses = {}
     detector_path, detector_model, statuses["keypoint_detector"], more = load_or_build(
         cache_dir, fields_for("keypoint_detector", "fp32", detector_inputs), label="keypoint detector", core=core,
-        build=lambda: convert(base.kp_detector, detector_inputs))
+        build=lambda: announced(progress, "converting the keypoint detector to OpenVINO (once, cached)",
+                                lambda: convert(base.kp_detector, detector_inputs)))
     notices += more
     renderer_fields = fields_for("frame_renderer", "fp32", renderer_inputs_)
     renderer_path, renderer_model, statuses["frame_renderer"], more = load_or_build(
         cache_dir, renderer_fields, label="renderer", core=core,
-        build=lambda: convert(frame_renderer(base), renderer_inputs_))
+        build=lambda: announced(progress, "converting the renderer to OpenVINO (once, cached)",
+                                lambda: convert(frame_renderer(base), renderer_inputs_)))
     notices += more
     if precision == "int8":
         from .openvino_int8 import calibration_id, calibration_inputs, quantize_renderer
@@ -310,8 +316,10 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
 
         def build_int8():
             model = fp32_renderer if fp32_renderer is not None else core.read_model(str(renderer_path))
-            samples = calibration_inputs(base, calibration_images, calibration_samples)
-            return quantize_renderer(model, samples)
+            with step(progress, f"quantizing the renderer to int8 on {calibration_samples} calibration inputs "
+                                "(once, cached)"):
+                samples = calibration_inputs(base, calibration_images, calibration_samples)
+                return quantize_renderer(model, samples)
 
         renderer_path, renderer_model, statuses["frame_renderer_int8"], more = load_or_build(
             cache_dir, fields_for("frame_renderer", "int8", renderer_inputs_, calibration), label="int8 renderer",
@@ -326,8 +334,9 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
         # From a path OpenVINO's cache can skip reading and compiling; a model object is hashed whole first.
         return core.compile_model(str(path) if path is not None else model, "CPU", config)
 
-    graphs = {"keypoint_detector": CompiledGraph(compile_graph(detector_path, detector_model)),
-              "frame_renderer": CompiledGraph(compile_graph(renderer_path, renderer_model))}
+    with step(progress, f"compiling the OpenVINO graphs for this CPU ({float_precision}, {threads} threads)"):
+        graphs = {"keypoint_detector": CompiledGraph(compile_graph(detector_path, detector_model)),
+                  "frame_renderer": CompiledGraph(compile_graph(renderer_path, renderer_model))}
     details = {"backend": "openvino", "precision": precision, "precision_reason": reason,
                "float_precision": float_precision,
                "detector": float_precision, "renderer": precision, "threads": threads, "cpu": capabilities.cpu,

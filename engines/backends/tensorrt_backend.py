@@ -26,6 +26,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
+from ..progress import Progress, announced
 from ..storage import cache_root, sha256_file, staged_directory
 from .common import AcceleratedEngine, check_precision, describe_error, weights_digest
 
@@ -209,9 +210,11 @@ def load_graph(path: Path):
     return torch_tensorrt.load(str(path)).module()
 
 
-def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None, warm_up: bool = True):
+def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None, warm_up: bool = True,
+                          progress: Progress | None = None):
     """(engine, notices). `base` must live on a CUDA device and torch_tensorrt must import. `warm_up` runs both
-    engines a few times before returning, so TensorRT's lazy initialisation does not land on the first live frame."""
+    engines a few times before returning, so TensorRT's lazy initialisation does not land on the first live frame.
+    `progress` gets a line before each engine build (minutes, once per GPU and version) and its elapsed time."""
     if base.device.type != "cuda":
         raise ValueError("the TensorRT backend needs an engine on a CUDA device")
     precision, notices = check_precision(precision, SUPPORTED_PRECISIONS, DEFAULT_PRECISION)
@@ -232,7 +235,9 @@ def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cac
         started = time.perf_counter()
         graphs[graph], graph_notices = load_or_build(
             cache_dir, fields, label=label,
-            build=lambda m=make_module, i=inputs, p=graph_precision: compile_graph(m(), i, fp32_strict=p == "fp32"),
+            build=lambda m=make_module, i=inputs, p=graph_precision, what=label: announced(
+                progress, f"building the TensorRT {what} engine ({p}; once per GPU, cached)",
+                lambda: compile_graph(m(), i, fp32_strict=p == "fp32")),
             save=lambda compiled, path, i=inputs: save_graph(compiled, path, i),
             load=load_graph)
         notices += graph_notices
