@@ -23,6 +23,7 @@ from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from engines.errors import UserError
+from live.audio import add_audio_arguments, check_audio, validate_audio_args
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
@@ -91,6 +92,7 @@ def validate_args(args) -> None:
     quality = getattr(args, "remote_quality", None)
     if quality is not None and not 1 <= quality <= 100:
         raise UserError(f"--remote-quality {quality}: expected 1..100")
+    validate_audio_args(args)
     output = getattr(args, "output", None)
     if output:
         from live.sinks import check_video_path
@@ -109,6 +111,7 @@ def check_environment(args) -> None:
             import av  # noqa: F401 - recordings are written through PyAV (FFmpeg's libraries)
         except Exception as e:  # noqa: BLE001 - ImportError or a broken native module
             raise UserError(f"--output needs PyAV ({type(e).__name__}: {e}): pip install -r requirements.txt") from None
+    check_audio(args)
     if not args.no_track:
         from live.crop import HaarFaceDetector
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
@@ -230,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-scale", type=_positive(float), default=None, metavar="F",
                    help="crop side as a multiple of the detected face size (default 1.8: whole head)")
     g.add_argument("--mirror", action="store_true", help="mirror the camera image")
+
+    add_audio_arguments(p.add_argument_group("audio (lip sync in calls: docs/audio.md)"))
     return p
 
 
@@ -242,6 +247,7 @@ class Session:
         self.extra_key_sources = list(key_sources)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.offline = args.driving is not None and args.output is not None
+        self.audio = None  # the microphone pass-through (--audio-out)
         if self.offline and args.loop:
             raise UserError("--loop cannot be combined with --output for a --driving file (the render would never "
                             "end); drop one of them")
@@ -272,6 +278,7 @@ class Session:
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
             if self.args.remote:
                 attach_remote(engine, pipeline)
+            self.audio = self._audio(pipeline, stack)
             terminal = stack.enter_context(TerminalKeys())
             pipeline.key_sources = [terminal.read, *self.extra_key_sources]
             self._greet(pipeline, source, terminal.active)
@@ -283,7 +290,8 @@ class Session:
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
-                 + (f"; wrote {args.output}" if args.output else ""))
+                 + (f"; wrote {args.output}" if args.output else "")
+                 + (f"; {self.audio.summary()}" if self.audio is not None else ""))
         return 0
 
     # --- pieces ---------------------------------------------------------------------------------------------
@@ -365,7 +373,8 @@ class Session:
         sinks = []
         try:
             if args.output:
-                video = VideoFileSink(args.output, fps=source.fps)
+                # offline: the driving clip's own audio track goes into the mp4, aligned to the frames
+                video = VideoFileSink(args.output, fps=source.fps, audio_from=args.driving if self.offline else None)
                 # live: repeat/drop frames by the clock so the recording plays at real speed on a slow machine
                 sinks.append(video if self.offline else RealtimePacer(video, source.fps))
             vcam = args.vcam if args.vcam is not None else not self.offline
@@ -385,6 +394,19 @@ class Session:
                 sink.close()
             raise
         return sinks
+
+    def _audio(self, pipeline, stack):
+        """--audio-out: the microphone pass-through, delayed by this pipeline's measured latency."""
+        if self.args.audio_out is None:
+            return None
+        from live.audio import open_pass_through
+        audio = open_pass_through(self.args, pipeline.timings, notify=pipeline.notify)
+        stack.callback(audio.close)
+        pipeline.hud_extras.append(audio.hud_line)
+        self.log(f"audio: {audio.source} -> {audio.target}, delayed like the video"
+                 + (f" {self.args.audio_offset:+.0f} ms" if self.args.audio_offset else "")
+                 + f" - pick {audio.target} (its monitor on Linux) as the microphone in your call app")
+        return audio
 
     def _preview(self):
         want = self.args.preview
