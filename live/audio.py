@@ -33,7 +33,7 @@ from live.errors import UserError
 
 LATENCY_WINDOW_S = 3.0       # the running median of the video latency looks this far back
 TARGET_UPDATE_S = 0.1        # how often the output callback reads the video latency
-DEVICE_LATENCY_S = 0.04      # asked of PortAudio per stream: low, but safe on a busy machine
+DEVICE_LATENCY_S = 0.06      # asked of PortAudio per stream: low, but safe on a busy machine
 BLOCK_S = 0.01               # callback period
 MAX_OFFSET_MS = 2000.0
 VIRTUAL_MIC_SINK = "live_avatar_mic"
@@ -56,13 +56,6 @@ def portaudio():
         raise AudioError(f"audio needs the PortAudio library ({e}): on Debian/Ubuntu apt install libportaudio2 "
                          "libasound2-plugins") from None
     return sounddevice
-
-
-def refresh_devices() -> None:
-    """Enumerate the devices again (PortAudio lists them once, at import): devices plugged in since count too."""
-    sd = portaudio()
-    sd._terminate()
-    sd._initialize()
 
 
 # --- devices ------------------------------------------------------------------------------------------------------
@@ -185,34 +178,46 @@ def setup_virtual_mic() -> str:
     if info is None or info.returncode != 0:
         raise AudioError("--audio-setup: no PulseAudio/PipeWire server answers pactl "
                          f"({(info.stderr.strip() if info else '') or 'not running'})")
-    existing = [name for name, _ in pulse_devices("output")]
-    modules = []
-    if VIRTUAL_MIC_SINK in existing:
+    if VIRTUAL_MIC_SINK in [name for name, _ in pulse_devices("output")]:
         created = f'the sink "{VIRTUAL_MIC_DESCRIPTION}" exists already'
     else:
         for argv in (["module-null-sink", f"sink_name={VIRTUAL_MIC_SINK}",
-                      f"sink_properties=device.description='{VIRTUAL_MIC_DESCRIPTION}'"],
+                      f"sink_properties=device.description={_escaped(VIRTUAL_MIC_DESCRIPTION)}"],
                      # a real-looking microphone too: some call apps hide "Monitor of ..." sources
                      ["module-remap-source", f"master={VIRTUAL_MIC_SINK}.monitor",
                       f"source_name={VIRTUAL_MIC_SOURCE}",
-                      f"source_properties=device.description='{VIRTUAL_MIC_SOURCE_DESCRIPTION}'"]):
+                      f"source_properties=device.description={_escaped(VIRTUAL_MIC_SOURCE_DESCRIPTION)}"]):
             done = _pactl("load-module", *argv)
             if done is None or done.returncode != 0:
-                for module in modules:
+                for module in _our_modules():
                     _pactl("unload-module", module)
                 raise AudioError(f"pactl load-module {argv[0]} failed: "
                                  f"{(done.stderr.strip() if done else '') or 'no answer'}")
-            modules.append(done.stdout.strip())
-        created = f'created the sink "{VIRTUAL_MIC_DESCRIPTION}" (pactl module {modules[0]})'
-    remove = ("; ".join(f"pactl unload-module {m}" for m in reversed(modules)) if modules else
-              f"pactl unload-module module-remap-source; pactl unload-module module-null-sink  (or per module: "
-              f"pactl list short modules | grep {VIRTUAL_MIC_SINK})")
+        created = f'created the sink "{VIRTUAL_MIC_DESCRIPTION}"'
+    microphones = [f'"Monitor of {VIRTUAL_MIC_DESCRIPTION}"']
+    if VIRTUAL_MIC_SOURCE in [name for name, _ in pulse_devices("input")]:
+        microphones.append(f'"{VIRTUAL_MIC_SOURCE_DESCRIPTION}"')
+    remove = "; ".join(f"pactl unload-module {m}" for m in reversed(_our_modules()))
     return "\n".join([
         f"{created}; it lasts until the audio server restarts (log out or reboot)",
         f'use it:      python run_live.py --avatar face.png --audio-out "{VIRTUAL_MIC_DESCRIPTION}"',
-        f'in the call: pick the microphone "Monitor of {VIRTUAL_MIC_DESCRIPTION}" or '
-        f'"{VIRTUAL_MIC_SOURCE_DESCRIPTION}"',
-        f"remove it:   {remove}"])
+        f"in the call: pick the microphone {' or '.join(microphones)}",
+        f"remove it:   {remove or 'nothing to remove'}"])
+
+
+def _escaped(text: str) -> str:
+    """A quoted property value inside a module argument, the way PulseAudio and pipewire-pulse parse it."""
+    return '"' + text.replace(" ", "\\ ") + '"'
+
+
+def _our_modules() -> list[str]:
+    """Ids of the pactl modules that made the virtual microphone, oldest first."""
+    done = _pactl("list", "short", "modules")
+    if done is None or done.returncode != 0:
+        return []
+    fields = [line.split("\t") for line in done.stdout.splitlines()]
+    return [f[0] for f in fields if len(f) >= 3 and (f"sink_name={VIRTUAL_MIC_SINK}" in f[2]
+                                                      or f"source_name={VIRTUAL_MIC_SOURCE}" in f[2])]
 
 
 class _ExitAction(argparse.Action):
@@ -227,7 +232,8 @@ class _ExitAction(argparse.Action):
             text = self.run()
         except UserError as e:
             parser.exit(2, f"error: {e}\n")
-        parser.exit(0, text + "\n")
+        print(text, flush=True)
+        parser.exit(0)
 
 
 def add_audio_arguments(group) -> None:
@@ -324,7 +330,11 @@ class AudioPassThrough:
             self.close()
             raise AudioError(f"cannot open audio {opening}: {e}".replace("\n", " ")) from None
         self.line = DelayLine(1, instream.samplerate, outstream.samplerate)
-        self.device_latency_s = float(instream.latency) + float(outstream.latency)
+        # PortAudio's output latency is what its buffer holds; its input latency is the capture buffer's size, but
+        # a capture callback gets each block as soon as it is full: one block of latency, not the whole buffer
+        # (measured through PulseAudio, the buffer size overstated the delay by 30 ms)
+        self.device_latency_s = float(outstream.latency) + min(float(instream.latency),
+                                                                instream.blocksize / instream.samplerate)
         try:
             instream.start()
             outstream.start()
@@ -359,8 +369,7 @@ class AudioPassThrough:
 
     def delay_ms(self) -> float | None:
         """The delay in use, microphone to output: the delay line's plus the devices' (None while silent)."""
-        line = self.line
-        delay = None if line is None else line.delay(self.clock())
+        delay = None if self.line is None else self.line.last_delay
         return None if delay is None else (delay + self.device_latency_s) * 1000.0
 
     def hud_line(self) -> str:
@@ -422,7 +431,6 @@ class AudioPassThrough:
 
 def open_pass_through(args, timings, notify) -> AudioPassThrough:
     """The pass-through the audio flags ask for, started; the delay follows `timings` (the live loop's HUD)."""
-    refresh_devices()
     source = find_device(args.audio_in, "input")
     target = find_device(args.audio_out, "output")
     return AudioPassThrough(source, target, lambda: median_latency_ms(timings), offset_ms=args.audio_offset,

@@ -8,7 +8,8 @@ The same loop absorbs the drift between two sound cards' clocks. Samples between
 4-point cubic (Catmull-Rom) interpolation.
 
 When the read head catches up with the write head (the input stalled) the output is silence; once audio comes
-again the head restarts at the target delay and fades in, so an underrun is a gap, not a click.
+again the head restarts at the target delay (in step with the clock: audio that arrives late is played late by
+the same delay, never twice) and fades in, so an underrun is a gap, not a click or a lasting shift.
 
 Pure numpy and thread-safe (one lock around the ring), so the audio callbacks can call it and tests can drive it
 with known signals; `now` arguments are the callers' clock in seconds, used to place the write head between two
@@ -47,6 +48,7 @@ class DelayLine:
         self._resume_after = -1      # after an underrun: restart once more than this was written
         self._speed = 0.0
         self._gain = 0.0             # fade-in gain, ramps to 1
+        self._last_delay: float | None = None
         self.target: float | None = None  # seconds; None: silence until a target is known
         self.underruns = 0
 
@@ -74,9 +76,15 @@ class DelayLine:
             self._written_at = now
 
     def delay(self, now: float | None = None) -> float | None:
-        """The delay in use (seconds between the write head and the read head), None while silent."""
+        """The delay in use (seconds from the write head to the read head at the start of a read; `now`: the
+        next read's), None while silent. Between reads the output callback uses the last read's."""
         with self._lock:
             return None if self._read is None else (self._head(now) - self._read) / self.in_rate
+
+    @property
+    def last_delay(self) -> float | None:
+        """The delay the last read played at (None while silent)."""
+        return self._last_delay
 
     def read(self, frames: int, now: float | None = None) -> np.ndarray:
         """The next `frames` output samples (frames x channels, float32)."""
@@ -85,7 +93,7 @@ class DelayLine:
             return out
         with self._lock:
             if self.target is None:
-                self._read = None
+                self._read = self._last_delay = None
                 return out
             head = self._head(now)
             ratio = self.in_rate / self.out_rate
@@ -95,7 +103,8 @@ class DelayLine:
                 if self._written <= self._resume_after:
                     return out  # still nothing new after an underrun
                 self._start(head, target)
-            error = (head - self._read) / self.in_rate - target  # > 0: too much delay, read faster
+            self._last_delay = (head - self._read) / self.in_rate
+            error = self._last_delay - target  # > 0: too much delay, read faster
             wanted = float(np.clip(error / self.time_constant, -self.max_speed, self.max_speed))
             limit = self.max_speed * frames / self.out_rate / self.speed_ramp if self.speed_ramp > 0 else np.inf
             speed = self._speed + float(np.clip(wanted - self._speed, -limit, limit))
@@ -105,16 +114,20 @@ class DelayLine:
             positions = self._read + np.concatenate(([0.0], steps[:-1]))
             self._speed = speed
             available = self._written - _GUARD  # the interpolation needs two samples past the position
-            oldest = self._written - self._size + 2 * _GUARD
-            valid = (positions <= available - 1) & (positions >= oldest)
-            good = frames if valid.all() else int(np.argmin(valid))  # samples before the first missing one
-            if good:
-                out[:good] = self._interpolate(positions[:good]) * self._gains(good)
-            self._played = float(positions[good - 1]) if good else self._played
+            missing = positions > available - 1
+            good = frames if not missing.any() else int(np.argmax(missing))  # samples before the first missing
+            # silent: what was played already (after a restart) or is no longer in the ring
+            oldest = max(self._played, self._written - self._size + 2 * _GUARD)
+            quiet = int(np.searchsorted(positions[:good], oldest, side="right"))
+            if good > quiet:
+                out[quiet:good] = self._interpolate(positions[quiet:good]) * self._gains(good - quiet)
+                self._played = float(positions[good - 1])
+            else:
+                self._gain = 0.0  # fade in when the sound comes
             if good < frames:  # underrun: silence, and restart at the target delay once new audio comes
                 self.underruns += 1
                 self._resume_after = self._written
-                self._read = None
+                self._read = self._last_delay = None
                 return out
             self._read = self._read + steps[-1]
             return out
@@ -128,8 +141,8 @@ class DelayLine:
         return self._written + min(max(now - self._written_at, 0.0), 0.5) * self.in_rate
 
     def _start(self, head: float, target: float) -> None:
-        # never before what was already played: after an underrun that would repeat it
-        self._read = max(head - target * self.in_rate, self._played)
+        # at the target delay, in step with the clock; what was played before an underrun is not played again
+        self._read = head - target * self.in_rate
         self._speed = 0.0
         self._gain = 0.0
 

@@ -140,3 +140,25 @@ def test_bad_blocks_are_refused_and_stereo_passes():
         line.write(stereo[k * BLOCK:(k + 1) * BLOCK])
         block = line.read(BLOCK)
     assert block.shape == (BLOCK, 2) and np.abs(block[:, 0] - block[:, 1]).max() > 0.01
+
+
+def test_input_delivered_late_plays_at_the_same_delay_after_the_gap():
+    """A busy machine delays the input callback by 150 ms (3x the delay), then delivers the held blocks at once:
+    the output has a gap, and right after it plays at the target delay again (in step with the clock), without
+    a slow glide back and without playing anything twice."""
+    signal = band_noise(3.0)
+    line = DelayLine(1, RATE)
+    line.set_target(0.05)
+    out, held = [], []
+    for k in range(len(signal) // BLOCK):
+        now = (k + 1) * BLOCK / RATE
+        held.append(signal[k * BLOCK:(k + 1) * BLOCK])
+        if not 1.0 <= now < 1.15:  # the callbacks in between are late
+            for block in held:
+                line.write(block, now)
+            held = []
+        out.append(line.read(BLOCK, now)[:, 0])
+    out = np.concatenate(out)
+    assert line.underruns >= 1
+    assert abs(measured_lag(out, signal, int(1.3 * RATE), int(0.3 * RATE)) - 0.05) <= 1.5 / RATE
+    assert np.abs(np.diff(out)).max() <= 1.1 * (1 + line.max_speed) * np.abs(np.diff(signal)).max(), "no click"
