@@ -1,13 +1,14 @@
 """The microphone pass-through on a real audio server: PulseAudio started here with null sinks, no sound hardware.
 
-    probe (null sink, 2 channels) <- left:  "test input" (remap sink): the test plays tone bursts into it; its
+    probe (null sink, 2 channels) <- left:  "test input" (remap sink): the test plays sound bursts into it; its
                                             monitor is the microphone (--audio-in)
                                   <- right: "live avatar mic" (remap sink): --audio-out
 Recording the probe's monitor puts each burst and its delayed copy side by side in one stream (one clock), so
 their distance is the delay a call would hear. The live loop runs for real (driving clip through the app's
 Session) and measures its video latency; the pass-through must delay the microphone by that latency
 (+ --audio-offset), +-20 ms at steady state. The loop runs in passthrough mode (key o: the camera crop is sent, no
-network), so its latency stays steady on a busy 2-core machine; rendering only makes the latency larger. A second run kills the server mid-run: one notice, the video goes on.
+network), so its latency stays steady on a busy 2-core machine; rendering only makes the latency larger.
+A second run kills the server mid-run: one notice, the video goes on.
 
 Install: apt install pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins (.ci/run does). Where no server
 can start the tests skip with the reason.
@@ -205,8 +206,8 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
             outdata[:len(chunk), 0] = chunk
             position[0] += frames
 
-    session = Session(session_args(avatar, "--audio-offset", str(OFFSET_MS)), key_sources=[QuitAfter(RUN_S, first=["o"])],
-                      log=(messages := []).append)
+    session = Session(session_args(avatar, "--audio-offset", str(OFFSET_MS)),
+                      key_sources=[QuitAfter(RUN_S, first=["o"])], log=(messages := []).append)
     history = []  # (monotonic time, target ms, delay in use ms, underruns)
     done = threading.Event()
 
@@ -261,7 +262,6 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
 
     assert len(rows) >= 8, (f"too few steady-state bursts: {len(rows)} (audio for {times[-1] - audio_start:.1f} s, "
                             f"underruns at {[round(u - audio_start, 1) for u in underrun_times]})")
-    print([(round(w - audio_start, 2), m and round(m, 1), round(t, 1)) for w, m, t in rows])
     missing = [r for r in rows if r[1] is None]
     assert not missing, f"bursts that never came out of the virtual mic: {missing}"
     errors = np.array([measured - target for _, measured, target in rows])

@@ -67,7 +67,7 @@ def test_steady_state_equals_input_delayed_by_the_target_and_the_glide_is_smooth
         ideal = delayed_input(signal, target, len(out))
         last = slice(int((end - 0.3) * RATE), int((end - 0.05) * RATE))
         err = np.abs(out[last] - ideal[last]).max()
-        assert err < 0.06 * np.abs(signal).max(), err  # sample for sample the delayed input (a fraction of a sample off)
+        assert err < 0.06 * np.abs(signal).max(), err  # sample for sample the delayed input (< 1 sample off)
         assert abs(delays[int(end * RATE / BLOCK) - 1] - target) < 0.001
 
     # while gliding: no jump larger than the signal's own steepest step (x the glide's speed-up), no gaps
