@@ -248,6 +248,7 @@ class Session:
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.offline = args.driving is not None and args.output is not None
         self.audio = None  # the microphone pass-through (--audio-out)
+        self.recording = None  # the --output sink
         if self.offline and args.loop:
             raise UserError("--loop cannot be combined with --output for a --driving file (the render would never "
                             "end); drop one of them")
@@ -289,6 +290,9 @@ class Session:
             stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack))
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
+        if self.recording is not None and self.recording.audio_error:
+            self.log(f"notice: the recording has the clip's sound only up to where it failed: "
+                     f"{self.recording.audio_error}")
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
                  + (f"; wrote {args.output}" if args.output else "")
                  + (f"; {self.audio.summary()}" if self.audio is not None else ""))
@@ -374,7 +378,8 @@ class Session:
         try:
             if args.output:
                 # offline: the driving clip's own audio track goes into the mp4, aligned to the frames
-                video = VideoFileSink(args.output, fps=source.fps, audio_from=args.driving if self.offline else None)
+                video = self.recording = VideoFileSink(args.output, fps=source.fps,
+                                                       audio_from=args.driving if self.offline else None)
                 # live: repeat/drop frames by the clock so the recording plays at real speed on a slow machine
                 sinks.append(video if self.offline else RealtimePacer(video, source.fps))
             vcam = args.vcam if args.vcam is not None else not self.offline

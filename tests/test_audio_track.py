@@ -12,7 +12,7 @@ RATE = 44100
 CLICK_AT = 0.6  # seconds
 
 
-def make_clip(path, *, frames=30, fps=25, rate=RATE, audio_delay=0.0, audio=True):
+def make_clip(path, *, frames=30, fps=25, rate=RATE, audio_delay=0.0, audio=True, click_at=CLICK_AT):
     """A small mp4: moving frames and (unless audio=False) a 440 Hz tone with a loud 20 ms click at CLICK_AT
     clip time, its stream starting `audio_delay` seconds after the video."""
     container = av.open(str(path), "w")
@@ -30,7 +30,7 @@ def make_clip(path, *, frames=30, fps=25, rate=RATE, audio_delay=0.0, audio=True
     if sound is not None:
         t = np.arange(int((frames / fps - audio_delay) * rate)) / rate
         signal = 0.2 * np.sin(2 * np.pi * 440.0 * t)
-        click = int((CLICK_AT - audio_delay) * rate)
+        click = int((click_at - audio_delay) * rate)
         signal[click:click + int(0.02 * rate)] = 0.9
         start = round(audio_delay * rate)
         for k in range(0, len(signal), 1024):
@@ -107,16 +107,17 @@ def test_no_audio_track_without_sound_in_the_source(tmp_path):
 
 @pytest.mark.slow
 def test_offline_render_keeps_the_driving_clips_audio(tmp_path):
-    clip = make_clip(tmp_path / "talk.mp4", frames=20)
+    """Through run_live's Session: --driving clip.mp4 --output out.mp4 (uncalibrated, so no render: fast)."""
+    clip = make_clip(tmp_path / "talk.mp4", frames=12, click_at=0.2)
     avatar = tmp_path / "avatar.png"
     from skimage.data import astronaut
     cv2.imwrite(str(avatar), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
     out = tmp_path / "out.mp4"
     args = build_parser().parse_args([
         "--avatar", str(avatar), "--driving", str(clip), "--output", str(out), "--no-preview", "--no-track",
-        "--max-frames", "16", "--deterministic-weights", "--device", "cpu", "--backend", "torch"])
+        "--no-calibrate-first", "--max-frames", "8", "--deterministic-weights", "--device", "cpu", "--backend", "torch"])
     assert Session(args, log=lambda m: None).run() == 0
     frames, fps, audio, rate = read_tracks(out)
-    assert frames == 16 and audio is not None
+    assert frames == 8 and audio is not None
     assert abs(len(audio) / rate - frames / fps) <= 1 / fps
-    assert click_time(audio, rate) == pytest.approx(CLICK_AT, abs=0.003)
+    assert click_time(audio, rate) == pytest.approx(0.2, abs=0.003)
