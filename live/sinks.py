@@ -220,7 +220,8 @@ class VideoFileSink(Sink):
     - frames go to `<stem>.partial-<random><ext>` beside the target, renamed over the target only when finalised,
       so an old recording at that path is never destroyed by a run that fails or is killed;
     - a write error (disk full) raises SinkError naming it; the frames already on disk are kept at the target.
-    Frames of another size are placed on the canvas with `mode`. close() finalises (safe twice); use the sink as a
+    Frames of another size are placed on the canvas with `mode`. `audio_from`: a media file whose sound goes into
+    the recording, aligned to the frames (live/audio_track.py). close() finalises (safe twice); use the sink as a
     context manager so an exception in the loop still leaves a playable file with every frame written.
     """
 

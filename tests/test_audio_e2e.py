@@ -181,6 +181,7 @@ def session_args(avatar, *extra):
         "--audio-in", "Monitor of test input", "--audio-out", "live avatar mic", *extra])
 
 
+@pytest.mark.slow
 def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_latency(pulse, avatar):
     templates = bursts(int(RUN_S / PERIOD_S) + 4)
     signal = np.zeros(int((len(templates) + 1) * PERIOD_S * RATE), np.float32)
@@ -273,6 +274,7 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
     assert np.mean([r[2] for r in rows]) > OFFSET_MS + 1, "the target must include a real, measured latency"
 
 
+@pytest.mark.slow
 def test_a_vanishing_audio_server_stops_the_audio_with_one_notice_and_the_video_goes_on(pulse, avatar,
                                                                                       memory_backend):
     from tests.support import MemoryCamera
