@@ -402,15 +402,16 @@ class Session:
 
     def _audio(self, pipeline, stack):
         """--audio-out: the microphone pass-through, delayed by this pipeline's measured latency."""
-        if self.args.audio_out is None:
+        if getattr(self.args, "audio_out", None) is None:
             return None
         from live.audio import open_pass_through
         audio = open_pass_through(self.args, pipeline.timings, notify=pipeline.notify)
         stack.callback(audio.close)
         pipeline.hud_extras.append(audio.hud_line)
+        pick = f'"Monitor of {audio.target}"' if audio.target.pulse else f"the recording side of {audio.target}"
         self.log(f"audio: {audio.source} -> {audio.target}, delayed like the video"
                  + (f" {self.args.audio_offset:+.0f} ms" if self.args.audio_offset else "")
-                 + f" - pick {audio.target} (its monitor on Linux) as the microphone in your call app")
+                 + f"; in your call app pick {pick} as the microphone (docs/audio.md)")
         return audio
 
     def _preview(self):
