@@ -22,7 +22,7 @@ import os
 import shutil
 import statistics
 import subprocess
-import threading
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -264,6 +264,30 @@ def validate_audio_args(args) -> None:
 
 
 # --- the pass-through ---------------------------------------------------------------------------------------------
+_alsa_handler = None  # kept alive: ALSA calls it
+
+
+def _quiet_alsa() -> None:
+    """alsa-lib prints a line per recovered underrun ("ALSA lib pcm.c: ... underrun occurred") to stderr, which
+    on a busy machine floods the terminal; the pass-through counts them (summary line) instead."""
+    global _alsa_handler
+    if _alsa_handler is not None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("asound")
+    if name is None:
+        return
+    try:
+        lib = ctypes.CDLL(name)
+        handler_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                        ctypes.c_char_p)
+        _alsa_handler = handler_type(lambda *args: None)
+        lib.snd_lib_error_set_handler(_alsa_handler)
+    except (OSError, AttributeError):
+        pass
+
+
 def median_latency_ms(timings, seconds: float = LATENCY_WINDOW_S) -> float | None:
     """Running median of the video's capture -> sent latency over the last `seconds` (None before a frame)."""
     recent = timings.recent_latencies(seconds)
@@ -309,6 +333,7 @@ class AudioPassThrough:
     # --- life cycle ------------------------------------------------------------------------------------------
     def start(self) -> "AudioPassThrough":
         sd = portaudio()
+        _quiet_alsa()
         opening = f"input {self.source}"
         try:
             with _pulse_target(self.source, "input"):

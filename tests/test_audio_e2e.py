@@ -244,7 +244,7 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
 
     session = Session(session_args(avatar, "--audio-offset", str(OFFSET_MS), *slow_camera),
                       key_sources=[QuitAfter(RUN_S, first=["o"])], log=(messages := []).append)
-    history = []  # (monotonic time, target ms, delay in use ms, underruns)
+    history = []  # (monotonic time, target ms, delay in use ms, audio glitches so far)
     done = threading.Event()
 
     def watch():
@@ -252,7 +252,8 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
             audio = session.audio
             if audio is not None and audio.line is not None:
                 playing.set()
-                history.append((time.monotonic(), audio.target_delay_ms, audio.delay_ms(), audio.line.underruns))
+                glitches = audio.line.underruns + audio.output_underflows + audio.input_overflows
+                history.append((time.monotonic(), audio.target_delay_ms, audio.delay_ms(), glitches))
             time.sleep(0.02)
 
     recorder = Stream("input", "probe.monitor", 2, record)
@@ -273,7 +274,7 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
     left, right = np.concatenate(recorded)[:, 0], np.concatenate(recorded)[:, 1]
     times = np.array([h[0] for h in history])
     targets = np.array([np.nan if h[1] is None else h[1] for h in history], dtype=float)
-    underrun_times = [h[0] for prev, h in zip(history, history[1:]) if h[3] > prev[3]]
+    glitch_times = [h[0] for prev, h in zip(history, history[1:]) if h[3] > prev[3]]
     audio_start = times[np.argmax(~np.isnan(targets))]
 
     rows = []
@@ -284,20 +285,23 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
         if cl[li] < 0.8 * energy:
             continue  # played after the recording ended
         when = first_callback[0] + li / RATE
-        # steady state: the delay has settled, and no underrun (a busy machine starving the audio) just now
-        steady = when > audio_start + 3.0 and all(not -0.2 <= when - u < 1.0 for u in underrun_times)
+        # steady state: the delay has settled, and no underrun or overflow (a busy machine starving the audio
+        # threads: the sound has a gap there) just now
+        steady = when > audio_start + 3.0 and all(not -0.2 <= when - u < 1.0 for u in glitch_times)
         target = float(np.interp(when, times, targets))
         if not steady or when + target / 1000.0 > times[-1] - 0.3:
             continue  # still settling, or its copy would come after the end
         window = cr[li:li + int((target / 1000.0 + 0.3) * RATE)]
         ri = li + int(np.argmax(window))
         if window.max() < 0.3 * energy:
-            rows.append((when, None, target))
+            wide = cr[li:li + 3 * RATE]  # for the failure message: where its best match is, if anywhere
+            rows.append((round(when - audio_start, 2), None, f"best match {np.argmax(wide) / RATE * 1000:.0f} ms "
+                                                              f"later at {wide.max() / energy:.2f}"))
             continue
         rows.append((when, (ri - li) / RATE * 1000.0, target))
 
     assert len(rows) >= 8, (f"too few steady-state bursts: {len(rows)} (audio for {times[-1] - audio_start:.1f} s, "
-                            f"underruns at {[round(u - audio_start, 1) for u in underrun_times]})")
+                            f"glitches at {[round(u - audio_start, 1) for u in glitch_times]} s)")
     missing = [r for r in rows if r[1] is None]
     assert not missing, f"bursts that never came out of the virtual mic: {missing}"
     errors = np.array([measured - target for _, measured, target in rows])
