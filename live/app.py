@@ -29,6 +29,7 @@ from engines.version import program_name, version_line
 from live.cameras import camera_spec
 from live.config import add_config_arguments
 from engines.progress import step
+from live.audio import add_audio_arguments, check_audio, validate_audio_args
 from live.hotkeys import help_text
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
@@ -98,6 +99,7 @@ def validate_args(args) -> None:
     quality = getattr(args, "remote_quality", None)
     if quality is not None and not 1 <= quality <= 100:
         raise UserError(f"--remote-quality {quality}: expected 1..100")
+    validate_audio_args(args)
     output = getattr(args, "output", None)
     if output:
         from live.sinks import check_video_path
@@ -116,6 +118,7 @@ def check_environment(args) -> None:
             import av  # noqa: F401 - recordings are written through PyAV (FFmpeg's libraries)
         except Exception as e:  # noqa: BLE001 - ImportError or a broken native module
             raise UserError(f"--output needs PyAV ({type(e).__name__}: {e}): pip install -r requirements.txt") from None
+    check_audio(args)
     if not args.no_track:
         from live.crop import HaarFaceDetector
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
@@ -249,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop side as a multiple of the detected face size (default 1.8: whole head)")
     g.add_argument("--mirror", action="store_true", help="mirror the camera image")
     add_config_arguments(p)
+
+    add_audio_arguments(p.add_argument_group("audio (lip sync in calls: docs/audio.md)"))
     return p
 
 
@@ -263,6 +268,8 @@ class Session:
         self.extra_key_sources = list(key_sources)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.offline = args.driving is not None and args.output is not None
+        self.audio = None  # the microphone pass-through (--audio-out)
+        self.recording = None  # the --output sink
         if self.offline and args.loop:
             raise UserError("--loop cannot be combined with --output for a --driving file (the render would never "
                             "end); drop one of them")
@@ -294,6 +301,7 @@ class Session:
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
             if self.args.remote:
                 attach_remote(engine, pipeline)
+            self.audio = self._audio(pipeline, stack)
             terminal = stack.enter_context(TerminalKeys())
             pipeline.key_sources = [terminal.read, *self.extra_key_sources]
             self._greet(pipeline, source, terminal.active)
@@ -304,8 +312,12 @@ class Session:
             stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack, pipeline))
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
+        if self.recording is not None and self.recording.audio_error:
+            self.log(f"notice: the recording has the clip's sound only up to where it failed: "
+                     f"{self.recording.audio_error}")
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
-                 + (f"; wrote {args.output}" if args.output else ""))
+                 + (f"; wrote {args.output}" if args.output else "")
+                 + (f"; {self.audio.summary()}" if self.audio is not None else ""))
         return 0
 
     # --- pieces ---------------------------------------------------------------------------------------------
@@ -410,7 +422,9 @@ class Session:
         sinks = []
         try:
             if args.output:
-                video = VideoFileSink(args.output, fps=source.fps)
+                # offline: the driving clip's own audio track goes into the mp4, aligned to the frames
+                video = self.recording = VideoFileSink(args.output, fps=source.fps,
+                                                       audio_from=args.driving if self.offline else None)
                 # live: repeat/drop frames by the clock so the recording plays at real speed on a slow machine
                 sinks.append(video if self.offline else RealtimePacer(video, source.fps))
             vcam = args.vcam if args.vcam is not None else not self.offline
@@ -430,6 +444,20 @@ class Session:
                 sink.close()
             raise
         return sinks
+
+    def _audio(self, pipeline, stack):
+        """--audio-out: the microphone pass-through, delayed by this pipeline's measured latency."""
+        if getattr(self.args, "audio_out", None) is None:
+            return None
+        from live.audio import open_pass_through
+        audio = open_pass_through(self.args, pipeline.timings, notify=pipeline.notify)
+        stack.callback(audio.close)
+        pipeline.hud_extras.append(audio.hud_line)
+        pick = f'"Monitor of {audio.target}"' if audio.target.pulse else f"the recording side of {audio.target}"
+        self.log(f"audio: {audio.source} -> {audio.target}, delayed like the video"
+                 + (f" {self.args.audio_offset:+.0f} ms" if self.args.audio_offset else "")
+                 + f"; in your call app pick {pick} as the microphone (docs/audio.md)")
+        return audio
 
     def _preview(self):
         want = self.args.preview

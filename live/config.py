@@ -36,7 +36,7 @@ APP_DIR = "live-avatar"
 CONFIG_NAME = "config.toml"
 MAX_CONFIG_BYTES = 64 * 1024  # preferences are a few hundred bytes; anything larger is not a config file
 # Flags that run a one-off command rather than set how a run behaves: saving one would repeat it on every run.
-NOT_PREFERENCES = {"help", "version", "config", "save_config", "doctor", "list_cameras"}
+NOT_PREFERENCES = {"help", "version", "config", "save_config", "doctor", "list_cameras", "list_audio", "audio_setup"}
 
 
 class ConfigError(UserError):

@@ -13,6 +13,7 @@ All times come from time.perf_counter() (the clock the capture thread stamps fra
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 import cv2
 import numpy as np
 
+LATENCY_HISTORY = 2000  # frames whose latency recent_latencies() can return (over a minute at 30 fps)
 STAGES = ("wait", "crop", "detect", "normalize", "render", "rtt", "sinks")  # rtt: --remote round trip
 OVERLAPPING = frozenset({"wait", "rtt"})  # not inside the capture->sent time of the frame they are recorded in
 
@@ -41,6 +43,8 @@ class Timings:
         self._sent: deque[float] = deque()        # frame_done() times within the window (at least the last two)
         self._first_sent: float | None = None
         self._last_sent: float | None = None
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_HISTORY)  # (sent time, ms)
+        self._latency_lock = threading.Lock()  # the audio thread reads them (lip sync)
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
@@ -82,7 +86,15 @@ class Timings:
             self.fresh_frames += 1
             if capture_timestamp is not None:
                 self.latency_ms = self._ema(self.latency_ms, (now - capture_timestamp) * 1000.0)
+                with self._latency_lock:
+                    self._latencies.append((now, (now - capture_timestamp) * 1000.0))
         self.frames += 1
+
+    def recent_latencies(self, seconds: float) -> list[float]:
+        """Capture -> sent latencies (ms) of the frames sent in the last `seconds`; safe from any thread."""
+        since = self.clock() - seconds
+        with self._latency_lock:
+            return [ms for sent, ms in self._latencies if sent >= since]
 
     @property
     def fps(self) -> float | None:

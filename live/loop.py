@@ -140,6 +140,7 @@ class LivePipeline:
         self.stats = RunStats(timings=timings or Timings())
         self.timings = self.stats.timings
         self.quit_requested = False
+        self.hud_extras: list[Callable[[], str]] = []  # more HUD lines (the audio delay in use)
         self._notice = ""
         self._notice_until = 0.0
         self._nonfinite_reported = False
@@ -363,7 +364,7 @@ class LivePipeline:
 
     def _show(self, image: np.ndarray, box, output: np.ndarray) -> None:
         if self.preview is not None:  # its keys are read by poll_keys, with every other key source
-            hud = self.timings.lines() if self.options.show_hud else ()
+            hud = [*self.timings.lines(), *(line() for line in self.hud_extras)] if self.options.show_hud else ()
             self.preview.show(image, box, output, hud_lines=hud, status=self.status, framing=self._framing())
 
     def _framing(self) -> Framing | None:

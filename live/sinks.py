@@ -220,12 +220,13 @@ class VideoFileSink(Sink):
     - frames go to `<stem>.partial-<random><ext>` beside the target, renamed over the target only when finalised,
       so an old recording at that path is never destroyed by a run that fails or is killed;
     - a write error (disk full) raises SinkError naming it; the frames already on disk are kept at the target.
-    Frames of another size are placed on the canvas with `mode`. close() finalises (safe twice); use the sink as a
+    Frames of another size are placed on the canvas with `mode`. `audio_from`: a media file whose sound goes into
+    the recording, aligned to the frames (live/audio_track.py). close() finalises (safe twice); use the sink as a
     context manager so an exception in the loop still leaves a playable file with every frame written.
     """
 
     def __init__(self, path, fps: float, size: tuple[int, int] | None = None, *, codec: str | None = None,
-                 mode: str = "fit", color=DEFAULT_CANVAS_COLOR):
+                 mode: str = "fit", color=DEFAULT_CANVAS_COLOR, audio_from=None):
         super().__init__()
         self._closed = True  # until fully open: __del__ must not finalise a half-built sink
         self.path = Path(path).expanduser()
@@ -237,6 +238,8 @@ class VideoFileSink(Sink):
         check_video_path(self.path)
         self.fps, self.size, self.mode, self.color = float(fps), size, mode, color
         self._codec = codec
+        self._audio_from, self.audio = audio_from, None  # audio_from: a media file whose sound goes along
+        self.audio_error: str | None = None
         self._container = self._stream = None
         self.temp_path = self._create_temp()
         self._closed = False
@@ -286,6 +289,12 @@ class VideoFileSink(Sink):
             self._discard()
             raise SinkError(f"cannot write video file {self.path}: no usable video encoder ({e})") from None
         self._container, self._stream, self.size = container, stream, (width, height)
+        if self._audio_from is not None:
+            from live.audio_track import AudioTrack
+            try:
+                self.audio = AudioTrack.open(self._audio_from, container)
+            except Exception as e:  # noqa: BLE001 - a broken audio stream costs the sound, not the video
+                self.audio_error = f"{type(e).__name__}: {e}"
 
     def send(self, frame_rgb: np.ndarray) -> None:
         _check_rgb(frame_rgb)
@@ -300,6 +309,8 @@ class VideoFileSink(Sink):
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
+            if self.audio is not None:  # the sound up to the end of this frame
+                self.audio.write_until((self.frames_sent + 1) / self.fps, self._container)
         except Exception as e:  # noqa: BLE001 - av.error.OSError (ENOSPC, EIO, ...) and other FFmpeg errors
             self._fail(e)
         self.frames_sent += 1
@@ -307,6 +318,7 @@ class VideoFileSink(Sink):
     def _fail(self, error: BaseException):
         """A write failed: keep what reached the disk at the target, then raise one SinkError line."""
         self._closed = True
+        self._close_audio()
         container, self._container = self._container, None
         try:
             container.close()  # fragments already written stay readable; finishing this one may fail too
@@ -328,6 +340,11 @@ class VideoFileSink(Sink):
         self._discard()
         return False
 
+    def _close_audio(self) -> None:
+        if self.audio is not None:
+            self.audio.close()
+            self.audio_error = self.audio_error or self.audio.error
+
     def _discard(self) -> None:
         try:
             os.remove(self.temp_path)
@@ -346,11 +363,15 @@ class VideoFileSink(Sink):
                     container.close()
                 except Exception:  # noqa: BLE001
                     pass
+            self._close_audio()
             self._discard()
             return
         try:
             for packet in self._stream.encode(None):  # drain the encoder
                 container.mux(packet)
+            if self.audio is not None:
+                self.audio.finish(self.frames_sent / self.fps, container)
+                self.audio_error = self.audio.error
             container.close()  # writes the last fragment (and the fragment index)
             with open(self.temp_path, "rb+") as handle:
                 os.fsync(handle.fileno())  # on disk before the rename makes it the recording

@@ -1,0 +1,334 @@
+"""The microphone pass-through on a real audio server: PulseAudio started here with null sinks, no sound hardware.
+
+    probe (null sink, 2 channels) <- left:  "test input" (remap sink): the test plays sound bursts into it; its
+                                            monitor is the microphone (--audio-in)
+                                  <- right: "live avatar mic" (remap sink): --audio-out
+Recording the probe's monitor puts each burst and its delayed copy side by side in one stream (one clock), so
+their distance is the delay a call would hear. The live loop runs for real (driving clip through the app's
+Session) and measures its video latency; the pass-through must delay the microphone by that latency
+(+ --audio-offset), +-20 ms at steady state. The loop runs in passthrough mode (key o: the camera crop is sent, no
+network) into a virtual camera that takes 150 ms per frame, so the latency is real but steady on a busy 2-core
+machine (the network's time per frame varies there by hundreds of ms).
+A second run kills the server mid-run: one notice, the video goes on.
+
+Install: apt install pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins (.ci/run does). Where no server
+can start the tests skip with the reason.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from scipy.signal import butter, correlate, sosfilt
+
+from live.app import Session, build_parser
+from tests.conftest import carphone_path
+
+RATE = 48000
+BURST_S, PERIOD_S = 0.03, 0.5
+OFFSET_MS = 25.0
+SINK_S = 0.15  # the virtual camera takes this long per frame: a video latency that stays steady on a busy machine
+TOLERANCE_MS = 20.0
+RUN_S = 14.0
+
+PULSE_CONFIG = r"""
+load-module module-native-protocol-unix
+load-module module-null-sink sink_name=probe channels=2 rate=48000 format=float32le sink_properties=device.description=probe
+load-module module-remap-sink sink_name=test_in master=probe channels=1 master_channel_map=front-left channel_map=mono remix=no sink_properties=device.description="test\ input"
+load-module module-remap-sink sink_name=live_avatar_mic master=probe channels=1 master_channel_map=front-right channel_map=mono remix=no sink_properties=device.description="live\ avatar\ mic"
+"""
+
+
+class PulseServer:
+    """A private PulseAudio daemon (its own runtime folder and cookie), reachable through os.environ while up."""
+
+    ENV = ("XDG_RUNTIME_DIR", "PULSE_RUNTIME_PATH", "PULSE_STATE_PATH", "PULSE_COOKIE", "HOME")
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.process = None
+        self._saved = {}
+
+    def start(self) -> "PulseServer":
+        exe = shutil.which("pulseaudio")
+        if exe is None or shutil.which("pactl") is None:
+            pytest.skip("no audio server: pulseaudio/pactl not installed (apt install pulseaudio pulseaudio-utils "
+                        "libportaudio2 libasound2-plugins)")
+        try:
+            import sounddevice  # noqa: F401
+        except (ImportError, OSError) as e:
+            pytest.skip(f"no PortAudio for sounddevice ({e}): apt install libportaudio2 libasound2-plugins")
+        run = self.root / "run"
+        (run / "pulse").mkdir(parents=True, exist_ok=True)
+        run.chmod(0o700)
+        (self.root / "home").mkdir(exist_ok=True)
+        config = self.root / "test.pa"
+        config.write_text(PULSE_CONFIG)
+        env = {"XDG_RUNTIME_DIR": str(run), "PULSE_RUNTIME_PATH": str(run / "pulse"),
+               "PULSE_STATE_PATH": str(self.root / "state"), "PULSE_COOKIE": str(self.root / "cookie"),
+               "HOME": str(self.root / "home")}
+        self._saved = {k: os.environ.get(k) for k in self.ENV}
+        os.environ.update(env)
+        self.log = open(self.root / "pulse.log", "w")
+        # --system=false -n -F: no system daemon, none of the machine's configuration, only ours (works as root)
+        self.process = subprocess.Popen([exe, "--daemonize=no", "--exit-idle-time=-1", "--system=false", "-n",
+                                         "-F", str(config), "--use-pid-file=false", "--log-target=stderr"],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if subprocess.run(["pactl", "info"], capture_output=True).returncode == 0:
+                import sounddevice
+                sounddevice._terminate()  # PortAudio lists ALSA's "pulse" device only while a server answers:
+                sounddevice._initialize()  # enumerate again now that one does
+                return self
+            time.sleep(0.1)
+        tail = (self.root / "pulse.log").read_text()[-400:].replace("\n", " | ")
+        self.stop()
+        pytest.skip(f"no audio server: pulseaudio did not start ({tail})")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        self.kill()
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved = {}
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+@pytest.fixture
+def pulse(tmp_path):
+    server = PulseServer(tmp_path / "pulse").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def avatar(tmp_path):
+    from skimage.data import astronaut
+    path = tmp_path / "avatar.png"
+    cv2.imwrite(str(path), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def bursts(count: int, seed: int = 7) -> list[np.ndarray]:
+    """Distinct noise bursts below 6 kHz: each one has a single cross-correlation peak."""
+    rng = np.random.default_rng(seed)
+    sos = butter(6, [300, 6000], btype="band", fs=RATE, output="sos")
+    n = int(BURST_S * RATE)
+    out = []
+    for _ in range(count):
+        b = sosfilt(sos, rng.standard_normal(n)) * np.hanning(n)
+        out.append((0.5 * b / np.abs(b).max()).astype(np.float32))
+    return out
+
+
+class Stream:
+    """A sounddevice stream on PortAudio's "pulse" device, routed to one sink/source of the test server."""
+
+    def __init__(self, kind, target, channels, callback):
+        import sounddevice as sd
+        var = "PULSE_SOURCE" if kind == "input" else "PULSE_SINK"
+        os.environ[var] = target
+        try:
+            cls = sd.InputStream if kind == "input" else sd.OutputStream
+            self.stream = cls(device="pulse", channels=channels, samplerate=RATE, dtype="float32",
+                              latency=0.05, callback=callback)
+        finally:
+            os.environ.pop(var, None)
+        self.stream.start()
+
+    def close(self):
+        self.stream.abort()
+        self.stream.close()
+
+
+class QuitAfter:
+    """Key source: q `seconds` after the loop's first poll; `at` callbacks run once their time has come (in the
+    video thread)."""
+
+    def __init__(self, seconds, at=(), first=()):
+        self.start, self.seconds, self.at, self.first = None, seconds, list(at), list(first)
+
+    def __call__(self):
+        if self.start is None:
+            self.start = time.monotonic()
+            return self.first
+        elapsed = time.monotonic() - self.start
+        while self.at and elapsed >= self.at[0][0]:
+            self.at.pop(0)[1]()
+        return ["q"] if elapsed >= self.seconds else []
+
+
+class SlowCamera:
+    """A pyvirtualcam backend that takes SINK_S per frame (like a slow encoder) and counts the frames."""
+
+    instances = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self.width, self.height, self.frames = width, height, 0
+        SlowCamera.instances.append(self)
+
+    def send(self, frame):
+        time.sleep(SINK_S)
+        self.frames += 1
+
+    def device(self):
+        return "slow0"
+
+    def native_fourcc(self):
+        return None
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def slow_camera():
+    import pyvirtualcam
+    from pyvirtualcam.camera import BACKENDS
+    SlowCamera.instances = []
+    pyvirtualcam.register_backend("slow-test", SlowCamera)
+    yield ["--vcam", "--vcam-backend", "slow-test", "--vcam-size", "64x48"]
+    BACKENDS.pop("slow-test", None)
+
+
+def session_args(avatar, *extra):
+    return build_parser().parse_args([
+        "--avatar", str(avatar), "--driving", str(carphone_path()), "--loop", "--no-preview", "--no-vcam",
+        "--deterministic-weights", "--device", "cpu", "--backend", "torch",
+        "--audio-in", "Monitor of test input", "--audio-out", "live avatar mic", *extra])
+
+
+@pytest.mark.slow
+def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_latency(pulse, avatar, slow_camera):
+    templates = bursts(int(RUN_S / PERIOD_S) + 4)
+    signal = np.zeros(int((len(templates) + 1) * PERIOD_S * RATE), np.float32)
+    starts = [int((0.25 + i * PERIOD_S) * RATE) for i in range(len(templates))]
+    for s, b in zip(starts, templates):
+        signal[s:s + len(b)] = b
+
+    recorded, first_callback = [], []
+
+    def record(indata, frames, time_info, status):
+        if not first_callback:
+            first_callback.append(time.monotonic() - frames / RATE)
+        recorded.append(indata.copy())
+
+    position = [0]
+
+    playing = threading.Event()  # from when the pass-through runs (the model loads first)
+
+    def play(outdata, frames, time_info, status):
+        outdata.fill(0)
+        if playing.is_set():
+            chunk = signal[position[0]:position[0] + frames]
+            outdata[:len(chunk), 0] = chunk
+            position[0] += frames
+
+    session = Session(session_args(avatar, "--audio-offset", str(OFFSET_MS), *slow_camera),
+                      key_sources=[QuitAfter(RUN_S, first=["o"])], log=(messages := []).append)
+    history = []  # (monotonic time, target ms, delay in use ms, audio glitches so far)
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            audio = session.audio
+            if audio is not None and audio.line is not None:
+                playing.set()
+                glitches = audio.line.underruns + audio.output_underflows + audio.input_overflows
+                history.append((time.monotonic(), audio.target_delay_ms, audio.delay_ms(), glitches))
+            time.sleep(0.02)
+
+    recorder = Stream("input", "probe.monitor", 2, record)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    player = Stream("output", "test_in", 1, play)
+    try:
+        assert session.run() == 0
+    finally:
+        done.set()
+        player.close()
+        recorder.close()
+        watcher.join(2)
+
+    assert any(m.startswith("audio: ") and "live avatar mic" in m for m in messages), messages
+    (summary,) = [m for m in messages if m.startswith("done:")]
+    assert "audio delay" in summary and "video latency median" in summary, summary
+    left, right = np.concatenate(recorded)[:, 0], np.concatenate(recorded)[:, 1]
+    times = np.array([h[0] for h in history])
+    targets = np.array([np.nan if h[1] is None else h[1] for h in history], dtype=float)
+    glitch_times = [h[0] for prev, h in zip(history, history[1:]) if h[3] > prev[3]]
+    audio_start = times[np.argmax(~np.isnan(targets))]
+
+    rows = []
+    for b in templates:
+        energy = float(np.dot(b, b))
+        cl, cr = correlate(left, b, mode="valid", method="fft"), correlate(right, b, mode="valid", method="fft")
+        li = int(np.argmax(cl))
+        if cl[li] < 0.8 * energy:
+            continue  # played after the recording ended
+        when = first_callback[0] + li / RATE
+        # steady state: the delay has settled, and no underrun or overflow (a busy machine starving the audio
+        # threads: the sound has a gap there) just now
+        steady = when > audio_start + 3.0 and all(not -0.2 <= when - u < 1.0 for u in glitch_times)
+        target = float(np.interp(when, times, targets))
+        if not steady or when + target / 1000.0 > times[-1] - 0.3:
+            continue  # still settling, or its copy would come after the end
+        window = cr[li:li + int((target / 1000.0 + 0.3) * RATE)]
+        ri = li + int(np.argmax(window))
+        if window.max() < 0.3 * energy:
+            wide = cr[li:li + 3 * RATE]  # for the failure message: where its best match is, if anywhere
+            rows.append((round(when - audio_start, 2), None, f"best match {np.argmax(wide) / RATE * 1000:.0f} ms "
+                                                              f"later at {wide.max() / energy:.2f}"))
+            continue
+        rows.append((when, (ri - li) / RATE * 1000.0, target))
+
+    assert len(rows) >= 8, (f"too few steady-state bursts: {len(rows)} (audio for {times[-1] - audio_start:.1f} s, "
+                            f"glitches at {[round(u - audio_start, 1) for u in glitch_times]} s)")
+    missing = [r for r in rows if r[1] is None]
+    assert not missing, f"bursts that never came out of the virtual mic: {missing}"
+    errors = np.array([measured - target for _, measured, target in rows])
+    report = (f"{len(rows)} bursts: video latency median + {OFFSET_MS:g} ms = "
+              f"{np.mean([r[2] for r in rows]):.0f} ms, audio delay measured {np.mean([r[1] for r in rows]):.0f} ms,"
+              f" error mean {errors.mean():+.1f} ms, worst {errors[np.argmax(np.abs(errors))]:+.1f} ms")
+    print(report)
+    assert np.abs(errors).max() <= TOLERANCE_MS, report
+    assert np.mean([r[2] for r in rows]) > OFFSET_MS + 1000 * SINK_S, "the target includes the measured latency"
+
+
+@pytest.mark.slow
+def test_a_vanishing_audio_server_stops_the_audio_with_one_notice_and_the_video_goes_on(pulse, avatar,
+                                                                                      memory_backend):
+    from tests.support import MemoryCamera
+    sent_at_kill = []
+
+    def kill():
+        sent_at_kill.append(len(MemoryCamera.instances[0].frames))
+        pulse.kill()
+
+    args = session_args(avatar, "--vcam", "--vcam-backend", memory_backend, "--vcam-size", "64x48")
+    session = Session(args, key_sources=[QuitAfter(8.0, at=[(4.0, kill)], first=["o"])], log=(messages := []).append)
+    assert session.run() == 0
+    notices = [m for m in messages if "pass-through is off" in m]
+    assert len(notices) == 1, messages
+    (summary,) = [m for m in messages if m.startswith("done:")]
+    assert "audio stopped" in summary, summary
+    (cam,) = MemoryCamera.instances
+    assert sent_at_kill and len(cam.frames) > sent_at_kill[0] + 2, "the video goes on after the audio stopped"
