@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import signal
 import sys
-import threading
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from engines.errors import UserError
 from live.hotkeys import help_text
+from live.signals import Stopped, run_command, stop_on_signals  # noqa: F401 - Stopped, stop_on_signals: API
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
 INT8_CALIBRATION_AVATARS = 4  # --precision int8 calibrates on the first avatars (each is encoded once for it)
@@ -66,16 +63,6 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def _same_file(a, b) -> bool:
-    a, b = Path(a).expanduser(), Path(b).expanduser()
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)  # also catches hard links and symlinks
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def validate_args(args) -> None:
     """Raise UserError (one line) for flag values that cannot work, before anything slow or destructive runs."""
     for dest, value in sorted(vars(args).items()):
@@ -93,62 +80,18 @@ def validate_args(args) -> None:
         raise UserError(f"--remote-quality {quality}: expected 1..100")
     output = getattr(args, "output", None)
     if output:
-        from live.sinks import check_video_path
-        check_video_path(output)
-        for flag, other in (("--driving", args.driving), ("--avatar", args.avatar), ("--checkpoint",
-                                                                                      args.checkpoint)):
-            if other is not None and _same_file(output, other):
-                raise UserError(f"--output {output} is the same file as {flag} {other}: it would be overwritten; "
-                                "choose another output name")
+        from live.sinks import check_output
+        check_output(output, {"--driving": args.driving, "--avatar": args.avatar, "--checkpoint": args.checkpoint})
 
 
 def check_environment(args) -> None:
     """Start-up checks of what the run will need from the installation (raise UserError)."""
     if args.output is not None:
-        try:
-            import av  # noqa: F401 - recordings are written through PyAV (FFmpeg's libraries)
-        except Exception as e:  # noqa: BLE001 - ImportError or a broken native module
-            raise UserError(f"--output needs PyAV ({type(e).__name__}: {e}): pip install -r requirements.txt") from None
+        from live.sinks import check_recording_support
+        check_recording_support("--output")
     if not args.no_track:
         from live.crop import HaarFaceDetector
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
-
-
-# --- SIGTERM / SIGHUP handled like Ctrl-C (issue 10) --------------------------------------------------------------
-class Stopped(KeyboardInterrupt):
-    """Raised in the main thread by SIGTERM/SIGHUP; a KeyboardInterrupt, so every path that closes outputs on
-    Ctrl-C (finalising the mp4) does the same here."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.signame = signal.Signals(signum).name
-        super().__init__(self.signame)
-
-
-@contextmanager
-def stop_on_signals(names=("SIGTERM", "SIGHUP")):
-    """Turn the named signals into `Stopped` while the block runs. A signal already ignored (nohup) stays
-    ignored; after the first one the rest are ignored, so a second `kill` cannot cut the finalising short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = {}
-
-    def handler(signum, frame):
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        raise Stopped(signum)
-
-    for name in names:
-        sig = getattr(signal, name, None)  # no SIGHUP on Windows
-        if sig is None or signal.getsignal(sig) == signal.SIG_IGN:
-            continue
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,11 +303,14 @@ class Session:
     def _sinks(self, source) -> list:
         from live.loop import RealtimePacer
         from live.errors import SinkError
-        from live.sinks import VideoFileSink, VirtualCameraSink
+        from live.sinks import VideoFileSink, VirtualCameraSink, leftover_notice
         args = self.args
         sinks = []
         try:
             if args.output:
+                notice = leftover_notice(args.output)
+                if notice:
+                    self.log(notice)
                 video = VideoFileSink(args.output, fps=source.fps)
                 # live: repeat/drop frames by the clock so the recording plays at real speed on a slow machine
                 sinks.append(video if self.offline else RealtimePacer(video, source.fps))
@@ -473,18 +419,9 @@ def attach_remote(engine, pipeline) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from engines.checkpoint import CheckpointError
-    try:
-        with stop_on_signals():
-            validate_args(args)
-            check_environment(args)
-            return Session(args).run()
-    except (UserError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Stopped as exc:
-        print(f"stopped ({exc.signame}); outputs closed", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print("stopped (Ctrl-C); outputs closed", file=sys.stderr)
-        return 130
+
+    def body() -> int:
+        validate_args(args)
+        check_environment(args)
+        return Session(args).run()
+    return run_command(body)
