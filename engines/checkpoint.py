@@ -74,7 +74,7 @@ MAX_ARCHIVE_ENTRIES = 100_000    # one entry per tensor storage: a few thousand 
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB"
+    return f"{n / 2**20:,.1f} MiB" if n < 10 << 20 else f"{n / 2**20:,.0f} MiB"
 
 
 def _check_archive(path: Path, size: int) -> None:
