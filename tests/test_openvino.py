@@ -430,12 +430,13 @@ def test_a_read_only_compile_cache_is_named_with_its_cause(read_only_folder):
     assert folder is None and f"cannot write in {read_only_folder}" in notice and "Read-only" in notice
 
 
-def test_openvino_still_runs_when_its_compile_cache_is_a_file(ov_engines, deterministic_engine, cache_dir, tmp_path,
+def test_openvino_still_runs_when_its_compile_cache_cannot_be_created(ov_engines, deterministic_engine, cache_dir, tmp_path,
                                                              frames, reference):
     ov_engines("fp32")  # the IR entries exist
     copy = tmp_path / "ov"
     shutil.copytree(cache_dir, copy, ignore=shutil.ignore_patterns("compiled"))
-    (copy / "compiled").write_text("a file where the compile cache goes")
+    (copy / "blocker").write_text("a file where a folder should be")
+    (copy / "compiled").symlink_to(copy / "blocker" / "compiled")  # a folder that cannot be created
     engine, notices = ovb.build_openvino_engine(deterministic_engine, precision="fp32", cache_dir=copy,
                                                 capabilities=AMX, warm_up=False)
     assert engine.name == "openvino-fp32"
