@@ -48,7 +48,7 @@ def _positive(kind):
     return parse
 
 
-# --- up-front validation (issue 10): every mistake found here costs no model load --------------------------------
+# --- up-front validation: every mistake found here costs no model load ------------------------------------------
 # Float flags with their valid range: (low, high, low included). Every other float flag is at least checked to be
 # finite: argparse's float() accepts "nan" and "inf", which used to give black video or a traceback mid-run.
 FLOAT_RANGES = {
