@@ -5,7 +5,8 @@
 FOMM demo semantics: the first driving frame is the neutral (initial) pose, motion is relative to it. An app on top
 of the engine and calibration (hence in live/, not engines/); `run_live.py --driving ... --output ...` is the
 full-featured offline path (face crop, smoothing, progress), this is the minimal one of FOMM's demo. Both share the
-avatar loader, the up-front output checks, the recording sink and the signal handling (docs/recording.md).
+avatar loader (a non-square avatar is centre-cropped, not squashed as in FOMM's demo; alpha over white), the
+up-front output checks, the recording sink and the signal handling (docs/recording.md).
 """
 from __future__ import annotations
 
