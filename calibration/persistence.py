@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,17 +109,45 @@ def _tensor(data, name: str, tail: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
-def load_calibration(path, *, config_hash: str, camera_id: str) -> LoadResult:
-    """Read a saved neutral pose; never raises. Missing file -> (None, None); unusable file -> (None, notice)."""
+# A saved pose is ~2 KB (10 keypoints); anything far larger is not one, and must not cost seconds to parse.
+MAX_FILE_BYTES = 64 * 1024
+
+
+def _read_small_regular_file(path: Path) -> bytes:
+    """The file's bytes; OSError for anything that is not a regular file of at most MAX_FILE_BYTES. Opened
+    non-blocking and checked through the open descriptor: a FIFO at the path must not block start-up, and a file
+    swapped in after a check is still the one checked."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError("it is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise OSError(f"it is {info.st_size:,} bytes, far larger than a calibration "
+                          f"(at most {MAX_FILE_BYTES:,})")
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise OSError(f"it is larger than a calibration (at most {MAX_FILE_BYTES:,} bytes)")
+        return data
+    finally:
+        os.close(fd)
+
+
+def load_calibration(path, *, config_hash: str, camera_id: str, num_kp: int | None = None) -> LoadResult:
+    """Read a saved neutral pose; never raises. Missing file -> (None, None); unusable file -> (None, notice).
+
+    num_kp: the model's keypoint count; a pose of another shape (or more than one pose) is ignored with a notice.
+    """
     path = Path(path)
     clean_stale_temp_files(path)  # the start of a run: orphans of a killed earlier save go now
     ignore = f"Ignoring saved calibration {path}"
     try:
-        raw = path.read_bytes()
+        raw = _read_small_regular_file(path)
     except FileNotFoundError:
         return LoadResult(None, None)
     except OSError as exc:
-        return LoadResult(None, f"{ignore}: cannot read it ({exc.strerror or exc}); please calibrate again.")
+        reason = exc.strerror or str(exc)
+        return LoadResult(None, f"{ignore}: cannot read it ({reason}); please calibrate again.")
     try:
         record = json.loads(raw.decode("utf-8"))
         if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
@@ -145,6 +174,11 @@ def load_calibration(path, *, config_hash: str, camera_id: str) -> LoadResult:
         jacobian = _tensor(record.get("jacobian"), "jacobian", (2, 2))
         if value.shape[:2] != jacobian.shape[:2]:
             raise _Invalid("'value' and 'jacobian' disagree on batch/keypoint count")
+        expected = (1, num_kp) if num_kp is not None else (1, value.shape[1])
+        if tuple(value.shape[:2]) != expected:
+            # one neutral pose of the model's keypoints: another shape would fail later, inside normalize
+            raise _Invalid(f"it holds {value.shape[0]} pose(s) of {value.shape[1]} keypoints, the model needs "
+                           f"{expected[0]} of {expected[1]}")
     except _Invalid as exc:
         return LoadResult(None, f"{ignore}: the file is damaged ({exc}); please calibrate again.")
     return LoadResult(Keypoints(value, jacobian), None)

@@ -1,4 +1,8 @@
-"""Loading the official FOMM checkpoints (vox-cpk.pth.tar, vox-adv-cpk.pth.tar) safely and with clear errors."""
+"""Loading the official FOMM checkpoints (vox-cpk.pth.tar, vox-adv-cpk.pth.tar) safely and with clear errors.
+
+A checkpoint is hostile until checked: no code is unpickled (weights_only), its size and (zip) archive entries are
+checked before torch.load expands anything, and every weight must be a dense tensor of the dtype and shape the
+model has, with finite values. Each refusal is one CheckpointError line naming the file."""
 from __future__ import annotations
 
 import pickle
@@ -62,15 +66,58 @@ def _names_code(message: str) -> bool:
     return any(marker in text for marker in _CODE_MARKERS)
 
 
+# What a vox checkpoint can be: the official files are 695 MiB (generator, kp_detector, discriminator and the
+# optimisers' state). Anything that is, or unpacks to, more than this is refused before torch.load expands it.
+MAX_CHECKPOINT_BYTES = 1 << 30
+MAX_PICKLE_BYTES = 64 << 20      # the pickled structure (names, shapes); the official one is a few hundred KB
+MAX_ARCHIVE_ENTRIES = 100_000    # one entry per tensor storage: a few thousand in the official files
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 10 << 20 else f"{n / 2**20:,.0f} MiB"
+
+
+def _check_archive(path: Path, size: int) -> None:
+    """Refuse, from sizes alone, what cannot be a vox checkpoint: a file above the limit, or a zip archive whose
+    entries are compressed (torch.save never compresses: a 2 MB zip bomb declares gigabytes) or declare more than
+    the limit. The legacy serialisation reads each storage from the file itself, so its file size bounds it."""
+    refused = f"{path}: refused before unpacking it:"
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{refused} {_mib(size)} is larger than any FOMM vox checkpoint "
+                              f"(the official ones are 695 MiB; limit {_mib(MAX_CHECKPOINT_BYTES)})")
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None
+    if len(entries) > MAX_ARCHIVE_ENTRIES:
+        raise CheckpointError(f"{refused} {len(entries):,} archive entries (a vox checkpoint has a few thousand)")
+    packed = [e for e in entries if e.compress_type != zipfile.ZIP_STORED or e.file_size != e.compress_size]
+    declared = sum(e.file_size for e in entries)
+    if packed:
+        raise CheckpointError(f"{refused} {len(packed)} compressed archive entries declaring {_mib(declared)} in "
+                              f"a {_mib(size)} file (torch.save never compresses; a zip bomb?)")
+    if declared > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{refused} its entries declare {_mib(declared)}, more than any FOMM vox checkpoint")
+    pickles = [e for e in entries if e.filename.endswith(".pkl") and e.file_size > MAX_PICKLE_BYTES]
+    if pickles:
+        raise CheckpointError(f"{refused} its pickled structure {pickles[0].filename} declares "
+                              f"{_mib(pickles[0].file_size)} (limit {_mib(MAX_PICKLE_BYTES)})")
+
+
 def _read(path: Path):
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(f"{path}: file is empty (interrupted download?)")
     if not _looks_like_torch_file(path):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (unknown file format)")
+    _check_archive(path, size)
     try:
         # weights_only: never unpickle arbitrary code from a downloaded file. Works for both the zip and the
-        # legacy (torch 1.0) serialisations.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # legacy (torch 1.0) serialisations; zip archives are memory-mapped (their storages are read on use).
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         if _names_code(str(error)):
             raise CheckpointError(f"{path}: refused: contains Python code/objects, not only tensors (not a plain "
@@ -133,9 +180,20 @@ def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, ne
             raise CheckpointError(f"{path}: {network} is missing key '{key}' (wrong model or config?)")
         if not isinstance(state[key], torch.Tensor):
             raise CheckpointError(f"{path}: {network} key '{key}' is not a tensor")
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{path}: {network} key '{key}' has shape {tuple(state[key].shape)}, "
+        tensor = state[key]
+        if tensor.layout != torch.strided or tensor.dtype != value.dtype:
+            # the official checkpoints hold dense float32 weights (and int64 BatchNorm counters): a sparse,
+            # complex, bool or integer weight would be cast silently or fail deep inside torch
+            kind = f"{tensor.dtype}" if tensor.layout == torch.strided else f"{tensor.layout} {tensor.dtype}"
+            raise CheckpointError(f"{path}: {network} key '{key}' is a {kind} tensor, expected a dense "
+                                  f"{value.dtype} one like the official checkpoints")
+        if tuple(tensor.shape) != tuple(value.shape):
+            raise CheckpointError(f"{path}: {network} key '{key}' has shape {tuple(tensor.shape)}, "
                                   f"expected {tuple(value.shape)} (wrong model or config?)")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: {network} key '{key}' holds {bad} non-finite values (NaN or inf): "
+                                  "the file is damaged or not a trained model")
     unexpected = [key for key in state if key not in expected]
     if unexpected:
         raise CheckpointError(f"{path}: {network} has unexpected key '{unexpected[0]}' (wrong model or config?)")

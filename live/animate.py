@@ -4,7 +4,9 @@
 
 FOMM demo semantics: the first driving frame is the neutral (initial) pose, motion is relative to it. An app on top
 of the engine and calibration (hence in live/, not engines/); `run_live.py --driving ... --output ...` is the
-full-featured offline path (face crop, smoothing, progress), this is the minimal one of FOMM's demo.
+full-featured offline path (face crop, smoothing, progress), this is the minimal one of FOMM's demo. Both share the
+avatar loader (a non-square avatar is centre-cropped, not squashed as in FOMM's demo; alpha over white), the
+up-front output checks, the recording sink and the signal handling (docs/recording.md).
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ import cv2
 import numpy as np
 
 from calibration.neutral_pose import NeutralPose
-from engines.checkpoint import CheckpointError
 from engines.cli import ArgumentParser
 from engines.engine import FOMMEngine
+from engines.errors import UserError
 from engines.image import to_model_input, to_uint8_image
 from engines.protocol import Engine
+from live.signals import run_command
 
 
 def animate(engine: Engine, avatar_rgb: np.ndarray, driving_rgb: Iterable[np.ndarray], *, relative=True,
@@ -62,15 +65,6 @@ def read_video_rgb(path) -> tuple[Iterator[np.ndarray], float, int]:
     return frames(), fps, count
 
 
-def _read_image_rgb(path) -> np.ndarray:
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: image file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: missing or not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m live.animate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,32 +81,38 @@ def main(argv=None) -> int:
     parser.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
                         help="grid_sample semantics: True = torch 1.0 (training time, default)")
     args = parser.parse_args(argv)
-    try:
-        avatar = _read_image_rgb(args.avatar)
-        frames, fps, count = read_video_rgb(args.driving)
-        if args.deterministic_weights:
-            engine = FOMMEngine.from_deterministic_weights(device=args.device, align_corners=args.align_corners)
-        else:
-            engine = FOMMEngine.from_checkpoint(args.checkpoint, device=args.device,
-                                                align_corners=args.align_corners)
-    except (ValueError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(lambda: render(args))
+
+
+def render(args) -> int:
+    """The CLI's work, under run_command: the same up-front checks and recording sink as run_live.py."""
     from tqdm import tqdm
 
-    size = engine.image_size
-    writer = cv2.VideoWriter(str(args.output), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
-    if not writer.isOpened():
-        print(f"error: {args.output}: cannot write a video here", file=sys.stderr)
-        return 2
+    from engines.config import VOX_256
+    from live.avatars import load_avatar
+    from live.sinks import VideoFileSink, check_output, check_recording_support, leftover_notice
+
+    check_output(args.output, {"--driving": args.driving, "--avatar": args.avatar, "--checkpoint": args.checkpoint})
+    check_recording_support()
+    avatar = load_avatar(args.avatar, VOX_256.image_size)  # same rules as run_live.py: header checked first
     try:
+        frames, fps, count = read_video_rgb(args.driving)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    notice = leftover_notice(args.output)
+    if notice:
+        print(notice, file=sys.stderr)
+    if args.deterministic_weights:
+        engine = FOMMEngine.from_deterministic_weights(device=args.device, align_corners=args.align_corners)
+    else:
+        engine = FOMMEngine.from_checkpoint(args.checkpoint, device=args.device, align_corners=args.align_corners)
+    # frames go to out.partial-*.mp4 and replace out.mp4 only once finalised (see VideoFileSink)
+    with VideoFileSink(args.output, fps=fps) as sink:
         for frame in tqdm(animate(engine, avatar, frames, relative=not args.absolute,
                                   adapt_movement_scale=not args.no_adapt_scale),
                           total=count or None, unit="frame"):
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()  # finalise what was written even when interrupted
-    print(f"wrote {Path(args.output)}")
+            sink.send(frame)
+    print(f"wrote {sink.path} ({sink.frames_sent} frames)")
     return 0
 
 

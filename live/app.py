@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import signal
 import sys
-import threading
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
-from pathlib import Path
+from contextlib import ExitStack, nullcontext
 
 from calibration.neutral_pose import NeutralPose, instructions
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
@@ -31,6 +27,7 @@ from live.config import add_config_arguments
 from engines.progress import step
 from live.audio import add_audio_arguments, check_audio, validate_audio_args
 from live.hotkeys import help_text
+from live.signals import Stopped, run_command, stop_on_signals  # noqa: F401 - Stopped, stop_on_signals: API
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
 TERMINAL_HUD_S = 5.0  # live runs without a preview window print the HUD this often
@@ -59,7 +56,7 @@ def _positive(kind):
     return parse
 
 
-# --- up-front validation: every mistake found here costs no model load -----------------------------------------
+# --- up-front validation: every mistake found here costs no model load ------------------------------------------
 # Float flags with their valid range: (low, high, low included). Every other float flag is at least checked to be
 # finite: argparse's float() accepts "nan" and "inf", which used to give black video or a traceback mid-run.
 FLOAT_RANGES = {
@@ -72,16 +69,6 @@ FLOAT_RANGES = {
 
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
-
-
-def _same_file(a, b) -> bool:
-    a, b = Path(a).expanduser(), Path(b).expanduser()
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)  # also catches hard links and symlinks
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
 
 
 def validate_args(args) -> None:
@@ -102,63 +89,19 @@ def validate_args(args) -> None:
     validate_audio_args(args)
     output = getattr(args, "output", None)
     if output:
-        from live.sinks import check_video_path
-        check_video_path(output)
-        for flag, other in (("--driving", args.driving), ("--avatar", args.avatar), ("--checkpoint",
-                                                                                      args.checkpoint)):
-            if other is not None and _same_file(output, other):
-                raise UserError(f"--output {output} is the same file as {flag} {other}: it would be overwritten; "
-                                "choose another output name")
+        from live.sinks import check_output
+        check_output(output, {"--driving": args.driving, "--avatar": args.avatar, "--checkpoint": args.checkpoint})
 
 
 def check_environment(args) -> None:
     """Start-up checks of what the run will need from the installation (raise UserError)."""
     if args.output is not None:
-        try:
-            import av  # noqa: F401 - recordings are written through PyAV (FFmpeg's libraries)
-        except Exception as e:  # noqa: BLE001 - ImportError or a broken native module
-            raise UserError(f"--output needs PyAV ({type(e).__name__}: {e}): pip install -r requirements.txt") from None
+        from live.sinks import check_recording_support
+        check_recording_support("--output")
     check_audio(args)
     if not args.no_track:
         from live.crop import HaarFaceDetector
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
-
-
-# --- SIGTERM / SIGHUP handled like Ctrl-C -----------------------------------------------------------------------
-class Stopped(KeyboardInterrupt):
-    """Raised in the main thread by SIGTERM/SIGHUP; a KeyboardInterrupt, so every path that closes outputs on
-    Ctrl-C (finalising the mp4) does the same here."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.signame = signal.Signals(signum).name
-        super().__init__(self.signame)
-
-
-@contextmanager
-def stop_on_signals(names=("SIGTERM", "SIGHUP")):
-    """Turn the named signals into `Stopped` while the block runs. A signal already ignored (nohup) stays
-    ignored; after the first one the rest are ignored, so a second `kill` cannot cut the finalising short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = {}
-
-    def handler(signum, frame):
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        raise Stopped(signum)
-
-    for name in names:
-        sig = getattr(signal, name, None)  # no SIGHUP on Windows
-        if sig is None or signal.getsignal(sig) == signal.SIG_IGN:
-            continue
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,11 +360,14 @@ class Session:
     def _sinks(self, source) -> list:
         from live.loop import RealtimePacer
         from live.errors import SinkError
-        from live.sinks import VideoFileSink, VirtualCameraSink
+        from live.sinks import VideoFileSink, VirtualCameraSink, leftover_notice
         args = self.args
         sinks = []
         try:
             if args.output:
+                notice = leftover_notice(args.output)
+                if notice:
+                    self.log(notice)
                 # offline: the driving clip's own audio track goes into the mp4, aligned to the frames
                 video = self.recording = VideoFileSink(args.output, fps=source.fps,
                                                        audio_from=args.driving if self.offline else None)
@@ -577,8 +523,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["doctor"]:  # `live-avatar doctor [flags]`: the flags of the run to check follow
         argv = [*argv[1:], "--doctor"]
-    from engines.checkpoint import CheckpointError
-    try:
+
+    def body() -> int:
         args = parse_command_line(argv)
         if args is None:
             return 0
@@ -588,19 +534,10 @@ def main(argv=None) -> int:
         if args.avatar is None and not args.doctor:
             raise UserError("--avatar is required for a run (an image or a folder of images; or set avatar in "
                             f"the config file {args.config})")
-        with stop_on_signals():
-            validate_args(args)
-            if args.doctor:
-                from live import doctor
-                return doctor.main(args)
-            check_environment(args)
-            return Session(args).run()
-    except (UserError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Stopped as exc:
-        print(f"stopped ({exc.signame}); outputs closed", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print("stopped (Ctrl-C); outputs closed", file=sys.stderr)
-        return 130
+        validate_args(args)
+        if args.doctor:
+            from live import doctor
+            return doctor.main(args)
+        check_environment(args)
+        return Session(args).run()
+    return run_command(body)

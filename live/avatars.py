@@ -7,18 +7,25 @@ Loading rules (every avatar ends up uint8 RGB [size, size, 3]):
   handles better than the arbitrary colour hidden under transparent pixels (often black or garbage);
 - non-square images are centre-cropped to a square of the shorter side (faces are usually centred; cropping keeps
   the aspect ratio instead of squashing the face), then resized with INTER_AREA to shrink (no aliasing) or
-  INTER_CUBIC to enlarge (sharper than linear).
+  INTER_CUBIC to enlarge (sharper than linear);
+- the header is read first: an image declaring more pixels (or decoded bytes) than engines.image_header's budget
+  is refused with one line before anything is decoded, and the file is decoded once.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from engines.image_header import MAX_DECODED_BYTES, ImageRejected, check_header, decode_checked
 from live.errors import AvatarError
-from live.images import IMAGE_EXTENSIONS, decode_image, image_files
+from live.images import IMAGE_EXTENSIONS, image_files
+
+# An encoded image is never larger than its decoded pixels (BMP: about equal); a bigger file is not an image.
+MAX_FILE_BYTES = MAX_DECODED_BYTES + (1 << 20)
 
 
 def list_avatar_paths(path) -> list[Path]:
@@ -37,10 +44,11 @@ def list_avatar_paths(path) -> list[Path]:
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """Any decoded sample type -> uint8 at the same shape, without a wider temporary copy of the image."""
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
-        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return cv2.convertScaleAbs(img, alpha=1 / 257)  # rounds like (v + 128) // 257
     if np.issubdtype(img.dtype, np.floating):
         # Float images (EXR/TIFF) are nominally 0..1; NaN/inf become 0/clipped rather than garbage.
         return (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -51,11 +59,8 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported pixel type {img.dtype}")
 
 
-def _to_rgb(img: np.ndarray) -> np.ndarray:
-    """Decoded OpenCV image (any channel count) -> uint8 RGB, alpha composited over white."""
+def _strip_to_rgb(img: np.ndarray) -> np.ndarray:
     img = _to_uint8(img)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     channels = img.shape[2]
@@ -71,20 +76,66 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported channel count {channels}")
 
 
-def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square of the shorter side, then resize to size x size."""
-    h, w = rgb.shape[:2]
+STRIP_ROWS = 256  # conversion temporaries (float alpha blending) cost a strip, not the whole image
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    """Decoded OpenCV image (any channel count and depth) -> uint8 RGB, alpha composited over white."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] not in (2, 3, 4):
+        raise ValueError(f"unsupported channel count {img.shape[2]}")
+    out = np.empty((*img.shape[:2], 3), np.uint8)
+    for top in range(0, img.shape[0], STRIP_ROWS):
+        out[top:top + STRIP_ROWS] = _strip_to_rgb(img[top:top + STRIP_ROWS])
+    return out
+
+
+def _centre_square(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = rgb[top:top + side, left:left + side]
+    return img[top:top + side, left:left + side]
+
+
+def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square of the shorter side, then resize to size x size."""
+    square = _centre_square(rgb)
+    side = square.shape[0]
     if side == size:
         return np.ascontiguousarray(square)
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(square, (size, size), interpolation=interp)
 
 
+def _decode_avatar(p: Path) -> np.ndarray:
+    """Decode once, after the header passed the pixel budget. Images that may carry alpha are decoded as stored
+    (UNCHANGED keeps alpha and 16-bit depth); the others in colour with their depth, which also applies the EXIF
+    orientation phone JPEGs need (UNCHANGED ignores it)."""
+    try:
+        with open(p, "rb") as handle:
+            head = handle.read(1 << 20)
+            header = check_header(head)  # refused here, before the file is read whole or anything is decoded
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageRejected(f"file of {size / 2**20:.0f} MiB is larger than any image the pixel limit "
+                                    f"allows ({MAX_FILE_BYTES / 2**20:.0f} MiB)")
+            data = np.frombuffer(head + handle.read(), dtype=np.uint8)
+    except OSError as e:
+        raise AvatarError(f"cannot read avatar image {p}: {e.strerror or e}") from None
+    except ImageRejected as e:
+        raise AvatarError(f"cannot read avatar image {p}: {e}") from None
+    flags = cv2.IMREAD_UNCHANGED if header.channels in (2, 4) else cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+    try:
+        image, _ = decode_checked(data, flags)
+    except ImageRejected as e:
+        raise AvatarError(f"cannot read avatar image {p}: {e}") from None
+    return image
+
+
 def load_avatar(path, size: int = 256) -> np.ndarray:
-    """Load an avatar image as uint8 RGB [size, size, 3]. Raises AvatarError naming the file if it can't."""
+    """Load an avatar image as uint8 RGB [size, size, 3]. Raises AvatarError naming the file if it can't
+    (one line; also for an image whose header declares more pixels than engines.image_header allows)."""
     if not isinstance(size, (int, np.integer)) or size <= 0:
         raise ValueError(f"size must be a positive int, got {size!r}")
     p = Path(path).expanduser()
@@ -92,19 +143,9 @@ def load_avatar(path, size: int = 256) -> np.ndarray:
         raise AvatarError(f"avatar not found: {p}")
     if not p.is_file():
         raise AvatarError(f"avatar is not a file: {p}")
+    img = _decode_avatar(p)
     try:
-        # UNCHANGED keeps alpha and 16-bit depth but ignores EXIF orientation; phone JPEGs need that orientation,
-        # so images without alpha are decoded again with orientation applied (and depth kept).
-        img = decode_image(p, cv2.IMREAD_UNCHANGED)
-        if img is not None and not (img.ndim == 3 and img.shape[2] in (2, 4)):
-            img = decode_image(p, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    except (OSError, cv2.error) as e:
-        raise AvatarError(f"cannot read avatar image {p}: {e}") from None
-    if img is None or img.size == 0:
-        raise AvatarError(f"cannot read avatar image {p}: not an image, or the file is corrupt or in an "
-                          f"unsupported format (use {', '.join(IMAGE_EXTENSIONS)})")
-    try:
-        rgb = _to_rgb(img)
+        rgb = _to_rgb(_centre_square(img))  # crop first: the conversion never touches the cut-off sides
     except ValueError as e:
         raise AvatarError(f"cannot use avatar image {p}: {e}") from None
     return square_resize(rgb, size)

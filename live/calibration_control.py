@@ -84,7 +84,9 @@ class CalibrationController:
     def load_saved(self) -> None:
         if self.path is None:
             return
-        result = load_calibration(self.path, config_hash=self.config_hash, camera_id=self.camera_id)
+        source = self.neutral.kp_source  # set from the first avatar: the model's keypoint count
+        result = load_calibration(self.path, config_hash=self.config_hash, camera_id=self.camera_id,
+                                  num_kp=None if source is None else source.value.shape[1])
         if result.notice:
             self.log(result.notice)
         if result.kp is not None:

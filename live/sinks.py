@@ -7,6 +7,7 @@ and close() is safe to call twice). Sinks with a fixed output size place the squ
 from __future__ import annotations
 
 import fractions
+import glob
 import math
 import os
 import platform
@@ -16,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from live.errors import SinkError
+from live.errors import SinkError, UserError
+from live.signals import signals_deferred
 
 CANVAS_MODES = ("fit", "fill")
 DEFAULT_CANVAS_COLOR = (32, 32, 32)  # RGB dark grey: calmer than black bars, reads as "background" in calls
@@ -201,6 +203,56 @@ def check_video_path(path) -> Path:
     return path
 
 
+def _same_file(a, b) -> bool:
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)  # also catches hard links and symlinks
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output(path, inputs: dict) -> Path:
+    """check_video_path, and refuse an output that is one of the run's input files ({flag: path or None}): the
+    rename at the end would replace it (a hard link or symlink to it counts too). Raises UserError (one line)."""
+    path = check_video_path(path)
+    for flag, other in inputs.items():
+        if other is not None and _same_file(path, other):
+            raise UserError(f"--output {path} is the same file as {flag} {other}: it would be overwritten; "
+                            "choose another output name")
+    return path
+
+
+def check_recording_support(flag: str = "--output") -> None:
+    """Raise UserError unless PyAV imports: recordings are written through it (FFmpeg's libraries)."""
+    try:
+        import av  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError or a broken native module
+        raise UserError(f"{flag} needs PyAV ({type(e).__name__}: {e}): pip install -r requirements.txt") from None
+
+
+def leftover_partials(path) -> list[Path]:
+    """Unfinished recordings of `path` beside it (`<stem>.partial-*<ext>`): left by a run that was killed (or one
+    that is still recording)."""
+    path = Path(path).expanduser()
+    try:
+        return sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}{PARTIAL_MARK}*{path.suffix}")
+                      if p.is_file())
+    except OSError:
+        return []
+
+
+def leftover_notice(path) -> str | None:
+    """One line naming the unfinished recordings of `path`, for the start of a run; None when there are none."""
+    found = leftover_partials(path)
+    if not found:
+        return None
+    names = ", ".join(str(p) for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    return (f"notice: {names}: unfinished recording of {Path(path).expanduser().name} left by an interrupted "
+            "run (or one still running); it plays up to where it stopped - rename or delete it")
+
+
 def _describe_write_error(error: BaseException) -> str:
     errno_ = getattr(error, "errno", None)
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
@@ -219,7 +271,9 @@ class VideoFileSink(Sink):
       up to its last complete fragment;
     - frames go to `<stem>.partial-<random><ext>` beside the target, renamed over the target only when finalised,
       so an old recording at that path is never destroyed by a run that fails or is killed;
-    - a write error (disk full) raises SinkError naming it; the frames already on disk are kept at the target.
+    - a write error (disk full) raises SinkError naming it; the complete fragments already on disk are kept at
+      the target when no file was there, else in the partial file beside it (the message says where);
+    - finalising (drain, fsync, rename) is not torn by SIGTERM/SIGHUP/Ctrl-C (`live.signals.signals_deferred`).
     Frames of another size are placed on the canvas with `mode`. `audio_from`: a media file whose sound goes into
     the recording, aligned to the frames (live/audio_track.py). close() finalises (safe twice); use the sink as a
     context manager so an exception in the loop still leaves a playable file with every frame written.
@@ -324,21 +378,31 @@ class VideoFileSink(Sink):
             container.close()  # fragments already written stay readable; finishing this one may fail too
         except Exception:  # noqa: BLE001
             pass
-        kept = self._keep_partial()
+        with signals_deferred():
+            kept = self._keep_partial()
         reason = _describe_write_error(error)
-        where = f"the frames written before it are kept in {self.path}" if kept else "nothing was written"
+        if kept is None:
+            where = "nothing was written"
+        elif kept == self.path:
+            where = f"the frames written before it are kept in {self.path}"
+        else:
+            where = f"the frames written before it are kept in {kept}; the previous {self.path} is unchanged"
         raise SinkError(f"cannot write video file {self.path}: {reason} after {self.frames_sent} frames; "
                         f"{where}") from None
 
-    def _keep_partial(self) -> bool:
+    def _keep_partial(self) -> Path | None:
+        """Where the complete fragments of a failed recording are kept: the target when nothing was there; beside
+        an existing file, never over it (a failed run must not replace the previous recording)."""
         try:
             if _trim_to_complete_boxes(self.temp_path) > 0 and self.frames_sent > 0:
+                if self.path.exists() or self.path.is_symlink():
+                    return self.temp_path
                 os.replace(self.temp_path, self.path)
-                return True
+                return self.path
         except OSError:
             pass
         self._discard()
-        return False
+        return None
 
     def _close_audio(self) -> None:
         if self.audio is not None:
@@ -366,23 +430,26 @@ class VideoFileSink(Sink):
             self._close_audio()
             self._discard()
             return
-        try:
-            for packet in self._stream.encode(None):  # drain the encoder
-                container.mux(packet)
-            if self.audio is not None:
-                self.audio.finish(self.frames_sent / self.fps, container)
-                self.audio_error = self.audio.error
-            container.close()  # writes the last fragment (and the fragment index)
-            with open(self.temp_path, "rb+") as handle:
-                os.fsync(handle.fileno())  # on disk before the rename makes it the recording
-        except Exception as e:  # noqa: BLE001
-            self._container = container
-            self._fail(e)
-        try:
-            os.replace(self.temp_path, self.path)
-        except OSError as e:
-            raise SinkError(f"cannot write video file {self.path}: renaming the finished recording failed "
-                            f"({e.strerror or e}); it is in {self.temp_path}") from None
+        # drain -> close -> fsync -> rename runs as one piece: a signal arriving inside it is raised afterwards,
+        # so a stopped run still ends with its recording at the target, never only in the partial file
+        with signals_deferred():
+            try:
+                for packet in self._stream.encode(None):  # drain the encoder
+                    container.mux(packet)
+                if self.audio is not None:
+                    self.audio.finish(self.frames_sent / self.fps, container)
+                    self.audio_error = self.audio.error
+                container.close()  # writes the last fragment (and the fragment index)
+                with open(self.temp_path, "rb+") as handle:
+                    os.fsync(handle.fileno())  # on disk before the rename makes it the recording
+            except Exception as e:  # noqa: BLE001
+                self._container = container
+                self._fail(e)
+            try:
+                os.replace(self.temp_path, self.path)
+            except OSError as e:
+                raise SinkError(f"cannot write video file {self.path}: renaming the finished recording failed "
+                                f"({e.strerror or e}); it is in {self.temp_path}") from None
 
     def __del__(self):
         # Last resort if the owner forgot close(): finalise what was written rather than leave a broken mp4.

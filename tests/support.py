@@ -51,3 +51,37 @@ class MemoryCamera:
 
 MEMORY_BACKEND = "memory-test"
 
+
+
+def peak_rss_growth_mb(setup: str, action: str, *, timeout: float = 120) -> tuple[float, str]:
+    """(MB by which the peak RSS of a fresh interpreter grows while `action` runs, what it printed). `setup` runs
+    first (imports, warm-up), so only `action` is measured.
+
+    Linux keeps ru_maxrss across fork+exec, so a child of a big pytest process would start at the parent's peak:
+    the peak is reset (/proc/self/clear_refs) and read as VmHWM where the kernel allows, else ru_maxrss."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = "\n".join([
+        "import resource, sys", f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})",
+        textwrap.dedent(setup),
+        "def _status(key):",
+        "    for line in open('/proc/self/status'):",
+        "        if line.startswith(key):",
+        "            return int(line.split()[1])",
+        "try:",
+        "    open('/proc/self/clear_refs', 'w').write('5')",
+        "    _before, _peak = _status('VmRSS:'), lambda: _status('VmHWM:')",
+        "except OSError:",
+        "    _peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+        "    _before = _peak()",
+        "try:", textwrap.indent(textwrap.dedent(action), "    "),
+        "except Exception as _e:", "    print('raised', type(_e).__name__, _e)",
+        "print('growth_kib', _peak() - _before)"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    growth = [int(line.split()[1]) for line in lines if line.startswith("growth_kib")][-1]
+    return growth / 1024, "\n".join(line for line in lines if not line.startswith("growth_kib"))

@@ -131,3 +131,60 @@ def test_default_path_uses_env_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_calibration_path("0").parent == tmp_path / "home" / ".cache" / "live-avatar"
 
+
+
+# --- files that are not a saved pose of this model ----------------------------------------------------------------
+def _saved(tmp_path, batch: int, keypoints: int):
+    g = torch.Generator().manual_seed(1)
+    kp = Keypoints(torch.rand(batch, keypoints, 2, generator=g), torch.randn(batch, keypoints, 2, 2, generator=g))
+    return save_calibration(tmp_path / "cal.json", kp, config_hash=CFG, camera_id=CAM)
+
+
+@pytest.mark.parametrize("batch, keypoints, num_kp", [(1, 7, 10), (3, 10, 10), (3, 10, None), (1, 12, 10)])
+def test_a_pose_of_another_shape_is_ignored_with_a_notice(tmp_path, batch, keypoints, num_kp):
+    path = _saved(tmp_path, batch, keypoints)
+    result = load_calibration(path, config_hash=CFG, camera_id=CAM, num_kp=num_kp)
+    assert result.kp is None and f"{batch} pose(s) of {keypoints} keypoints" in result.notice
+    assert "\n" not in result.notice
+
+
+def test_the_live_controller_ignores_a_pose_with_other_keypoints(tmp_path):
+    from calibration.neutral_pose import NeutralPose
+    from live.calibration_control import CalibrationController
+    path = _saved(tmp_path, 1, 7)
+    neutral = NeutralPose()
+    neutral.set_source(_kp())  # the model's 10 keypoints
+    said = []
+    controller = CalibrationController(neutral, config_hash=CFG, path=path, camera_id=CAM, log=said.append)
+    controller.load_saved()
+    assert not neutral.is_calibrated and any("1 pose(s) of 7 keypoints" in line for line in said), said
+    neutral.calibrate(_kp())  # calibrating by hand then works: nothing half-loaded stays behind
+    assert neutral.normalize(_kp()).value.shape == (1, 10, 2)
+
+
+def test_a_60_mb_file_is_refused_at_once(tmp_path):
+    import time
+    path = tmp_path / "cal.json"
+    record = json.loads(_valid_record(tmp_path))
+    record["value"] = [[[0.5, 0.5]] * 5_000_000]  # valid JSON of ~60 MB
+    path.write_text(json.dumps(record))
+    assert path.stat().st_size > 50_000_000
+    started = time.perf_counter()
+    result = _load(path)
+    assert time.perf_counter() - started < 1.0
+    assert result.kp is None and "larger than a calibration" in result.notice
+
+
+def test_a_fifo_at_the_path_does_not_block_start_up(tmp_path):
+    import threading
+    path = tmp_path / "cal.json"
+    os.mkfifo(path)
+    results = []
+    reader = threading.Thread(target=lambda: results.append(_load(path)), daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    if reader.is_alive():  # unblock the reader before failing: a writer that closes at once gives it EOF
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("load_calibration blocked on a FIFO")
+    [result] = results
+    assert result.kp is None and "not a regular file" in result.notice

@@ -200,3 +200,92 @@ def test_known_file_name_is_checked_against_the_published_digest(tmp_path):
     path.write_bytes(b"not the real file")
     with pytest.raises(CheckpointError, match="expected 728,766,691"):
         read_checkpoint(path, verify=True)
+
+
+# --- hostile checkpoints: bombs, damaged and unusual weights -------------------------------------------------------
+FIRST_KEY = "predictor.encoder.down_blocks.0.conv.weight"  # the first key load_state checks, shape (64, 3, 3, 3)
+
+
+def _first_weight_checkpoint(path, tensor):
+    """A tiny file whose kp_detector's first weight is `tensor` (checked, and refused, before any other key)."""
+    return _save(path, {"kp_detector": {FIRST_KEY: tensor}, "generator": {}})
+
+
+@pytest.mark.parametrize("value, count", [(float("nan"), 1), (float("inf"), 3)])
+def test_non_finite_weights_are_refused_at_load(tmp_path, value, count):
+    weight = torch.zeros(64, 3, 3, 3)
+    weight.view(-1)[:count] = value
+    message = _error(_first_weight_checkpoint(tmp_path / "nan.pth.tar", weight))
+    assert f"'{FIRST_KEY}' holds {count} non-finite values" in message
+
+
+@pytest.mark.parametrize("make, word", [
+    (lambda: torch.zeros(64, 3, 3, 3).to_sparse(), "torch.sparse_coo"),
+    (lambda: torch.zeros(64, 3, 3, 3, dtype=torch.complex64), "torch.complex64"),
+    (lambda: torch.zeros(64, 3, 3, 3, dtype=torch.bool), "torch.bool"),
+    (lambda: torch.zeros(64, 3, 3, 3, dtype=torch.int64), "torch.int64"),
+    (lambda: torch.zeros(64, 3, 3, 3, dtype=torch.float64), "torch.float64"),
+])
+def test_weights_of_a_dtype_the_official_files_never_have_are_refused(tmp_path, make, word):
+    message = _error(_first_weight_checkpoint(tmp_path / "odd.pth.tar", make()))
+    assert f"'{FIRST_KEY}' is a {word}" in message and "expected a dense torch.float32" in message
+
+
+def test_a_sparse_weight_is_one_line_through_the_cli(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from live.animate import main
+    avatar, clip = tmp_path / "a.png", tmp_path / "d.mp4"
+    cv2.imwrite(str(avatar), np.zeros((64, 64, 3), np.uint8))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    path = _first_weight_checkpoint(tmp_path / "sparse.pth.tar", torch.zeros(64, 3, 3, 3).to_sparse())
+    code = main(["--avatar", str(avatar), "--driving", str(clip), "--output", str(tmp_path / "o.mp4"),
+                 "--checkpoint", str(path), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "torch.sparse_coo" in err and err.startswith("error: "), err
+
+
+def _deflated_bomb(path, declared_mib: int):
+    import zipfile
+    small = path.with_suffix(".small")
+    torch.save({"kp_detector": {FIRST_KEY: torch.zeros(64, 3, 3, 3)}, "generator": {}}, small)
+    with zipfile.ZipFile(small) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED,
+                                                           compresslevel=1) as bomb:
+        for entry in source.infolist():
+            if "/data/" not in entry.filename:
+                info = zipfile.ZipInfo(entry.filename)
+                info.compress_type = zipfile.ZIP_STORED
+                bomb.writestr(info, source.read(entry))
+                continue
+            info = zipfile.ZipInfo(entry.filename)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with bomb.open(info, "w", force_zip64=True) as out:
+                chunk = bytes(1 << 20)
+                for _ in range(declared_mib):
+                    out.write(chunk)
+    return path
+
+
+def test_a_zip_bomb_is_refused_before_torch_load_expands_it(tmp_path):
+    from tests.support import peak_rss_growth_mb
+    bomb = _deflated_bomb(tmp_path / "bomb.pth.tar", 600)
+    assert bomb.stat().st_size < 3_000_000  # 0.6 MB on disk, 600 MB unpacked (+600 MB RSS before the check)
+    growth, said = peak_rss_growth_mb(
+        "from engines.checkpoint import read_checkpoint",
+        f"read_checkpoint({str(bomb)!r})\nprint('loaded')")
+    assert "raised CheckpointError" in said and "compressed archive entries" in said and "zip bomb" in said, said
+    assert growth < 50, f"peak RSS grew by {growth:.0f} MB"
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_file_larger_than_any_vox_checkpoint_is_refused_unread(tmp_path, monkeypatch, legacy):
+    import engines.checkpoint as ckpt
+    path = _first_weight_checkpoint(tmp_path / "big.pth.tar", torch.zeros(64, 3, 3, 3))
+    if legacy:
+        path = _save(tmp_path / "big-legacy.pth.tar", {"kp_detector": {}, "generator": {}}, legacy=True)
+    monkeypatch.setattr(ckpt, "MAX_CHECKPOINT_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(ckpt.torch, "load", lambda *a, **k: pytest.fail("torch.load ran"))
+    assert "larger than any FOMM vox checkpoint" in _error(path)

@@ -162,3 +162,99 @@ def test_non_ascii_path(tmp_path):
     buf.tofile(str(f))
     assert list_avatar_paths(folder) == [f]
     assert (load_avatar(f, size=8) == 9).all()
+
+
+# --- hostile images: refused from the header, decoded once, converted without wide copies ------------------------
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _gray_png_bomb(path, side: int):
+    """A valid 8-bit gray PNG of side x side zeros: a few hundred KB that decode to side^2 x 3 bytes in colour."""
+    import struct
+    import zlib
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return path
+
+
+_WARM = """
+import cv2, numpy as np
+from live.avatars import load_avatar
+cv2.imwrite({warm!r}, np.zeros((8, 8, 3), np.uint8))
+load_avatar({warm!r}, 256)  # codecs and the first allocations are not what is measured
+"""
+
+
+def _measure(tmp_path, avatar):
+    from tests.support import peak_rss_growth_mb
+    return peak_rss_growth_mb(_WARM.format(warm=str(tmp_path / "warm.png")),
+                              f"out = load_avatar({str(avatar)!r}, 256)\nprint('loaded', out.shape)")
+
+
+def test_a_png_bomb_is_refused_from_its_header_with_bounded_memory(tmp_path):
+    bomb = _gray_png_bomb(tmp_path / "bomb.png", 20000)
+    assert bomb.stat().st_size < 1_000_000  # 0.4 MB on disk, 1.2 GB once decoded in colour
+    growth, said = _measure(tmp_path, bomb)
+    assert "raised AvatarError" in said and "20000x20000" in said and "limit" in said, said
+    assert said.count("\n") == 0
+    assert growth < 50, f"peak RSS grew by {growth:.0f} MB"
+
+
+def test_a_50000_pixel_avatar_is_one_line_through_the_app(tmp_path, capsys):
+    from live.app import main
+    bomb = _gray_png_bomb(tmp_path / "huge.png", 50000)
+    assert main(["--avatar", str(bomb), "--deterministic-weights", "--device", "cpu", "--no-vcam",
+                 "--no-preview", "--driving", str(tmp_path / "none.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and "50000x50000" in err, err
+
+
+def test_a_16_bit_alpha_avatar_costs_little_more_than_its_decoded_size(tmp_path):
+    image = np.zeros((2500, 2500, 4), np.uint16)
+    image[..., 1], image[..., 3] = 40000, 65535
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    decoded_mb = image.nbytes / 2**20  # 48 MB
+    growth, said = _measure(tmp_path, path)
+    assert "loaded (256, 256, 3)" in said, said
+    # decoded once, converted strip by strip: no second decode, no uint32 or float copy of the whole image
+    # (measured: ~2x the decoded size with the 8-bit result and the decoder's own buffers; 6x before)
+    assert growth < 2.5 * decoded_mb, f"peak RSS grew by {growth:.0f} MB for a {decoded_mb:.0f} MB image"
+
+
+def test_the_file_is_decoded_once(tmp_path, monkeypatch):
+    calls = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(a[1]) or real(*a))
+    load_avatar(_write(tmp_path / "c.jpg", np.full((30, 30, 3), 90, np.uint8)), size=16)
+    load_avatar(_write(tmp_path / "a.png", np.full((30, 30, 4), 90, np.uint8)), size=16)
+    assert len(calls) == 2
+
+
+def _exif_jpeg(path, image, orientation: int):
+    """A JPEG with an EXIF APP1 segment holding only the Orientation tag."""
+    import struct
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1,
+                                                                                    orientation, 0) + b"\x00" * 4
+    app1 = b"Exif\x00\x00" + tiff
+    data = jpeg.tobytes()
+    path.write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:])
+    return path
+
+
+def test_exif_orientation_is_applied_with_one_decode(tmp_path):
+    bgr = np.zeros((40, 80, 3), np.uint8)  # 80 wide, 40 high: the left half red, the right half blue
+    bgr[:, :40] = (0, 0, 255)
+    bgr[:, 40:] = (255, 0, 0)
+    # orientation 6: the camera was turned 90 degrees clockwise; shown upright, the left half ends up on top
+    out = load_avatar(_exif_jpeg(tmp_path / "phone.jpg", bgr, 6), size=40)
+    top, bottom = out[5, 20].astype(int), out[35, 20].astype(int)
+    assert top[0] > 200 and top[2] < 60, top          # red (RGB)
+    assert bottom[2] > 200 and bottom[0] < 60, bottom  # blue

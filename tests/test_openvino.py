@@ -399,3 +399,47 @@ def test_the_app_calibrates_int8_on_the_user_s_avatar(tmp_path, monkeypatch, cap
         torch.testing.assert_close(images[0], expected, rtol=0, atol=0)
     else:
         assert seen["calibration_images"] is None
+
+
+# --- an unusable cache folder costs the cache, never OpenVINO -----------------------------------------------------
+def test_a_compile_cache_path_that_is_a_file_is_named_with_its_cause(tmp_path):
+    blocker = tmp_path / "compiled"
+    blocker.write_text("not a folder")
+    folder, notice = ovb.usable_compile_cache(blocker)
+    assert folder is None and f"cannot create directory {blocker}" in notice and "File exists" in notice
+    folder, notice = ovb.usable_compile_cache(blocker / "below")
+    assert folder is None and f"cannot create directory {blocker / 'below'}" in notice and "Not a directory" in notice
+    assert ovb.usable_compile_cache(tmp_path / "fine") == (tmp_path / "fine", None)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only mount (chmod does not stop root); skipped where mounting is not permitted."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.strip() or mounted.returncode})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_read_only_compile_cache_is_named_with_its_cause(read_only_folder):
+    folder, notice = ovb.usable_compile_cache(read_only_folder)
+    assert folder is None and f"cannot write in {read_only_folder}" in notice and "Read-only" in notice
+
+
+def test_openvino_still_runs_when_its_compile_cache_cannot_be_created(ov_engines, deterministic_engine, cache_dir, tmp_path,
+                                                             frames, reference):
+    ov_engines("fp32")  # the IR entries exist
+    copy = tmp_path / "ov"
+    shutil.copytree(cache_dir, copy, ignore=shutil.ignore_patterns("compiled"))
+    (copy / "blocker").write_text("a file where a folder should be")
+    (copy / "compiled").symlink_to(copy / "blocker" / "compiled")  # a folder that cannot be created
+    engine, notices = ovb.build_openvino_engine(deterministic_engine, precision="fp32", cache_dir=copy,
+                                                capabilities=AMX, warm_up=False)
+    assert engine.name == "openvino-fp32"
+    assert any(f"cannot create directory {copy / 'compiled'}" in n and "compiling without a cache" in n
+               for n in notices), notices
+    assert float((engine.detect(frames[1]).value - reference[1].value).abs().max()) <= 1e-4

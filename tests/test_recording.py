@@ -156,3 +156,37 @@ def test_a_failed_rename_says_where_the_recording_is(tmp_path, monkeypatch):
         sink.close()
     [partial] = _partials(tmp_path)
     assert str(partial) in str(e.value) and len(read_video(partial)[0]) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (a real ENOSPC); skipped where mounting is not permitted (the RLIMIT_FSIZE tests above
+    simulate the same failure with EFBIG)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or mounted.returncode})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_while_overwriting_keeps_the_previous_recording(small_disk):
+    out = small_disk / "out.mp4"
+    with VideoFileSink(out, fps=2) as old:
+        for i in range(4):
+            old.send(_frame(i))
+    previous = out.read_bytes()
+    rng = np.random.default_rng(1)
+    sink = VideoFileSink(out, fps=2)
+    with pytest.raises(SinkError) as error:
+        for _ in range(10_000):  # noise frames fill the 2 MiB within a few hundred
+            sink.send(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+        sink.close()
+    message = str(error.value)
+    assert "\n" not in message and "No space left on device (disk full?)" in message, message
+    assert out.read_bytes() == previous, "a failed run must not replace the previous recording"
+    [partial] = _partials(small_disk)
+    assert f"kept in {partial}; the previous {out} is unchanged" in message
+    assert 2 <= len(read_video(partial)[0]) <= sink.frames_sent

@@ -280,3 +280,19 @@ def test_full_disk_during_a_render_is_one_error_and_keeps_the_frames(avatar, tmp
     written = int(re.search(r"after (\d+) frames", line).group(1))
     assert 2 <= len(read_video(out)[0]) <= written < 12
     assert not [p for p in tmp_path.iterdir() if PARTIAL_MARK in p.name]
+
+
+def test_run_live_names_an_unfinished_recording_left_by_a_killed_run(tmp_path):
+    from types import SimpleNamespace
+
+    from live.app import Session, build_parser
+    out = tmp_path / "out.mp4"
+    leftover = tmp_path / f"out{PARTIAL_MARK}1a2b3c4d.mp4"
+    leftover.write_bytes(b"frames of a killed run")
+    said = []
+    args = build_parser().parse_args(["--avatar", "a.png", "--driving", "d.mp4", "--output", str(out), "--no-vcam"])
+    sinks = Session(args, log=said.append)._sinks(SimpleNamespace(fps=10.0))
+    for sink in sinks:
+        sink.close()
+    assert [line for line in said if line.startswith("notice:") and str(leftover) in line], said
+    assert leftover.read_bytes() == b"frames of a killed run"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -236,6 +237,22 @@ class CompiledGraph:
         return outs[0] if self.outputs == 1 else outs
 
 
+def usable_compile_cache(directory: Path) -> tuple[Path | None, str | None]:
+    """(directory, None) when OpenVINO can keep compiled blobs there, else (None, a notice naming the folder and
+    the cause). With an unwritable CACHE_DIR compile_model fails with only "Exception from core.cpp"; without a
+    cache it compiles every start, which is slower to start but runs the same."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)  # os.access is wrong for root, ro mounts
+        os.close(fd)
+        os.unlink(probe)
+        return directory, None
+    except OSError as error:
+        cause = f"cannot create directory {directory}" if not directory.is_dir() else f"cannot write in {directory}"
+        return None, (f"OpenVINO compile cache unusable ({cause}: {error.strerror or error}): compiling without a "
+                      "cache, every start compiles again")
+
+
 def compile_config(hint_precision: str, cache_dir: Path | None, threads: int) -> dict:
     config = {"INFERENCE_PRECISION_HINT": OV_HINTS[hint_precision], "PERFORMANCE_HINT": "LATENCY",
               "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads}
@@ -288,7 +305,6 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
     float_precision = precision if precision != "int8" else capabilities.default_precision
     threads = cpu_threads()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    compiled_dir = cache_dir / "compiled"
     detector_inputs, renderer_inputs_ = example_inputs(base)
     common = {"weights": weights_digest(base), "config_hash": base.config_hash, "cpu": capabilities.cpu}
 
@@ -328,6 +344,10 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
         if statuses["frame_renderer_int8"] != "hit":
             notices.append(f"quantized the renderer to int8 with {calibration_samples} generated calibration "
                            f"inputs ({calibration}); cached for the next start")
+
+    compiled_dir, unusable = usable_compile_cache(cache_dir / "compiled")
+    if unusable:
+        notices.append(unusable)
 
     def compile_graph(path, model):
         config = compile_config(float_precision, compiled_dir, threads)
