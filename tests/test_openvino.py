@@ -25,14 +25,21 @@ import engines.backends as backends  # noqa: E402
 from engines.backends import openvino_backend as ovb  # noqa: E402
 from engines.backends import plan  # noqa: E402
 from engines.backends.common import AcceleratedEngine  # noqa: E402
+from engines.backends.precision import Bf16Measurement  # noqa: E402
 from engines.keypoints import Keypoints  # noqa: E402
 
 OV_OK = (True, "ok")
 OV_MISSING = (False, "openvino cannot be used (ModuleNotFoundError: No module named 'openvino')")
 TRT_MISSING = (False, "no CUDA GPU")
 CPU = ovb.probe_cpu().cpu  # the real name: the app test below then reuses the cached models
-AMX = ovb.CpuCapabilities(cpu=CPU, capabilities=("BF16", "FP32", "INT8"), amx=True, kernel="brgconv_avx512_amx_bf16")
-NO_AMX = ovb.CpuCapabilities(cpu=CPU, capabilities=("BF16", "FP32", "INT8"), amx=False, kernel="brgconv_avx512_bf16")
+FLAGS = ("BF16", "FP32", "INT8")
+# The CPU classes, as their probe measurements (f32 ms, bf16 ms) would come out: the kernel name does not decide.
+AMX = ovb.CpuCapabilities(cpu=CPU, capabilities=FLAGS, amx=True, kernel="brgconv_avx512_amx_bf16",
+                          bf16=Bf16Measurement(10.0, 3.0))
+ZEN4 = ovb.CpuCapabilities(cpu=CPU, capabilities=FLAGS, amx=False, kernel="brgconv_avx512_bf16",
+                           bf16=Bf16Measurement(10.0, 5.0))
+NO_AMX = ovb.CpuCapabilities(cpu=CPU, capabilities=FLAGS, amx=False, kernel="brgconv_avx512_bf16",
+                             bf16=Bf16Measurement(10.0, 13.5))
 NO_BF16 = ovb.CpuCapabilities(cpu=CPU, capabilities=("FP32", "INT8"), amx=False, kernel="")
 
 
@@ -64,36 +71,54 @@ def test_plan_with_openvino(backend, device, has_cuda, ov, expected, notice):
         assert any(notice in n for n in notices), notices
 
 
-@pytest.mark.parametrize("capabilities,expected", [(AMX, "bf16"), (NO_AMX, "fp32"), (NO_BF16, "fp32")])
-def test_default_precision_follows_amx_not_the_bf16_flag(capabilities, expected):
+@pytest.mark.parametrize("capabilities,expected", [(AMX, "bf16"), (ZEN4, "bf16"), (NO_AMX, "fp32"),
+                                                    (NO_BF16, "fp32")])
+def test_default_precision_follows_the_measurement_not_the_kernel_name(capabilities, expected):
     assert capabilities.default_precision == expected
+    if capabilities is ZEN4:  # the same kernel name as NO_AMX, the opposite choice
+        assert capabilities.reason == "measured 2.0x fp32 on this CPU"
 
 
-def test_probe_reports_the_kernel_oneDNN_really_uses():
-    caps = ovb.probe_cpu()
-    assert caps.cpu and "FP32" in caps.capabilities
+def test_probe_measures_where_a_bf16_kernel_exists(tmp_path):
+    from engines.backends.precision import DecisionStore
+
+    caps = ovb.probe_cpu(store=DecisionStore(tmp_path))
+    assert caps.cpu and "FP32" in caps.capabilities and not caps.cached
     assert caps.amx == ("amx" in caps.kernel.lower())
-    assert caps.default_precision == ("bf16" if caps.amx and "BF16" in caps.capabilities else "fp32")
+    if "BF16" in caps.capabilities:
+        assert caps.bf16.f32_ms > 0 and caps.bf16.bf16_ms > 0
+        assert caps.default_precision == caps.bf16.precision
+        again = ovb.probe_cpu(store=DecisionStore(tmp_path))  # the second start reads the decision
+        assert again.cached and again.bf16 == caps.bf16 and "(cached)" in again.reason
 
 
-def _probe_in_subprocess(env_extra: dict) -> dict:
+def _probe_in_subprocess(env_extra: dict, cache) -> dict:
     code = ("import json; from engines.backends.openvino_backend import probe_cpu; c = probe_cpu(); "
             "print(json.dumps({'amx': c.amx, 'kernel': c.kernel, 'precision': c.default_precision, "
-            "'caps': list(c.capabilities)}))")
-    env = {**os.environ, **env_extra}
+            "'speedup': c.bf16.speedup if c.bf16 else None, 'caps': list(c.capabilities)}))")
+    env = {**os.environ, **env_extra, "LIVE_AVATAR_CACHE": str(cache)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_hidden_amx_picks_fp32_although_the_flags_still_say_bf16():
-    if "amx_bf16" not in open("/proc/cpuinfo").read():
+@pytest.mark.parametrize("isa", ["AVX512_CORE_FP16", "AVX512_CORE"])  # AMX hidden; bf16 instructions hidden too
+def test_the_measurement_picks_fp32_where_bf16_is_hidden(isa, tmp_path):
+    if "avx512_bf16" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no bf16 instructions to hide")
+    if isa == "AVX512_CORE_FP16" and "amx_bf16" not in open("/proc/cpuinfo").read():
         pytest.skip("this CPU has no AMX to hide")
-    shown = _probe_in_subprocess({})
-    hidden = _probe_in_subprocess({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_FP16"})
-    assert shown["amx"] and shown["precision"] == "bf16"
-    # OpenVINO's capability list does not change with the variable: the kernel does.
-    assert "BF16" in hidden["caps"] and not hidden["amx"] and hidden["precision"] == "fp32"
+    hidden = _probe_in_subprocess({"ONEDNN_MAX_CPU_ISA": isa}, tmp_path)
+    # OpenVINO's capability list does not change with the variable: the measured speed does.
+    assert "BF16" in hidden["caps"] and not hidden["amx"]
+    assert hidden["precision"] == "fp32" and hidden["speedup"] < 1.25, hidden
+
+
+def test_exposed_amx_measures_bf16_faster(tmp_path):
+    if "amx_bf16" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AMX")
+    shown = _probe_in_subprocess({}, tmp_path)
+    assert shown["amx"] and shown["precision"] == "bf16", shown
 
 
 def test_threads_are_the_cores_this_process_may_use(monkeypatch):
@@ -159,7 +184,8 @@ def test_fp32_graphs_match_torch(ov_engines, deterministic_engine, frames, refer
 
 def test_bf16_within_tolerance(ov_engines, frames, reference):
     engine, notices = ov_engines("bf16")
-    assert notices == [] and engine.details["detector"] == "bf16"
+    assert notices == [] and engine.details["detector"] in ("fp32", "bf16")
+    assert "still-face jitter" in engine.details["detector_check"]
     state, kp, expected = reference
     own = engine.detect(frames[1])
     kp_diff = float((own.value - kp.value).abs().max())
@@ -173,7 +199,7 @@ def test_int8_renderer_within_tolerance_and_detector_not_quantized(ov_engines, f
     int8, notices = ov_engines("int8")
     float_engine, _ = ov_engines("bf16")
     assert int8.name == "openvino-int8" and int8.details["renderer"] == "int8"
-    assert int8.details["detector"] == "bf16"  # the CPU's float precision (AMX here), never int8
+    assert int8.details["detector"] == float_engine.details["detector"]  # a float one, never int8
     assert any("quantized the renderer to int8" in n for n in notices) or \
         int8.details["cache"]["frame_renderer_int8"] == "hit"
     state, kp, expected = reference
@@ -207,6 +233,8 @@ def test_int8_calibration_moves_the_keypoints_like_a_head(deterministic_engine):
 def cpu_world(monkeypatch, deterministic_engine):
     monkeypatch.setattr(backends, "cuda_available", lambda: False)
     monkeypatch.setattr(backends, "_base_engine", lambda *a: deterministic_engine)
+    monkeypatch.setattr(backends, "present_accelerators", lambda ov_ok: ())
+    monkeypatch.setattr(backends, "torch_bf16", lambda: Bf16Measurement(10.0, 13.5))  # eager bf16 slower here
 
     def setup(capabilities, ov=OV_OK):
         monkeypatch.setattr(backends, "openvino_status", lambda: ov)
@@ -214,13 +242,14 @@ def cpu_world(monkeypatch, deterministic_engine):
     return setup
 
 
-@pytest.mark.parametrize("capabilities,precision", [(AMX, "bf16"), (NO_AMX, "fp32")])
+@pytest.mark.parametrize("capabilities,precision", [(AMX, "bf16"), (ZEN4, "bf16"), (NO_AMX, "fp32")])
 def test_auto_picks_openvino_with_the_cpu_s_precision(cpu_world, cache_dir, capabilities, precision):
     cpu_world(capabilities)
     engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir, warm_up=False)
     assert engine.name == f"openvino-{precision}" and engine.details["kernel"] == capabilities.kernel
     (line,) = [n for n in notices if n.startswith("backend:")]
-    assert f"OpenVINO on the CPU, {precision}" in line and capabilities.kernel in line and "ready in" in line
+    assert f"OpenVINO on the CPU, {precision}" in line and capabilities.reason in line and "ready in" in line
+    assert "measured" in line and "x fp32 on this CPU" in line
 
 
 def test_auto_without_openvino_keeps_the_cpu_backend(cpu_world):
@@ -244,7 +273,7 @@ def test_a_failing_openvino_build_falls_back_to_the_cpu_backend(cpu_world, monke
     monkeypatch.setattr(backends, "_build_openvino", broken)
     engine, notices = backends.create_engine(deterministic_weights=True, precision="int8", warm_up=False)
     assert engine.name == "torch-cpu-fp32"
-    assert any("OpenVINO backend failed" in n and "core.cpp" in n for n in notices)
+    assert any("OpenVINO CPU backend failed" in n and "core.cpp" in n for n in notices)
 
 
 def test_fp16_is_refused_with_a_notice(ov_engines):
@@ -370,10 +399,11 @@ def test_live_app_on_the_carphone_clip_with_openvino(tmp_path):
     assert max(motion) > 0  # the avatar follows the driving face (calibrated on the first frame)
 
 
-@pytest.mark.parametrize("precision, calibrated", [("int8", True), ("auto", False)])
+@pytest.mark.parametrize("precision, calibrated", [("int8", True), ("auto", True), ("fp32", False)])
 def test_the_app_calibrates_int8_on_the_user_s_avatar(tmp_path, monkeypatch, capsys, deterministic_engine,
                                                        precision, calibrated):
-    """--precision int8 hands the avatar images to create_engine as the int8 calibration set."""
+    """--precision int8 and auto (which may try int8 behind its gate) hand the avatar images to create_engine as
+    the int8 calibration set."""
     import cv2
 
     from engines.image import to_model_input
