@@ -153,8 +153,9 @@ class Int8Upgrade:
             return
         if result.passed:
             self.state = "passed"
-            self.notice = f"switched to the int8 renderer ({engine.details.get('frame_ms', '?')} ms per frame): " \
-                          f"{result.describe()}"
+            frame_ms = (getattr(engine, "details", None) or {}).get("frame_ms")
+            speed = f" ({frame_ms:.0f} ms per frame)" if frame_ms is not None else ""
+            self.notice = f"switched to the int8 renderer{speed}: {result.describe()}"
             self.target.offer(engine, self.notice)
         else:
             self.state = "failed"
