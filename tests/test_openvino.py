@@ -276,6 +276,72 @@ def test_a_failing_openvino_build_falls_back_to_the_cpu_backend(cpu_world, monke
     assert any("OpenVINO CPU backend failed" in n and "core.cpp" in n for n in notices)
 
 
+# --- int8 behind the quality gate ---------------------------------------------------------------------------------
+def test_the_real_int8_renderer_passes_the_gate_and_an_inaccurate_one_is_rejected(ov_engines, deterministic_engine):
+    from engines.backends.int8_gate import GATE_PSNR_DB, GATE_SSIM, measure_gate
+
+    int8, _ = ov_engines("int8")
+    result = measure_gate(deterministic_engine, int8)
+    print(result.describe())
+    assert result.passed and result.psnr_db >= GATE_PSNR_DB and result.ssim >= GATE_SSIM
+    assert not math.isinf(result.psnr_db)  # really another graph
+    # The same int8 graph made inaccurate on purpose: grain of 3% std, like activations clipped by a bad calibration.
+    noise = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 0.03
+    grainy = AcceleratedEngine(deterministic_engine, name="bad-int8",
+                               renderer=lambda *inputs: (int8._renderer(*inputs) + noise).clamp(0, 1))
+    bad = measure_gate(deterministic_engine, grainy)
+    print(bad.describe())
+    assert not bad.passed and bad.psnr_db < GATE_PSNR_DB and bad.ssim < GATE_SSIM, bad.describe()
+
+
+@pytest.fixture
+def int8_world(cpu_world, monkeypatch, tmp_path):
+    """auto on a CPU whose float frame is 'slower than real time', with a fresh decision store; calibration with
+    the module's 4-sample int8 IR (cached by ov_engines) instead of 32 samples."""
+    from engines.backends import int8_gate
+
+    cpu_world(AMX)
+    monkeypatch.setattr(int8_gate, "REALTIME_MS", 0.0)
+    monkeypatch.setattr(ovb, "DEFAULT_CALIBRATION_SAMPLES", 4)
+    monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path))
+    return int8_gate
+
+
+def test_auto_takes_int8_behind_the_gate_and_the_second_start_reads_the_decision(int8_world, ov_engines, cache_dir,
+                                                                                 monkeypatch):
+    ov_engines("int8")  # the int8 IR in the cache: the calibration cost is paid once per module
+    engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir,
+                                             int8_in_background=False)
+    assert engine.name == "openvino-int8", notices
+    (line,) = [n for n in notices if n.startswith("switched to the int8 renderer")]
+    assert "PSNR" in line and "SSIM" in line and "passed" in line
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the second start calibrated or gated again")
+    monkeypatch.setattr(int8_world, "measure_gate", must_not_run)
+    monkeypatch.setattr("engines.backends.openvino_int8.quantize_renderer", must_not_run)
+    engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir)
+    assert engine.name == "openvino-int8" and not hasattr(engine, "between_frames")
+    assert any("passed at an earlier start" in n and "PSNR" in n for n in notices), notices
+    # Forced int8: the (cached) gate is reported, not enforced.
+    engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir, precision="int8")
+    assert engine.name == "openvino-int8" and any("keeps int8 either way" in n for n in notices)
+
+
+def test_a_failed_gate_is_cached_and_keeps_the_float_engine(int8_world, ov_engines, cache_dir, monkeypatch):
+    ov_engines("int8")
+    monkeypatch.setattr(int8_world, "measure_gate", lambda *a, **k: int8_world.GateResult(30.5, 0.93))
+    engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir,
+                                             int8_in_background=False)
+    assert engine.name == "openvino-bf16" and any("rejected" in n and "PSNR 30.5 dB" in n for n in notices)
+    built = []
+    monkeypatch.setattr(backends, "_build_openvino", lambda *a, **k: built.append(k["precision"]) or
+                        ovb.build_openvino_engine(*a, **k))
+    engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir)
+    assert engine.name == "openvino-bf16" and built == [None]  # no int8 build at the second start
+    assert any("rejected at an earlier start" in n and "SSIM 0.9300" in n for n in notices)
+
+
 def test_fp16_is_refused_with_a_notice(ov_engines):
     engine, notices = ov_engines("fp16", NO_AMX)
     assert engine.precision == "fp32" and "fp16 is not supported" in notices[0]

@@ -368,11 +368,10 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
         notices += more
     details = getattr(engine, "details", {})
     if choice == "openvino" and details.get("device") == "CPU":
-        from . import int8_gate
-        from .openvino_backend import DEFAULT_CALIBRATION_SAMPLES
+        from . import int8_gate, openvino_backend
         from .openvino_int8 import calibration_id
 
-        calibration = calibration_id(calibration_images, DEFAULT_CALIBRATION_SAMPLES)
+        calibration = calibration_id(calibration_images, openvino_backend.DEFAULT_CALIBRATION_SAMPLES)
         if engine.precision == "int8":
             notices.append(int8_gate.report_forced(engine, base, calibration_images, calibration=calibration))
         elif precision in (None, "auto"):

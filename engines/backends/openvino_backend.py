@@ -330,7 +330,7 @@ def device_precision(device: str, precision: str | None, capabilities: CpuCapabi
 
 def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None,
                           capabilities: CpuCapabilities | None = None, warm_up: bool = True,
-                          calibration_images=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+                          calibration_images=None, calibration_samples: int | None = None,
                           device: str = "CPU", core=None, store: DecisionStore | None = None):
     """(engine, notices). `base` must live on the CPU and openvino must import.
 
@@ -347,6 +347,7 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
     if base.device.type != "cpu":
         raise ValueError("the OpenVINO backend takes its inputs from the CPU: it needs an engine on the CPU")
     started = time.perf_counter()
+    calibration_samples = calibration_samples or DEFAULT_CALIBRATION_SAMPLES
     core = core or ov.Core()
     if device == "CPU":
         capabilities = capabilities or probe_cpu(core, store)
