@@ -195,10 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend: auto (default) picks TensorRT, else torch CUDA fp16 + torch.compile, "
                         "else OpenVINO on the CPU, else the eager CPU; torch = plain eager fp32 reference")
     g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                   help="numeric precision where the backend supports it (default: the backend's own; OpenVINO: "
-                        "bf16 on CPUs with AMX, else fp32); int8 = OpenVINO int8 renderer (opt-in, see README)")
+                   help="numeric precision where the backend supports it (default: the backend's own; on a CPU "
+                        "bf16 where measured faster than fp32, else fp32, and the int8 renderer where it passes a "
+                        "quality gate on your avatars); int8 = force the OpenVINO int8 renderer")
     g.add_argument("--device", choices=DEVICES, default="auto",
-                   help="compute device (default auto: CUDA when available)")
+                   help="compute device (default auto: CUDA when available, else the fastest of the CPU and an Intel "
+                        "GPU/NPU or Apple GPU present); gpu/npu = Intel GPU/NPU via OpenVINO, mps = Apple GPU")
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
                    help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
                         "trained with; off = the original FOMM code as it runs on today's torch")
