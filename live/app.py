@@ -284,7 +284,7 @@ class Session:
             stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack))
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
-            self._finish_int8_check(engine)
+        self._finish_int8_check(engine)  # after the progress bar has closed: its rate stays the render's
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()}); engine {engine_summary(engine)}"
                  + (f"; wrote {args.output}" if args.output else ""))
         return 0

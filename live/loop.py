@@ -329,7 +329,7 @@ class LivePipeline:
 
     def _show(self, image: np.ndarray, box, output: np.ndarray) -> None:
         if self.preview is not None:  # its keys are read by poll_keys, with every other key source
-            hud = [f"engine {self.engine.name}", *self.timings.lines()] if self.options.show_hud else ()
+            hud = [*self.timings.lines(), f"engine {self.engine.name}"] if self.options.show_hud else ()
             self.preview.show(image, box, output, hud_lines=hud, status=self.status)
 
     # --- running --------------------------------------------------------------------------------------------

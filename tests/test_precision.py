@@ -345,3 +345,19 @@ def test_openvino_gpu_build_uses_fp16_and_keys_the_cache_by_the_device(determini
     _, bf16_notices = build_openvino_engine(deterministic_engine, device="GPU", core=GpuOnCpu(), cache_dir=tmp_path,
                                             warm_up=False, precision="bf16")
     assert any("not offered on the OpenVINO GPU: using fp16" in n for n in bf16_notices)
+
+
+# --- the bounds (bench --bounds) ----------------------------------------------------------------------------------
+def test_bounds_probe_runs_int8_kernels_and_a_frame_costs_what_the_docs_say(deterministic_engine):
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from engines.bounds import bounds_report, frame_gflop, int8_probe_model
+
+    compiled = ov.Core().compile_model(int8_probe_model(), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model()
+                  .get_ordered_ops() if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
+    assert precisions and precisions <= {"u8", "i8"}, precisions  # the int8 bound is really int8
+    assert frame_gflop(deterministic_engine) == pytest.approx(89.3, abs=0.1)
+    lines = bounds_report(deterministic_engine, threads=1, rounds=1)
+    assert "89.3 GFLOP" in lines[0] and any(line.startswith("int8") for line in lines)

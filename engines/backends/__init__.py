@@ -343,6 +343,27 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
         return _build_local(choice_, base_, precision=precision, cache_dir=cache_dir, warm_up=warm_up,
                             calibration_images=calibration_images)
 
+    candidates = auto_candidates(backend, device, choice, accelerators)
+    from . import openvino_backend
+    from .openvino_int8 import calibration_id
+    calibration = calibration_id(calibration_images, openvino_backend.DEFAULT_CALIBRATION_SAMPLES)
+
+    def build_int8(reason):
+        engine_, more_ = _build_openvino(base, precision="int8", cache_dir=cache_dir, warm_up=True,
+                                         calibration_images=calibration_images)
+        engine_.details["precision_reason"] = reason
+        return engine_, [describe_openvino(engine_)] + more_
+
+    if choice == "openvino" and precision in (None, "auto") and not candidates:
+        from . import int8_gate
+        verdict = int8_gate.cached_pass(base, calibration_images, calibration)
+        if verdict is not None:  # int8 passed its gate at an earlier start: no float engine to build first
+            try:
+                engine, more = build_int8("auto: passed the quality gate at an earlier start")
+                return engine, notices + more + [int8_gate.passed_before(engine, verdict)]
+            except Exception as error:  # noqa: BLE001 - the float engine is the fallback
+                notices.append(f"int8 renderer failed ({describe_error(error)}): using the float precision")
+
     # The local chain: an accelerator, else OpenVINO on the CPU, else the eager CPU backend, else plain torch.
     chain = {"openvino-gpu": "openvino", "openvino-npu": "openvino", "mps": "openvino" if ov[0] else "cpu",
              "openvino": "cpu"}
@@ -362,24 +383,20 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
             if _device_of(fallback) != base.device.type:
                 base = make_base(fallback)
             choice = fallback
-    candidates = auto_candidates(backend, device, choice, accelerators)
     if candidates:
         engine, choice, more = _fastest(engine, choice, candidates, make_base, build)
         notices += more
     details = getattr(engine, "details", {})
     if choice == "openvino" and details.get("device") == "CPU":
-        from . import int8_gate, openvino_backend
-        from .openvino_int8 import calibration_id
+        from . import int8_gate
 
-        calibration = calibration_id(calibration_images, openvino_backend.DEFAULT_CALIBRATION_SAMPLES)
         if engine.precision == "int8":
             notices.append(int8_gate.report_forced(engine, base, calibration_images, calibration=calibration))
         elif precision in (None, "auto"):
-            def build_int8():
-                engine_, more_ = _build_openvino(base, precision="int8", cache_dir=cache_dir, warm_up=True,
-                                                 calibration_images=calibration_images)
-                return engine_, [describe_openvino(engine_)] + more_
-            engine, more = int8_gate.consider_int8(engine, base, build_int8=build_int8, images=calibration_images,
-                                                   calibration=calibration, background=int8_in_background)
+            reason = (f"auto: {engine.name} took {details.get('frame_ms', 0):.0f} ms per frame, int8 behind the "
+                      "quality gate")
+            engine, more = int8_gate.consider_int8(engine, base, build_int8=lambda: build_int8(reason),
+                                                   images=calibration_images, calibration=calibration,
+                                                   background=int8_in_background)
             notices += more
     return engine, notices

@@ -47,6 +47,10 @@ class GateResult:
     def passed(self) -> bool:
         return self.psnr_db >= GATE_PSNR_DB and self.ssim >= GATE_SSIM
 
+    def short(self) -> str:
+        psnr = "inf" if math.isinf(self.psnr_db) else f"{self.psnr_db:.1f}"
+        return f"gate {'passed' if self.passed else 'failed'}: PSNR {psnr} dB, SSIM {self.ssim:.4f} vs fp32"
+
     def describe(self) -> str:
         psnr = "inf" if math.isinf(self.psnr_db) else f"{self.psnr_db:.1f}"
         return (f"int8 vs fp32 on {HELD_OUT_FRAMES} held-out frames of your avatars: PSNR {psnr} dB, SSIM "
@@ -184,8 +188,7 @@ def consider_int8(float_engine, base, *, build_int8: Callable[[], tuple], images
                               f"{cached.describe()}"]
     if cached is not None:
         engine, notices = build_int8()
-        engine.details["gate"] = cached.describe()
-        return engine, notices + [f"int8 renderer (its quality gate passed at an earlier start: {cached.describe()})"]
+        return engine, notices + [passed_before(engine, cached)]
 
     switching = SwitchingEngine(float_engine)
 
@@ -194,7 +197,9 @@ def consider_int8(float_engine, base, *, build_int8: Callable[[], tuple], images
         return engine
 
     def gate(engine):
-        return measure_gate(base, engine, images)
+        result = measure_gate(base, engine, images)
+        engine.details["gate"] = result.short()
+        return result
 
     job = Int8Upgrade(switching, build=build, gate=gate, save=lambda result: save_gate(store, fields, result))
     switching.job = job
@@ -208,6 +213,22 @@ def consider_int8(float_engine, base, *, build_int8: Callable[[], tuple], images
                        "keep coming meanwhile; it takes over only if it passes the quality gate"]
 
 
+def passed_before(engine, result: GateResult) -> str:
+    engine.details["gate"] = result.short()
+    return f"int8 renderer (its quality gate passed at an earlier start: {result.describe()})"
+
+
+def cached_pass(base, images, calibration: str, store: DecisionStore | None = None) -> GateResult | None:
+    """The stored verdict for these avatars, weights and CPU where it was a pass (else None): then the float
+    engine need not even be built."""
+    try:
+        import nncf  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return None
+    result = cached_gate(store or DecisionStore(), decision_fields(base, images, calibration))
+    return result if result is not None and result.passed else None
+
+
 def report_forced(engine, base, images=None, *, calibration: str, store: DecisionStore | None = None) -> str:
     """`--precision int8`: the gate's figures (measured once per avatar set and cached), not enforced."""
     store = store or DecisionStore()
@@ -216,5 +237,5 @@ def report_forced(engine, base, images=None, *, calibration: str, store: Decisio
     if result is None:
         result = measure_gate(base, engine, images)
         save_gate(store, fields, result)
-    engine.details["gate"] = result.describe()
+    engine.details["gate"] = result.short()
     return f"{result.describe()}; --precision int8 keeps int8 either way"

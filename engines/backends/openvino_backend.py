@@ -88,7 +88,7 @@ class CpuCapabilities:
     def reason(self) -> str:
         if self.bf16 is None or "BF16" not in self.capabilities:
             return "no bf16 kernel on this CPU"
-        return self.bf16.reason + (" (cached)" if self.cached else "")
+        return self.bf16.reason + (", cached" if self.cached else "")
 
 
 def bf16_kernel(core) -> str:
