@@ -300,7 +300,10 @@ class Session:
             return
         self.log("finishing the int8 check in the background (its verdict is cached for the next start)...")
         job.wait()
-        if job.notice:
+        if job.state == "passed":
+            self.log(f"notice: the int8 renderer passed its quality gate, the next start uses it: "
+                     f"{job.result.describe()}")
+        elif job.notice:
             self.log(f"notice: {job.notice}")
 
     # --- pieces ---------------------------------------------------------------------------------------------

@@ -465,6 +465,42 @@ def test_live_app_on_the_carphone_clip_with_openvino(tmp_path):
     assert max(motion) > 0  # the avatar follows the driving face (calibrated on the first frame)
 
 
+@pytest.mark.slow
+def test_run_live_auto_cold_then_warm_reports_the_precision_and_reads_the_int8_decision(tmp_path, monkeypatch):
+    """run_live --backend auto offline on the carphone clip, twice: the first start serves float frames while
+    int8 calibrates (and waits for its verdict at the end), the second starts int8 from the cached verdict."""
+    import cv2
+    from skimage.data import astronaut
+
+    from engines.backends import int8_gate
+    from live.app import Session, build_parser
+    from tests.conftest import carphone_path
+
+    monkeypatch.setattr(int8_gate, "REALTIME_MS", 0.0)  # every CPU is 'slower than real time' here
+    monkeypatch.setattr(ovb, "DEFAULT_CALIBRATION_SAMPLES", 4)  # a short calibration
+    monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path / "cache"))
+    avatar = tmp_path / "avatar.png"
+    cv2.imwrite(str(avatar), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    runs = []
+    for name in ("cold", "warm"):
+        args = build_parser().parse_args([
+            "--avatar", str(avatar), "--driving", str(carphone_path()), "--output", str(tmp_path / f"{name}.mp4"),
+            "--backend", "auto", "--no-vcam", "--no-preview", "--max-frames", "3", "--deterministic-weights"])
+        messages = []
+        assert Session(args, log=messages.append).run() == 0
+        runs.append(messages)
+    cold, warm = runs
+    assert any("calibrating the int8 renderer on your avatars in the background" in m for m in cold), cold
+    assert any("finishing the int8 check" in m for m in cold)
+    assert any("the next start uses it" in m and "PSNR" in m or "rejected" in m for m in cold), cold
+    (done,) = [m for m in cold if m.startswith("done: 3 frames")]
+    assert "engine openvino-" in done and "ms per frame at start" in done
+    assert not any("calibrating" in m for m in warm), warm
+    (done,) = [m for m in warm if m.startswith("done: 3 frames")]
+    passed = any("the next start uses it" in m for m in cold)
+    assert ("engine openvino-int8" in done) == passed and ("gate passed" in done) == passed, done
+
+
 @pytest.mark.parametrize("precision, calibrated", [("int8", True), ("auto", True), ("fp32", False)])
 def test_the_app_calibrates_int8_on_the_user_s_avatar(tmp_path, monkeypatch, capsys, deterministic_engine,
                                                        precision, calibrated):
