@@ -269,6 +269,8 @@ class Session:
             for sink in sinks:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
             engine = self._engine(avatars)
+            completed = []
+            stack.callback(lambda: self._end_int8_check(engine, completed=bool(completed)))
             if self.args.remote:
                 stack.callback(engine.close)  # the server frees this client's avatars when it closes
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
@@ -282,24 +284,31 @@ class Session:
             else:  # a --driving file in live mode plays at its own frame rate, like a camera
                 feed = live_feed(stack.enter_context(LatestFrameReader(source, realtime=not source.is_live)))
             stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack))
+            completed.append(True)
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
-        self._finish_int8_check(engine)  # after the progress bar has closed: its rate stays the render's
         self.log(f"done: {stats.frames} frames ({stats.timings.summary()}); engine {engine_summary(engine)}"
                  + (f"; wrote {args.output}" if args.output else ""))
         return 0
 
-    def _finish_int8_check(self, engine) -> None:
-        """An int8 calibration still running at the end: an offline render waits for it (its verdict is cached,
-        so the next start is instant); a live run says it will start again next time."""
+    def _end_int8_check(self, engine, completed: bool) -> None:
+        """An int8 calibration still running at the end (after the progress bar has closed): a completed offline
+        render waits for it, so its verdict is cached and the next start is instant; a live run, or one that
+        failed or was stopped, stops it (it runs again at the next start)."""
         job = getattr(engine, "job", None)
         if job is None or not job.running:
             return
-        if not self.offline:
-            self.log("notice: the int8 check did not finish before the end: it runs again at the next start")
+        if not (self.offline and completed):
+            self.log("notice: stopping the int8 check before it finished: it runs again at the next start")
+            job.cancel()
             return
-        self.log("finishing the int8 check in the background (its verdict is cached for the next start)...")
-        job.wait()
+        self.log("finishing the int8 check in the background (its verdict is cached for the next start; Ctrl-C "
+                 "skips it)...")
+        try:
+            job.wait()
+        except KeyboardInterrupt:
+            job.cancel()  # the thread ends before the interpreter does
+            raise
         if job.state == "passed":
             self.log(f"notice: the int8 renderer passed its quality gate, the next start uses it: "
                      f"{job.result.describe()}")

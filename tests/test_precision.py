@@ -136,7 +136,7 @@ def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_fram
     switching = SwitchingEngine(float_engine)
     release, building = threading.Event(), threading.Event()
 
-    def build():  # the calibration: blocks until the test has seen frames served meanwhile
+    def build(cancelled):  # the calibration: blocks until the test has seen frames served meanwhile
         building.set()
         assert release.wait(10)
         return int8_engine
@@ -177,11 +177,33 @@ def test_a_failed_gate_keeps_the_float_engine_and_names_the_figures():
 
     switching = SwitchingEngine(FakeEngine())
     before = switching.current
-    job = Int8Upgrade(switching, build=FakeEngine, gate=lambda engine: GateResult(31.2, 0.91),
+    job = Int8Upgrade(switching, build=lambda cancelled: FakeEngine(), gate=lambda engine: GateResult(31.2, 0.91),
                       save=lambda r: None).run_here()
     notice = switching.between_frames()
     assert job.state == "failed" and switching.current is before
     assert "rejected" in notice and "PSNR 31.2 dB" in notice and "SSIM 0.9100" in notice
+
+
+def test_closing_the_app_stops_a_running_calibration_and_caches_nothing():
+    import time
+
+    from engines.backends.int8_gate import Int8Upgrade
+    from engines.backends.openvino_int8 import Cancelled
+    from tests.test_live_loop import FakeEngine
+
+    saved = []
+
+    def build(cancelled):  # like NNCF's calibration loop: checks before every sample
+        while True:
+            if cancelled():
+                raise Cancelled("int8 calibration stopped")
+            time.sleep(0.01)
+
+    switching = SwitchingEngine(FakeEngine())
+    job = Int8Upgrade(switching, build=build, gate=lambda engine: None, save=saved.append).start()
+    assert job.running
+    assert job.cancel(timeout=10) and not job.running
+    assert job.state == "stopped" and saved == [] and switching.between_frames() is None
 
 
 # --- devices: OpenVINO GPU / NPU and Apple MPS, faked -------------------------------------------------------------

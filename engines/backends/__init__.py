@@ -179,11 +179,11 @@ def _build_cuda(base, *, precision, warm_up):
     return build_cuda_engine(base, precision=precision, warm_up=warm_up)
 
 
-def _build_openvino(base, *, precision, cache_dir, warm_up, calibration_images=None, device="CPU"):
+def _build_openvino(base, *, precision, cache_dir, warm_up, calibration_images=None, device="CPU", cancelled=None):
     from .openvino_backend import build_openvino_engine
     return build_openvino_engine(base, precision=precision, cache_dir=cache_dir, warm_up=warm_up,
                                  capabilities=cpu_capabilities() if device == "CPU" else None,
-                                 calibration_images=calibration_images, device=device)
+                                 calibration_images=calibration_images, device=device, cancelled=cancelled)
 
 
 def _build_mps(base, *, precision, warm_up):
@@ -348,9 +348,9 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
     from .openvino_int8 import calibration_id
     calibration = calibration_id(calibration_images, openvino_backend.DEFAULT_CALIBRATION_SAMPLES)
 
-    def build_int8(reason):
+    def build_int8(reason, cancelled=None):
         engine_, more_ = _build_openvino(base, precision="int8", cache_dir=cache_dir, warm_up=True,
-                                         calibration_images=calibration_images)
+                                         calibration_images=calibration_images, cancelled=cancelled)
         engine_.details["precision_reason"] = reason
         return engine_, [describe_openvino(engine_)] + more_
 
@@ -395,7 +395,7 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
         elif precision in (None, "auto"):
             reason = (f"auto: {engine.name} took {details.get('frame_ms', 0):.0f} ms per frame, int8 behind the "
                       "quality gate")
-            engine, more = int8_gate.consider_int8(engine, base, build_int8=lambda: build_int8(reason),
+            engine, more = int8_gate.consider_int8(engine, base, build_int8=lambda cancelled=None: build_int8(reason, cancelled),
                                                    images=calibration_images, calibration=calibration,
                                                    background=int8_in_background)
             notices += more

@@ -117,6 +117,7 @@ class Int8Upgrade:
                  save: Callable[[GateResult], None]):
         self.target, self._build, self._gate, self._save = target, build, gate, save
         self.state = "calibrating"
+        self.stop = threading.Event()  # set by cancel(); the build checks it between calibration samples
         self.result: GateResult | None = None
         self.notice = ""
         self._thread = threading.Thread(target=self._run, name="int8-calibration", daemon=True)
@@ -133,6 +134,12 @@ class Int8Upgrade:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def cancel(self, timeout: float = 60.0) -> bool:
+        """Stop the calibration (the app is closing) and wait for the thread: True once it has ended. Nothing
+        is cached for a stopped calibration: the next start runs it again."""
+        self.stop.set()
+        return self.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> bool:
         """True once the job has finished (it had not started: also True)."""
         if self._thread.ident is not None:
@@ -146,10 +153,16 @@ class Int8Upgrade:
             except OSError:
                 pass
         try:
-            engine = self._build()
+            engine = self._build(self.stop.is_set)
+            if self.stop.is_set():
+                self.state, self.notice = "stopped", "int8 check stopped"
+                return
             result = self.result = self._gate(engine)
             self._save(result)
         except Exception as error:  # noqa: BLE001 - the float engine keeps serving whatever went wrong
+            if self.stop.is_set():
+                self.state, self.notice = "stopped", "int8 check stopped"
+                return
             self.state = "error"
             self.notice = f"int8 renderer not used: calibration failed ({describe_error(error)})"
             log.debug("int8 upgrade failed", exc_info=True)
@@ -172,7 +185,7 @@ def consider_int8(float_engine, base, *, build_int8: Callable[[], tuple], images
     """(engine, notices) for `auto`: `float_engine` itself where it is fast enough (or int8 cannot be built);
     else the int8 engine where a cached gate passed, the float engine where it failed, and otherwise a
     SwitchingEngine over the float engine with an Int8Upgrade running (in the background, or here when not
-    `background`). `build_int8()` -> (engine, notices) calibrates on `images`."""
+    `background`). `build_int8(cancelled=None)` -> (engine, notices) calibrates on `images`."""
     frame_ms = float_engine.details.get("frame_ms")
     if frame_ms is None or frame_ms <= REALTIME_MS:
         return float_engine, []
@@ -192,8 +205,8 @@ def consider_int8(float_engine, base, *, build_int8: Callable[[], tuple], images
 
     switching = SwitchingEngine(float_engine)
 
-    def build():
-        engine, _ = build_int8()
+    def build(cancelled):
+        engine, _ = build_int8(cancelled=cancelled)
         return engine
 
     def gate(engine):

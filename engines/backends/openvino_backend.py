@@ -331,7 +331,7 @@ def device_precision(device: str, precision: str | None, capabilities: CpuCapabi
 def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None,
                           capabilities: CpuCapabilities | None = None, warm_up: bool = True,
                           calibration_images=None, calibration_samples: int | None = None,
-                          device: str = "CPU", core=None, store: DecisionStore | None = None):
+                          device: str = "CPU", core=None, store: DecisionStore | None = None, cancelled=None):
     """(engine, notices). `base` must live on the CPU and openvino must import.
 
     precision: None/'auto' = the CPU's measured choice (bf16 where timed >= 1.25x f32, else fp32; fp16 on a GPU or
@@ -340,6 +340,7 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
     calibration_images: avatar images [1,3,S,S] for int8 calibration and the detector's still-face check (default:
     generated ones); the cache key names them, so other images quantize anew.
     device: OpenVINO device, CPU, GPU (Intel iGPU/Arc) or NPU; `core` an ov.Core (tests pass fakes).
+    cancelled: () -> bool, checked during int8 calibration (a background build stops when the app closes).
     details['frame_ms']: one frame (detect + render) timed after warm-up, the minimum of two.
     """
     import openvino as ov
@@ -394,7 +395,7 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
         def build_int8():
             model = fp32_renderer if fp32_renderer is not None else core.read_model(str(renderer_path))
             samples = calibration_inputs(base, calibration_images, calibration_samples)
-            return quantize_renderer(model, samples)
+            return quantize_renderer(model, samples, cancelled)
 
         renderer_path, renderer_model, statuses["frame_renderer_int8"], more = load_or_build(
             cache_dir, fields_for("frame_renderer", "int8", renderer_inputs_, calibration), label="int8 renderer",

@@ -86,11 +86,21 @@ def calibration_inputs(engine: FOMMEngine, images=None, samples: int = 32) -> li
             for state, kp in avatar_motion(engine, images, samples)]
 
 
-def quantize_renderer(model, samples: list):
+class Cancelled(Exception):
+    """The calibration was stopped (the app is closing): nothing is cached."""
+
+
+def quantize_renderer(model, samples: list, cancelled=None):
     """NNCF post-training int8 quantization of the fp32 renderer IR (performance preset: symmetric activations,
-    what the CPU's int8 kernels run fastest)."""
+    what the CPU's int8 kernels run fastest). `cancelled()` is checked before each calibration sample, so a
+    background calibration stops within one inference when the app closes."""
     import nncf
 
+    def sample(item):
+        if cancelled is not None and cancelled():
+            raise Cancelled("int8 calibration stopped")
+        return item
+
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-step progress bars would flood the app's log
-    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), fast_bias_correction=True,
+    return nncf.quantize(model, nncf.Dataset(samples, sample), subset_size=len(samples), fast_bias_correction=True,
                          target_device=nncf.TargetDevice.CPU)
