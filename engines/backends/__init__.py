@@ -313,7 +313,8 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
     accelerators = present_accelerators(ov[0]) if wants_accelerators else ()
     choice, notices = plan(backend, device, has_cuda=has_cuda, tensorrt=trt, openvino=ov, accelerators=accelerators)
     if precision == "int8" and choice != "openvino":
-        notices.append(f"int8 is an OpenVINO backend option (on the CPU): the {choice} backend uses its default precision")
+        notices.append(f"int8 is an OpenVINO backend option (on the CPU): the {choice} backend uses its default "
+                       "precision")
         precision = None
 
     def make_base(choice_):
