@@ -3,9 +3,14 @@
     python -m engines.bench [--frames N] [--device auto|cpu|cuda] [--checkpoint PATH] [--cpu-study] [--json out.json]
                             [--source IMAGE --driving FRAMES.npy|VIDEO]
 
-On a CPU the OpenVINO rows (fp32, bf16, int8 renderer) are included whenever openvino imports; the one
-`--backend auto` would pick on this CPU is marked [auto]. Hide AMX to measure a CPU without it:
-    ONEDNN_MAX_CPU_ISA=AVX512_CORE_FP16 python -m engines.bench
+On a CPU the OpenVINO rows (fp32, bf16, int8 renderer) are included whenever openvino imports, plus the engine
+`--backend auto` really builds here ("auto -> ..."; its precision measured, int8 behind its quality gate, checked
+here rather than in the background); the report gives auto's frame against the fastest float row and against
+the original full forward. Emulate other CPU classes on an Intel CPU with AMX by capping oneDNN's ISA:
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_FP16 python -m engines.bench   # AMX hidden (bf16 instructions stay)
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m engines.bench        # bf16 hidden too
+`--bounds` adds what each precision reaches on this CPU (GFLOP/s, engines/bounds.py), the frame's GFLOP and how
+many such threads 25 frames/s would need.
 
 Per backend: keypoint-detector ms, per-frame (cached-source) renderer ms, and for the eager fp32 baseline also the
 full generator forward ms (the original FOMM path, no caching). Ratios are against the baseline measured in the
@@ -90,7 +95,8 @@ def cpu_flags() -> str:
     try:
         from .backends.openvino_backend import probe_cpu
         caps = probe_cpu()
-        text += f"; OpenVINO bf16 kernel {caps.kernel or 'none'} -> auto precision {caps.default_precision}"
+        text += (f"; OpenVINO bf16 kernel {caps.kernel or 'none'} -> auto precision {caps.default_precision} "
+                 f"({caps.reason})")
     except Exception:  # noqa: BLE001 - no openvino: the flags alone
         pass
     return text
@@ -178,11 +184,22 @@ def openvino_rows(base: FOMMEngine, notices: list, precisions=OPENVINO_PRECISION
         if precision == "int8":
             label += f" (+{engine.details['float_precision']} detector)"
         if precision == capabilities.default_precision:
-            label += " [auto]"
+            label += " [auto float]"
         cache = ", ".join(f"{k} {v}" for k, v in engine.details["cache"].items())
         rows.append(Row(label, engine, note=f"setup {time.perf_counter() - started:.1f} s; cache {cache}"))
         notices += more
     return rows
+
+
+def auto_row(args, notices: list) -> list[Row]:
+    """The engine `run_live.py --backend auto` gets on this CPU, built the way the app builds it."""
+    from .backends import create_engine
+
+    started = time.perf_counter()
+    engine, more = create_engine(backend="auto", device="cpu", checkpoint=args.checkpoint,
+                                 deterministic_weights=args.checkpoint is None, int8_in_background=False)
+    notices += [f"auto: {n}" for n in more]
+    return [Row(f"auto -> {engine.name}", engine, note=f"setup {time.perf_counter() - started:.1f} s")]
 
 
 def build_rows(base: FOMMEngine, args) -> tuple[list[Row], list[str]]:
@@ -208,6 +225,7 @@ def build_rows(base: FOMMEngine, args) -> tuple[list[Row], list[str]]:
             rows.append(Row(f"cpu {engine.name}{default}", engine, note=setup))
             notices += more
         rows += openvino_rows(base, notices, args.openvino)
+        rows += auto_row(args, notices)
         return rows, notices
     if cuda_available():
         from .backends.cuda_backend import build_cuda_engine
@@ -279,7 +297,12 @@ def run(args) -> dict:
                 rows[0].full_ms.append(full_ms)
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"device": device_name(device), "device_type": device.type, "versions": versions(),
+    bounds = None
+    if args.bounds and device.type == "cpu":
+        from .backends.openvino_backend import cpu_threads
+        from .bounds import bounds_report
+        bounds = bounds_report(base, cpu_threads())
+    return {"bounds": bounds,"device": device_name(device), "device_type": device.type, "versions": versions(),
             "cpu_flags": cpu_flags() if device.type == "cpu" else None,
             "load_average": [load_before, load] if load else None,
             "weights": weights, "frames": frames_name, "timed_rounds": args.frames, "warmup_rounds": args.warmup,
@@ -328,6 +351,16 @@ def format_report(result: dict) -> str:
             lines.append(f"  {row['backend']:42s} {frame:8.1f} ms  {full / frame:5.2f}x  ({1000 / frame:.1f} fps)"
                          f"  = {frame / original:.3f} of detect source + detect driving + full forward "
                          f"({original:.0f} ms)")
+        auto = next((r for r in rows if r["backend"].startswith("auto -> ")), None)
+        floats = [r for r in rows if r is not auto and "int8" not in r["backend"]]
+        if auto is not None and floats:
+            fastest = min(floats, key=lambda r: r["detect_ms"] + r["render_ms"])
+            auto_frame = auto["detect_ms"] + auto["render_ms"]
+            lines.append(f"auto picks {auto['backend'][8:]}: {auto_frame:.1f} ms per frame = "
+                         f"{auto_frame / (fastest['detect_ms'] + fastest['render_ms']):.2f}x the fastest float row "
+                         f"({fastest['backend']}), {auto_frame / original:.3f} of the original full forward")
+    if result.get("bounds"):
+        lines += ["", "bounds of each precision on this CPU (--bounds):", *result["bounds"]]
     lines += [f"notice: {n}" for n in result["notices"]]
     lines.append("x base = baseline ms / backend ms (higher is faster); frame = the cached per-frame renderer; "
                  "differences vs the eager fp32 baseline")
@@ -359,6 +392,8 @@ def main(argv=None) -> int:
                         help="CPU: OpenVINO precisions to add as rows, comma-separated from fp32,bf16,int8 "
                              "(default all three; 'none' for no OpenVINO rows)")
     parser.add_argument("--no-full", action="store_true", help="skip the baseline's full generator forward")
+    parser.add_argument("--bounds", action="store_true",
+                        help="CPU: GFLOP/s of each precision, GFLOP per frame, threads 25 frames/s needs")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--source", metavar="IMAGE", help="avatar image for the accuracy columns (default: random)")
     parser.add_argument("--driving", metavar="FRAMES.npy|VIDEO",

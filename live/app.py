@@ -157,10 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend: auto (default) picks TensorRT, else torch CUDA fp16 + torch.compile, "
                         "else OpenVINO on the CPU, else the eager CPU; torch = plain eager fp32 reference")
     g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                   help="numeric precision where the backend supports it (default: the backend's own; OpenVINO: "
-                        "bf16 on CPUs with AMX, else fp32); int8 = OpenVINO int8 renderer (opt-in, see README)")
+                   help="numeric precision where the backend supports it (default: the backend's own; on a CPU "
+                        "bf16 where measured faster than fp32, else fp32, and the int8 renderer where it passes a "
+                        "quality gate on your avatars); int8 = force the OpenVINO int8 renderer")
     g.add_argument("--device", choices=DEVICES, default="auto",
-                   help="compute device (default auto: CUDA when available)")
+                   help="compute device (default auto: CUDA when available, else the fastest of the CPU and an Intel "
+                        "GPU/NPU or Apple GPU present); gpu/npu = Intel GPU/NPU via OpenVINO, mps = Apple GPU")
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
                    help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
                         "trained with; off = the original FOMM code as it runs on today's torch")
@@ -239,6 +241,8 @@ class Session:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
             self._refuse_own_output(sinks)
             engine = self._engine(avatars)
+            completed = []
+            stack.callback(lambda: self._end_int8_check(engine, completed=bool(completed)))
             if self.args.remote:
                 stack.callback(engine.close)  # the server frees this client's avatars when it closes
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
@@ -253,15 +257,40 @@ class Session:
             else:  # a --driving file in live mode plays at its own frame rate, like a camera
                 feed = live_feed(stack.enter_context(LatestFrameReader(source, realtime=not source.is_live)))
             stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack, pipeline))
+            completed.append(True)
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
         if self.recording is not None and self.recording.audio_error:
             self.log(f"notice: the recording has the clip's sound only up to where it failed: "
                      f"{self.recording.audio_error}")
-        self.log(f"done: {stats.frames} frames ({stats.timings.summary()})"
+        self.log(f"done: {stats.frames} frames ({stats.timings.summary()}); engine {engine_summary(engine)}"
                  + (f"; wrote {args.output}" if args.output else "")
                  + (f"; {self.audio.summary()}" if self.audio is not None else ""))
         return 0
+
+    def _end_int8_check(self, engine, completed: bool) -> None:
+        """An int8 calibration still running at the end (after the progress bar has closed): a completed offline
+        render waits for it, so its verdict is cached and the next start is instant; a live run, or one that
+        failed or was stopped, stops it (it runs again at the next start)."""
+        job = getattr(engine, "job", None)
+        if job is None or not job.running:
+            return
+        if not (self.offline and completed):
+            self.log("notice: stopping the int8 check before it finished: it runs again at the next start")
+            job.cancel()
+            return
+        self.log("finishing the int8 check in the background (its verdict is cached for the next start; Ctrl-C "
+                 "skips it)...")
+        try:
+            job.wait()
+        except KeyboardInterrupt:
+            job.cancel()  # the thread ends before the interpreter does
+            raise
+        if job.state == "passed":
+            self.log(f"notice: the int8 renderer passed its quality gate, the next start uses it: "
+                     f"{job.result.describe()}")
+        elif job.notice:
+            self.log(f"notice: {job.notice}")
 
     # --- pieces ---------------------------------------------------------------------------------------------
     def _camera(self):
@@ -280,10 +309,10 @@ class Session:
         if not args.deterministic_weights:
             from live.weights import resolve_checkpoint
             checkpoint = resolve_checkpoint(args.checkpoint)
-        # int8: calibrate the quantized renderer on the user's own avatars (their keypoints moved like a head); the
-        # quantized model is cached per avatar set, so the same avatars start fast the next time.
+        # int8 (forced, or tried by auto behind its quality gate): calibrated on the user's own avatars (their
+        # keypoints moved like a head); the quantized model and the gate's verdict are cached per avatar set.
         calibration = ([to_model_input(a.image) for a in list(avatars)[:INT8_CALIBRATION_AVATARS]]
-                       if args.precision == "int8" and avatars else None)
+                       if args.precision in ("int8", "auto") and avatars else None)
         engine, notices = create_engine(backend=args.backend, device=args.device, checkpoint=checkpoint,
                                         deterministic_weights=args.deterministic_weights,
                                         align_corners=args.align_corners, precision=args.precision,
@@ -478,6 +507,19 @@ def add_remote_arguments(p: argparse.ArgumentParser) -> None:
 
 
 RECONNECT_WAIT_S = 60.0  # offline --remote renders: how long to wait for a server that went away
+
+
+def engine_summary(engine) -> str:
+    """'openvino-bf16 (measured 2.3x fp32 on this CPU), 52 ms per frame at start': what ran at the end."""
+    details = getattr(engine, "details", {}) or {}
+    text = engine.name
+    if details.get("precision_reason"):
+        text += f" ({details['precision_reason']})"
+    if details.get("gate"):
+        text += f" [{details['gate']}]"
+    if "frame_ms" in details:
+        text += f", {details['frame_ms']:.0f} ms per frame at start"
+    return text
 
 
 def remote_engine(args, offline: bool, log):

@@ -3,9 +3,13 @@ everything else is live/app.py, whose imports load torch (a first line says so b
 same command."""
 from __future__ import annotations
 
+import os
 import sys
 
 from engines.version import version_line
+
+if sys.platform == "darwin":  # torch reads it once, at import: ops the Apple GPU (MPS) lacks then run on the CPU
+    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 
 def main(argv=None) -> int:

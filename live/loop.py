@@ -362,9 +362,16 @@ class LivePipeline:
             for sink in self.sinks:
                 sink.send(output)
 
+    def _switch_engine(self) -> None:
+        """Between two frames: an engine prepared in the background (int8 behind its quality gate) takes over."""
+        between_frames = getattr(self.engine, "between_frames", None)
+        notice = between_frames() if between_frames is not None else None
+        if notice:
+            self.notify(notice)
+
     def _show(self, image: np.ndarray, box, output: np.ndarray) -> None:
         if self.preview is not None:  # its keys are read by poll_keys, with every other key source
-            hud = [*self.timings.lines(), *(line() for line in self.hud_extras)] if self.options.show_hud else ()
+            hud = [*self.timings.lines(), f"engine {self.engine.name}", *(line() for line in self.hud_extras)] if self.options.show_hud else ()
             self.preview.show(image, box, output, hud_lines=hud, status=self.status, framing=self._framing())
 
     def _framing(self) -> Framing | None:
@@ -385,6 +392,7 @@ class LivePipeline:
             waiting_since = time.perf_counter()
             while not self.quit_requested:
                 self.poll_keys()  # also while the camera stalls (frame None): quit must still work
+                self._switch_engine()
                 if self.quit_requested or (max_frames is not None and self.stats.frames >= max_frames):
                     break
                 try:

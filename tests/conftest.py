@@ -93,6 +93,18 @@ def isolated_config(tmp_path_factory):
     yield from _environ_for_session(CONFIG_ENV, tmp_path_factory.mktemp("live-avatar-config") / "config.toml")
 
 
+@pytest.fixture(autouse=True)
+def no_automatic_int8(monkeypatch):
+    """`--backend auto` on a CPU slower than real time calibrates an int8 renderer in the background (and an offline
+    render waits for it at the end): minutes per new avatar set. Tests of other things keep the float engine;
+    the int8 tests opt in by setting int8_gate.REALTIME_MS themselves."""
+    try:
+        from engines.backends import int8_gate
+    except ImportError:
+        return
+    monkeypatch.setattr(int8_gate, "REALTIME_MS", float("inf"))
+
+
 @pytest.fixture(scope="session")
 def deterministic_engine():
     """One engine with deterministic weights for the whole session (building it costs ~2 s)."""

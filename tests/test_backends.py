@@ -186,14 +186,23 @@ def frames():
     return torch.rand(1, 3, 256, 256, generator=generator), torch.rand(1, 3, 256, 256, generator=generator)
 
 
-def test_auto_on_this_cpu_gives_the_default_cpu_engine(monkeypatch, deterministic_engine, frames):
+@pytest.mark.parametrize("bf16_ms,expected", [(60.0, "fp32"), (30.0, "bf16")])
+def test_auto_on_this_cpu_gives_the_measured_cpu_engine(monkeypatch, deterministic_engine, frames, bf16_ms,
+                                                         expected):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: auto would not pick the CPU")
+    from engines.backends.precision import Bf16Measurement
+
     monkeypatch.setattr(backends, "_base_engine", lambda *a: deterministic_engine)
     monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))  # tests/test_openvino.py
+    monkeypatch.setattr(backends, "present_accelerators", lambda ov_ok: ())
+    monkeypatch.setattr(backends, "torch_bf16", lambda: Bf16Measurement(f32_ms=50.0, bf16_ms=bf16_ms))
     engine, notices = backends.create_engine(deterministic_weights=True)
     assert notices == []
-    assert isinstance(engine, AcceleratedEngine) and engine.name == DEFAULT_OPTIONS.label
+    assert isinstance(engine, AcceleratedEngine) and engine.name == f"torch-cpu-{expected}"
+    assert engine.details["precision_reason"].startswith("measured" if expected == "bf16" else "bf16 measured")
+    if expected == "bf16":
+        return
     # Same protocol and identity as the eager engine.
     assert engine.device == torch.device("cpu") and engine.image_size == 256
     assert engine.config_hash == deterministic_engine.config_hash
@@ -205,9 +214,8 @@ def test_auto_on_this_cpu_gives_the_default_cpu_engine(monkeypatch, deterministi
     out = engine.render(state, kp)
     reference = deterministic_engine.render(deterministic_engine.encode(source), eager_kp)
     assert out.shape == (1, 3, 256, 256) and out.dtype == torch.float32
-    # fp32 defaults differ from eager only by summation order; bf16 would need the README's looser bound.
-    tolerance = 1e-4 if DEFAULT_OPTIONS.precision == "fp32" else 2e-2
-    assert float((out - reference).abs().max()) <= tolerance
+    # fp32 differs from eager only by summation order
+    assert float((out - reference).abs().max()) <= 1e-4
 
 
 def test_cpu_precision_options(deterministic_engine, frames):

@@ -2,7 +2,9 @@
 
 Options (each measured by `python -m engines.bench --cpu-study`, figures in the README):
 - channels_last: NHWC memory format for the generator's convolutions (oneDNN's preferred layout);
-- precision bf16: torch.autocast(cpu, bfloat16) around the renderer (AVX512-BF16/AMX);
+- precision bf16: torch.autocast(cpu, bfloat16) around the renderer, the default where it was measured >= 1.25x
+  faster than fp32 on this CPU (precision.torch_bf16_decision, cached per CPU: 1.8x on an AMD Zen 4, slower on
+  an Intel Xeon with AMX hidden);
 - torch_compile: torch.compile (inductor) of the renderer.
 The keypoint detector always runs eager fp32 (temperature-0.1 softmax; ~20 ms of the ~0.4 s frame).
 """
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
+
 from .common import AcceleratedEngine, CompiledWithFallback, check_precision, log_fallback
+from .precision import Bf16Measurement, torch_bf16_decision
 
 SUPPORTED_PRECISIONS = ("fp32", "bf16")
 
@@ -36,18 +41,22 @@ class CpuOptions:
         return "+".join(parts)
 
 
-# What create_engine uses on a CPU. An option becomes the default only if it is >= 5% faster than fp32 eager on both
-# the median and the minimum of the same round-robin run, with PSNR >= 40 dB and max |diff| <= 8/255 vs fp32.
-# Measured on the 2-vCPU Xeon (AVX512-BF16, no AMX exposed) this project is developed on, none qualified
-# (README, "GPU engines and benchmarks"): bf16 autocast is ~1.5x slower, channels_last and torch.compile are
-# within noise. So the CPU default stays eager fp32; the options remain for other CPUs (bench --cpu-study).
+# What create_engine uses on a CPU, before the precision is measured: channels_last and torch.compile were within
+# noise on the CPUs measured (bench --cpu-study), so they stay opt-in; the precision is the measured one.
 DEFAULT_OPTIONS = CpuOptions(precision="fp32", channels_last=False, torch_compile=False)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class CpuRenderer(torch.nn.Module):
-    def __init__(self, generator, options: CpuOptions):
+    """The per-frame renderer with the options applied; `device_type` names the autocast device (the MPS backend
+    reuses it with fp16)."""
+
+    def __init__(self, generator, options: CpuOptions, device_type: str = "cpu"):
         super().__init__()
         self.options = options
+        self.device_type = device_type
         renderer = FrameRenderer(generator).eval()
         if options.channels_last:
             # A private copy: converting the shared generator would change the layout the eager encoder sees.
@@ -57,17 +66,22 @@ class CpuRenderer(torch.nn.Module):
     def forward(self, features, *rest):
         if self.options.channels_last:
             features = features.contiguous(memory_format=torch.channels_last)
-        if self.options.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+        if self.options.precision in AUTOCAST_DTYPES:
+            with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.options.precision]):
                 return self.renderer(features, *rest).float()
         return self.renderer(features, *rest)
 
 
 def build_cpu_engine(base: FOMMEngine, *, precision: str | None = None, options: CpuOptions | None = None,
-                     warm_up: bool = True):
-    """(engine, notices) on the CPU. `options` overrides DEFAULT_OPTIONS; `precision` overrides its precision."""
+                     warm_up: bool = True, measure: Callable[[], Bf16Measurement] | None = None):
+    """(engine, notices) on the CPU. `options` overrides DEFAULT_OPTIONS; `precision` overrides its precision.
+    Without either, the precision is measured: `measure()` (default precision.torch_bf16_decision, cached)."""
     if base.device.type != "cpu":
         raise ValueError("the CPU backend needs an engine on the CPU")
+    reason = "requested"
+    if options is None and precision in (None, "auto"):
+        measurement = (measure or torch_bf16_decision)()
+        options, reason = replace(DEFAULT_OPTIONS, precision=measurement.precision), measurement.reason
     options = options or DEFAULT_OPTIONS
     chosen, notices = check_precision(precision, SUPPORTED_PRECISIONS, options.precision)
     options = replace(options, precision=chosen)
@@ -80,6 +94,7 @@ def build_cpu_engine(base: FOMMEngine, *, precision: str | None = None, options:
                 if options.torch_compile else renderer)
     engine = AcceleratedEngine(base, name=options.label, renderer=call, precision=options.precision,
                                details={"backend": "cpu", "precision": options.precision, "detector": "fp32",
+                                        "precision_reason": reason,
                                         "channels_last": options.channels_last,
                                         "torch_compile": options.torch_compile})
     if warm_up and options.torch_compile:

@@ -62,28 +62,45 @@ def head_motion(kp: Keypoints, rng: np.random.Generator) -> Keypoints:
     return Keypoints(torch.from_numpy(moved[None].astype(np.float32)), torch.from_numpy(jac[None].astype(np.float32)))
 
 
-def calibration_inputs(engine: FOMMEngine, images=None, samples: int = 32) -> list[list[np.ndarray]]:
-    """`samples` renderer input lists (RENDERER_INPUTS order): avatars x perturbed keypoints, the first of each
-    avatar unmoved (the neutral pose the live loop starts from)."""
+def avatar_motion(engine: FOMMEngine, images=None, samples: int = 32, *, seed: int = SEED,
+                  neutral: bool = True) -> list[tuple]:
+    """`samples` (avatar state, driving keypoints) pairs: avatars x head motion; with `neutral` the first of each
+    avatar unmoved (the neutral pose the live loop starts from). Another `seed` gives motion calibration never
+    saw (the quality gate's held-out frames)."""
     if samples < 1:
         raise ValueError("int8 calibration needs at least one sample")
     images = images if images is not None else generated_avatars(engine.image_size)
     states = [engine.encode(image) for image in images]
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     out = []
     for index in range(samples):
         state = states[index % len(states)]
-        kp = state.kp if index < len(states) else head_motion(state.kp, rng)
-        out.append([np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
-                    for t in renderer_inputs(state, kp)])
+        kp = state.kp if neutral and index < len(states) else head_motion(state.kp, rng)
+        out.append((state, kp))
     return out
 
 
-def quantize_renderer(model, samples: list):
+def calibration_inputs(engine: FOMMEngine, images=None, samples: int = 32) -> list[list[np.ndarray]]:
+    """`samples` renderer input lists (RENDERER_INPUTS order) from `avatar_motion`."""
+    return [[np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in renderer_inputs(state, kp)]
+            for state, kp in avatar_motion(engine, images, samples)]
+
+
+class Cancelled(Exception):
+    """The calibration was stopped (the app is closing): nothing is cached."""
+
+
+def quantize_renderer(model, samples: list, cancelled=None):
     """NNCF post-training int8 quantization of the fp32 renderer IR (performance preset: symmetric activations,
-    what the CPU's int8 kernels run fastest)."""
+    what the CPU's int8 kernels run fastest). `cancelled()` is checked before each calibration sample, so a
+    background calibration stops within one inference when the app closes."""
     import nncf
 
+    def sample(item):
+        if cancelled is not None and cancelled():
+            raise Cancelled("int8 calibration stopped")
+        return item
+
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-step progress bars would flood the app's log
-    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), fast_bias_correction=True,
+    return nncf.quantize(model, nncf.Dataset(samples, sample), subset_size=len(samples), fast_bias_correction=True,
                          target_device=nncf.TargetDevice.CPU)
