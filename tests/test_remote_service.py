@@ -24,7 +24,8 @@ def service():
     from remote.service import RenderService
 
     torch.manual_seed(0)
-    return RenderService({"token": TOKEN, "backend": "cpu", "deterministic_weights": True})
+    # eager fp32 (the cpu backend alone takes bf16 where it measures faster): frame sizes the limits are set by
+    return RenderService({"token": TOKEN, "backend": "cpu", "precision": "fp32", "deterministic_weights": True})
 
 
 def _rss() -> int:
