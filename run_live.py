@@ -4,6 +4,6 @@ the installed `live-avatar`."""
 import sys
 
 if __name__ == "__main__":
-    from live.command import main
+    from live.cli.command import main
 
     sys.exit(main())

@@ -8,3 +8,7 @@ A UserError carries a complete one-line explanation (what went wrong and what to
 
 class UserError(Exception):
     """An error whose message is a complete one-line explanation for the user."""
+
+
+class WeightsError(UserError):
+    """The model checkpoint is missing, cannot be downloaded, or fails its checksum."""

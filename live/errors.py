@@ -6,7 +6,7 @@ class lives in engines/errors.py.
 """
 
 
-from engines.errors import UserError  # noqa: F401 - the base class, shared with remote/ (the client)
+from engines.errors import UserError, WeightsError  # noqa: F401 - shared with engines/ and remote/ (the client)
 
 
 class CaptureError(UserError):
@@ -19,10 +19,6 @@ class SinkError(UserError):
 
 class AvatarError(UserError):
     """The avatar image or folder is missing or unreadable."""
-
-
-class WeightsError(UserError):
-    """The model checkpoint is missing, cannot be downloaded, or fails its checksum."""
 
 
 class DisplayError(UserError):

@@ -90,7 +90,7 @@ class RemoteEngine:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "remote"
         self.log = log or print
         self.on_status: Callable[[str], None] = self.log  # the app points this at the pipeline's status line
-        self.timings = None                 # a live.hud.Timings: the round trip is recorded there as "rtt"
+        self.timings = None                 # a live.ui.hud.Timings: the round trip is recorded there as "rtt"
         self.device = torch.device("cpu")   # where the client's tensors (detector, keypoints) live
         self._ws = None
         self._next_id = 0

@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     opts = p.parse_args(argv)
 
     import cv2
-    from live.app import Session, build_parser, validate_args
-    from live.sinks import VideoFileSink
+    from live.cli.app import Session, build_parser, validate_args
+    from live.devices.sinks import VideoFileSink
 
     class SoakSession(Session):
         """Also records every rendered frame (--output with --loop is refused by the app: offline would never

@@ -88,7 +88,7 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def isolated_config(tmp_path_factory):
     """LIVE_AVATAR_CONFIG -> a file that does not exist: the user's saved preferences never change a test's flags."""
-    from live.config import CONFIG_ENV
+    from live.cli.config import CONFIG_ENV
 
     yield from _environ_for_session(CONFIG_ENV, tmp_path_factory.mktemp("live-avatar-config") / "config.toml")
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, correlate, sosfilt
 
-from live.app import Session, build_parser
+from live.cli.app import Session, build_parser
 from tests.conftest import carphone_path
 
 RATE = 48000

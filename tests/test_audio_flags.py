@@ -4,10 +4,10 @@ import types
 
 import pytest
 
-from live import audio
-from live.app import build_parser, main
-from live.audio import AudioDevice, AudioError, AudioPassThrough, find_device, median_latency_ms
-from live.hud import Timings
+from live.audio import pass_through as audio
+from live.cli.app import build_parser, main
+from live.audio.pass_through import AudioDevice, AudioError, AudioPassThrough, find_device, median_latency_ms
+from live.ui.hud import Timings
 from tests.test_live_app import assert_one_line_error, avatar, run_main  # noqa: F401 - the avatar fixture
 from tests.test_live_loop import FakePreview, frames, make_pipeline
 
@@ -105,7 +105,7 @@ def test_the_delay_follows_the_running_median_of_the_video_latency():
 def test_target_is_latency_plus_offset_less_the_devices_own_and_the_hud_shows_it():
     device = AudioDevice(0, "dev", 1, 48000.0)
     passthrough = AudioPassThrough(device, device, lambda: 150.0, offset_ms=-30.0)
-    from live.delay_line import DelayLine
+    from live.audio.delay_line import DelayLine
     passthrough.line, passthrough.device_latency_s = DelayLine(1, 48000.0), 0.05
     assert passthrough.hud_line() == "audio: muted until the first video frame"
     passthrough._update_target()

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from live.app import Session, build_parser
-from live.sinks import VideoFileSink
+from live.cli.app import Session, build_parser
+from live.devices.sinks import VideoFileSink
 
 RATE = 44100
 CLICK_AT = 0.6  # seconds

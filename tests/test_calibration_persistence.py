@@ -150,7 +150,7 @@ def test_a_pose_of_another_shape_is_ignored_with_a_notice(tmp_path, batch, keypo
 
 def test_the_live_controller_ignores_a_pose_with_other_keypoints(tmp_path):
     from calibration.neutral_pose import NeutralPose
-    from live.calibration_control import CalibrationController
+    from calibration.control import CalibrationController
     path = _saved(tmp_path, 1, 7)
     neutral = NeutralPose()
     neutral.set_source(_kp())  # the model's 10 keypoints

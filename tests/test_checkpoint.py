@@ -235,7 +235,7 @@ def test_a_sparse_weight_is_one_line_through_the_cli(tmp_path, capsys):
     import cv2
     import numpy as np
 
-    from live.animate import main
+    from live.cli.animate import main
     avatar, clip = tmp_path / "a.png", tmp_path / "d.mp4"
     cv2.imwrite(str(avatar), np.zeros((64, 64, 3), np.uint8))
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (64, 64))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfilt
 
-from live.delay_line import DelayLine
+from live.audio.delay_line import DelayLine
 
 RATE = 48000
 BLOCK = 480  # 10 ms callbacks

@@ -88,7 +88,7 @@ def _parse_error(capsys, main, argv):
 
 
 def test_a_bad_flag_of_run_live_is_one_error_line(capsys, tmp_path):
-    from live.app import main
+    from live.cli.app import main
 
     err = _parse_error(capsys, main, ["--avatar", str(tmp_path / "face.png"), "--vcam-size", "0x0"])
     assert err == "error: argument --vcam-size: size '0x0' out of range (1x1 .. 7680x4320)\n"
@@ -106,7 +106,7 @@ def test_a_bad_flag_of_the_render_server_is_one_error_line(capsys):
     assert err.startswith("error: argument --backend: invalid choice: 'gpu'") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("program", ["live.app", "remote.server"])
+@pytest.mark.parametrize("program", ["live.cli.app", "remote.server"])
 def test_deterministic_weights_is_documented_in_help(capsys, program):
     import importlib
 

@@ -2,7 +2,7 @@
 recently, and a latency that restarts with them."""
 import pytest
 
-from live.hud import Timings
+from live.ui.hud import Timings
 
 
 class FakeClock:

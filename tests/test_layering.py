@@ -1,6 +1,6 @@
 """Layers: engines/ imports nothing of ours above it; calibration/ only engines; remote/ (both ends of the wire)
-only engines; live/ sits on top; no two modules of one package import each other. Read from the
-import statements themselves (ast), including imports inside functions."""
+only engines; live/ sits on top, in rooms (ROOMS below) that import only the rooms beneath them; no two modules
+import each other. Read from the import statements themselves (ast), including imports inside functions."""
 import ast
 
 import pytest
@@ -30,9 +30,42 @@ def test_a_lower_layer_imports_nothing_above_it(layer):
     assert {f: p for f, p in wrong.items() if p} == {}
 
 
+# The rooms of live/ and what each may import of live/ ("base": live/errors.py and live/signals.py, what every
+# room shares). cli wires everything together; nothing imports cli but cli itself.
+ROOMS = {
+    "base": {"base"},
+    "audio": {"base", "audio"},
+    "devices": {"base", "audio", "devices"},
+    "ui": {"base", "ui"},
+    "pipeline": {"base", "devices", "ui", "pipeline"},
+    "cli": {"base", "audio", "devices", "ui", "pipeline", "cli"},
+}
+
+
+def room_of(module: str) -> str | None:
+    """'live.pipeline.loop' -> 'pipeline'; 'live.errors' -> 'base'; None outside live/."""
+    parts = module.split(".")
+    if parts[0] != "live":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else "base"
+
+
+def test_live_is_in_rooms_and_each_room_imports_only_those_beneath_it():
+    live = REPO / "live"
+    loose = sorted(f.name for f in live.glob("*.py") if f.name not in ("__init__.py", "errors.py", "signals.py"))
+    assert loose == [], "every live/ module belongs to a room"
+    wrong = {}
+    for path in sorted(live.rglob("*.py")):
+        room = room_of(".".join(path.relative_to(REPO).with_suffix("").parts))
+        rooms = {room_of(name) for name in imported_modules(path)} - {None}
+        if rooms - ROOMS[room]:
+            wrong[str(path.relative_to(REPO))] = sorted(rooms - ROOMS[room])
+    assert wrong == {}
+
+
 def test_the_check_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("import torch\nfrom .engine import X\n\ndef f():\n    from live.loop import LivePipeline\n")
+    sample.write_text("import torch\nfrom .engine import X\n\ndef f():\n    from live.pipeline.loop import LivePipeline\n")
     assert imported_packages(sample) == {"live"}
 
 
@@ -57,3 +90,11 @@ def test_no_two_modules_import_each_other():
     imports = {name: imported_modules(path) & set(modules) for name, path in modules.items()}
     circles = sorted({tuple(sorted((a, b))) for a, deps in imports.items() for b in deps if a in imports.get(b, ())})
     assert circles == []
+
+
+def test_rooms_are_read_from_module_names():
+    assert room_of("live.pipeline.loop") == "pipeline"
+    assert room_of("live.errors.UserError") == "base"
+    assert room_of("live.cli") == "cli"
+    assert room_of("engines.framing") is None
+    assert "cli" not in ROOMS["pipeline"] and "pipeline" not in ROOMS["devices"]

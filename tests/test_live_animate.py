@@ -5,7 +5,7 @@ import sys
 import cv2
 import numpy as np
 
-from live.animate import animate, main
+from live.cli.animate import animate, main
 from tests.conftest import REPO
 
 
@@ -40,7 +40,7 @@ def test_cli_renders_a_video(tmp_path, golden):
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "live.animate", "--avatar", str(tmp_path / "none.png"),
+    result = subprocess.run([sys.executable, "-m", "live.cli.animate", "--avatar", str(tmp_path / "none.png"),
                              "--driving", "x.mp4", "--output", str(tmp_path / "o.mp4"), "--deterministic-weights"],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
@@ -56,7 +56,7 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from live.sinks import PARTIAL_MARK  # noqa: E402
+from live.devices.sinks import PARTIAL_MARK  # noqa: E402
 from tests.support import read_video  # noqa: E402
 
 FRAMES = 12
@@ -67,7 +67,7 @@ _CHILD = textwrap.dedent("""
     import os, resource, signal, sys, time
     sys.path.insert(0, {repo!r})
     import numpy as np
-    import live.animate as A
+    import live.cli.animate as A
     mode = os.environ.get("CHILD_MODE", "")
     A.FOMMEngine.from_deterministic_weights = staticmethod(lambda **kw: None)
 

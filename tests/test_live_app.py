@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from live import app
-from live.app import build_parser, main
-from live.hotkeys import BINDINGS
+from live.cli import app
+from live.cli.app import build_parser, main
+from live.ui.hotkeys import BINDINGS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -302,8 +302,8 @@ def test_default_virtual_camera_failure_suggests_no_vcam(capsys, avatar, driving
 
 @pytest.mark.slow
 def test_avatar_from_the_config_and_k_saves_the_face_crop_beside_it(tmp_path, driving_folder):
-    from live.app import Session, parse_command_line
-    from live.avatars import load_avatar
+    from live.cli.app import Session, parse_command_line
+    from live.pipeline.avatars import load_avatar
     faces = tmp_path / "faces"
     faces.mkdir()
     cv2.imwrite(str(faces / "a.png"), np.full((64, 64, 3), 150, np.uint8))

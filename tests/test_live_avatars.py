@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from live.avatars import IMAGE_EXTENSIONS, list_avatar_paths, load_avatar
+from live.pipeline.avatars import IMAGE_EXTENSIONS, list_avatar_paths, load_avatar
 from live.errors import AvatarError, UserError
 
 
@@ -185,7 +185,7 @@ def _gray_png_bomb(path, side: int):
 
 _WARM = """
 import cv2, numpy as np
-from live.avatars import load_avatar
+from live.pipeline.avatars import load_avatar
 cv2.imwrite({warm!r}, np.zeros((8, 8, 3), np.uint8))
 load_avatar({warm!r}, 256)  # codecs and the first allocations are not what is measured
 """
@@ -207,7 +207,7 @@ def test_a_png_bomb_is_refused_from_its_header_with_bounded_memory(tmp_path):
 
 
 def test_a_50000_pixel_avatar_is_one_line_through_the_app(tmp_path, capsys):
-    from live.app import main
+    from live.cli.app import main
     bomb = _gray_png_bomb(tmp_path / "huge.png", 50000)
     assert main(["--avatar", str(bomb), "--deterministic-weights", "--device", "cpu", "--no-vcam",
                  "--no-preview", "--driving", str(tmp_path / "none.mp4")]) == 2

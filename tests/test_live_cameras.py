@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from live import cameras as C
-from live.cameras import Camera, CameraList, V4l2Info, camera_spec, choose_camera, format_listing
+from live.devices import cameras as C
+from live.devices.cameras import Camera, CameraList, V4l2Info, camera_spec, choose_camera, format_listing
 from live.errors import CaptureError
 
 
@@ -253,7 +253,7 @@ def fake_listing():
 
 
 def test_list_cameras_needs_no_avatar(capsys, monkeypatch):
-    from live.app import main
+    from live.cli.app import main
     monkeypatch.setattr(C, "list_cameras", fake_listing)
     assert main(["--list-cameras"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -288,7 +288,7 @@ class FakeCapture:
 def test_camera_by_name_through_the_app_keys_the_calibration_by_stable_id(capsys, monkeypatch, tmp_path):
     import cv2
     import calibration.persistence as persistence
-    from live.app import main
+    from live.cli.app import main
     monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(C, "list_cameras", fake_listing)
     monkeypatch.setattr(cv2, "VideoCapture", FakeCapture)
@@ -314,8 +314,8 @@ def test_camera_by_name_through_the_app_keys_the_calibration_by_stable_id(capsys
 def test_a_run_refuses_to_drive_from_the_virtual_camera_it_writes_to(capsys, monkeypatch, tmp_path):
     """pyvirtualcam picks the first free loopback device: if that is the --camera device, the run stops."""
     import cv2
-    import live.sinks
-    from live.app import main
+    import live.devices.sinks
+    from live.cli.app import main
     loopback = tmp_path / "video0"
     loopback.write_text("")
     listing = CameraList([Camera(0, "Dummy video device (0x0000)", str(loopback), "v4l2 loopback",
@@ -330,7 +330,7 @@ def test_a_run_refuses_to_drive_from_the_virtual_camera_it_writes_to(capsys, mon
 
         def close(self):
             closed.append(self.name)
-    monkeypatch.setattr(live.sinks, "VirtualCameraSink", FakeVirtualCamera)
+    monkeypatch.setattr(live.devices.sinks, "VirtualCameraSink", FakeVirtualCamera)
     avatar = tmp_path / "face.png"
     cv2.imwrite(str(avatar), np.full((64, 64, 3), 128, np.uint8))
     code = main(["--avatar", str(avatar), "--camera", "0", "--vcam", "--no-preview", "--deterministic-weights",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import carphone_path
-from live import capture
-from live.capture import CapturedFrame, FrameSource, LatestFrameReader, open_source, to_bgr
+from live.devices import capture
+from live.devices.capture import CapturedFrame, FrameSource, LatestFrameReader, open_source, to_bgr
 from live.errors import CaptureError, UserError
 
 
@@ -164,7 +164,7 @@ def test_unreadable_video_prints_no_ffmpeg_noise(tmp_path):
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(bytes(range(256)) * 20)
-    code = ("import sys; from live.capture import open_source\n"
+    code = ("import sys; from live.devices.capture import open_source\n"
             "try:\n    open_source(sys.argv[1])\nexcept Exception as e:\n    print(e)")
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code, str(bad)], cwd=repo, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""Saved preferences (live/config.py): where the file lives, flag > config > default, --save-config, and a
+"""Saved preferences (live/cli/config.py): where the file lives, flag > config > default, --save-config, and a
 hostile or broken file as one `error:` line."""
 import os
 import sys
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from live import config
-from live.app import build_parser, main, validate_args
-from live.config import (MAX_CONFIG_BYTES, ConfigError, default_config_path, given_preferences, parse_args,
+from live.cli import config
+from live.cli.app import build_parser, main, validate_args
+from live.cli.config import (MAX_CONFIG_BYTES, ConfigError, default_config_path, given_preferences, parse_args,
                          read_config, save_preferences)
 
 try:

@@ -1,7 +1,7 @@
 import pytest
 
-from live import display
-from live.display import display_problem, has_display, require_display
+from live.ui import display
+from live.ui.display import display_problem, has_display, require_display
 from live.errors import DisplayError, UserError
 
 

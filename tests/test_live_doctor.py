@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from live import cameras as C
-from live import doctor as D
-from live.app import build_parser, main
-from live.cameras import Camera, CameraList
+from live.devices import cameras as C
+from live.cli import doctor as D
+from live.cli.app import build_parser, main
+from live.devices.cameras import Camera, CameraList
 from live.errors import SinkError
 from remote import protocol as P
 
@@ -190,7 +190,7 @@ def test_weights_not_downloaded_yet(monkeypatch, tmp_path):
 
 def test_weights_cached_verified_or_damaged(monkeypatch, tmp_path):
     import hashlib
-    from live import weights as W
+    from engines import weights as W
     monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path))
     blob = b"pretend checkpoint"
     monkeypatch.setitem(W.KNOWN_CHECKPOINTS, "vox-cpk", {**W.KNOWN_CHECKPOINTS["vox-cpk"], "size": len(blob),

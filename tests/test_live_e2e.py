@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from live.app import Session, build_parser
+from live.cli.app import Session, build_parser
 from tests.conftest import carphone_path
 from tests.support import MemoryCamera, read_video
 

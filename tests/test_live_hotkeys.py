@@ -5,7 +5,7 @@ import termios
 
 import pytest
 
-from live.hotkeys import (BINDINGS, Action, KeyEvent, TerminalKeys, event_for, events_for, help_text,
+from live.ui.hotkeys import (BINDINGS, Action, KeyEvent, TerminalKeys, event_for, events_for, help_text,
                           key_from_waitkey, parse_terminal_input)
 
 

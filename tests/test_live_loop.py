@@ -11,13 +11,13 @@ import torch
 from calibration.neutral_pose import NeutralPose
 from calibration.smoothing import KeypointSmoother
 from engines.keypoints import Keypoints
-from live.avatar_set import Avatar, AvatarSet
-from live.capture import CapturedFrame, FrameSource, LatestFrameReader
-from live.crop import CropBox, FaceTracker
+from live.pipeline.avatar_set import Avatar, AvatarSet
+from live.devices.capture import CapturedFrame, FrameSource, LatestFrameReader
+from live.pipeline.crop import CropBox, FaceTracker
 from live.errors import CaptureError
-from live.loop import LivePipeline, PipelineOptions, RealtimePacer, file_feed, live_feed
-from live import preview as preview_module
-from live.preview import STATUS_HEIGHT, PreviewWindow, compose
+from live.pipeline.loop import LivePipeline, PipelineOptions, RealtimePacer, file_feed, live_feed
+from live.ui import preview as preview_module
+from live.ui.preview import STATUS_HEIGHT, PreviewWindow, compose
 
 SIZE = 32
 K = 5
@@ -521,7 +521,7 @@ def colour_frames(n, shape=(48, 64)):
 
 
 def test_k_keeps_the_face_crop_as_a_new_avatar_encodes_it_and_switches_to_it(tmp_path):
-    from live.avatars import load_avatar
+    from live.pipeline.avatars import load_avatar
     engine = FakeEngine()
     p = make_pipeline(engine, n_avatars=2, keys=ScriptedKeys({2: ["k"]}),
                       options=PipelineOptions(snapshot_folder=tmp_path))
@@ -542,7 +542,7 @@ def test_k_keeps_the_face_crop_as_a_new_avatar_encodes_it_and_switches_to_it(tmp
 
 
 def test_snapshots_never_overwrite_a_file(tmp_path):
-    from live.snapshot import save_snapshot
+    from live.pipeline.snapshot import save_snapshot
     now = time.strptime("2026-12-01 10:15:00", "%Y-%m-%d %H:%M:%S")
     mine = tmp_path / "snapshot-20261201-101500.png"
     mine.write_bytes(b"not yours")
@@ -555,7 +555,7 @@ def test_snapshots_never_overwrite_a_file(tmp_path):
 @pytest.mark.parametrize("failure", ["read-only", "disk full", "folder gone"])
 def test_a_snapshot_that_cannot_be_written_is_one_notice_and_the_run_goes_on(tmp_path, monkeypatch, failure):
     import errno
-    from live import snapshot
+    from live.pipeline import snapshot
     folder = tmp_path / "avatars"
     folder.mkdir()
     if failure == "read-only":  # by the errno, not chmod: root (CI containers) may write anyway
@@ -587,7 +587,7 @@ def test_k_without_a_folder_or_before_any_frame_says_so():
 
 
 def test_snapshot_folder_is_the_avatar_folder_or_the_single_files_folder(tmp_path):
-    from live.snapshot import snapshot_folder
+    from live.pipeline.snapshot import snapshot_folder
     (tmp_path / "face.png").write_bytes(b"x")
     assert snapshot_folder(tmp_path) == tmp_path and snapshot_folder(tmp_path / "face.png") == tmp_path
 
@@ -631,7 +631,7 @@ def test_framing_has_no_score_in_passthrough():
 
 
 def test_compose_blends_the_avatar_into_the_crop_box_only():
-    from live.preview import Framing
+    from live.ui.preview import Framing
     camera = np.zeros((120, 160, 3), np.uint8)
     output = np.zeros((SIZE, SIZE, 3), np.uint8)
     avatar = np.full((SIZE, SIZE, 3), 250, np.uint8)
@@ -681,7 +681,7 @@ def test_the_avatar_at_rest_is_no_new_frame():
 
 
 def test_hud_latency_is_never_below_the_stages_of_the_same_frames_after_calibrating():
-    from live.hud import Timings
+    from live.ui.hud import Timings
 
     clock = {"t": 1000.0}
     timings = Timings(clock=lambda: clock["t"])

@@ -6,7 +6,7 @@ import pytest
 from pyvirtualcam.camera import BACKENDS
 
 from live.errors import SinkError, UserError
-from live.sinks import (CANVAS_MODES, DEFAULT_CANVAS_COLOR, MultiSink, NullSink, Sink, VideoFileSink,
+from live.devices.sinks import (CANVAS_MODES, DEFAULT_CANVAS_COLOR, MultiSink, NullSink, Sink, VideoFileSink,
                         VirtualCameraSink, install_hint, place_on_canvas)
 from tests.support import MemoryCamera, read_video
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from live import weights
+from engines import weights
 from live.errors import UserError, WeightsError
-from live.weights import (CACHE_ENV, DEFAULT_URL, KNOWN_CHECKPOINTS, MARKER_SUFFIX, URL_ENV, cache_dir,
+from engines.weights import (CACHE_ENV, DEFAULT_URL, KNOWN_CHECKPOINTS, MARKER_SUFFIX, URL_ENV, cache_dir,
                           resolve_checkpoint)
 
 PAYLOAD = os.urandom(300_000) + b"end"

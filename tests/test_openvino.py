@@ -443,7 +443,7 @@ def test_engine_rebuilds_a_corrupt_cached_detector(ov_engines, deterministic_eng
 def test_live_app_on_the_carphone_clip_with_openvino(tmp_path):
     import cv2
 
-    from live.app import Session, build_parser
+    from live.cli.app import Session, build_parser
     from tests.conftest import carphone_path
     from tests.support import read_video
 
@@ -473,7 +473,7 @@ def test_run_live_auto_cold_then_warm_reports_the_precision_and_reads_the_int8_d
     from skimage.data import astronaut
 
     from engines.backends import int8_gate
-    from live.app import Session, build_parser
+    from live.cli.app import Session, build_parser
     from tests.conftest import carphone_path
 
     monkeypatch.setattr(int8_gate, "REALTIME_MS", 0.0)  # every CPU is 'slower than real time' here
@@ -509,7 +509,7 @@ def test_the_app_calibrates_int8_on_the_user_s_avatar(tmp_path, monkeypatch, cap
     import cv2
 
     from engines.image import to_model_input
-    from live.app import main
+    from live.cli.app import main
     from tests.conftest import carphone_path
 
     face = np.zeros((256, 256, 3), np.uint8)

@@ -45,7 +45,7 @@ def test_dependencies_mirror_the_requirements_files():
 
 def test_commands_and_packages():
     data = pyproject()
-    assert data["project"]["scripts"] == {"live-avatar": "live.command:main",
+    assert data["project"]["scripts"] == {"live-avatar": "live.cli.command:main",
                                           "live-avatar-server": "remote.server:main"}
     assert data["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "engines.version.__version__"}
     listed = set(data["tool"]["setuptools"]["packages"])
@@ -90,7 +90,7 @@ def test_pip_install_gives_working_commands(tmp_path):
                            "--quiet", str(source)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    installed = subprocess.run([python, "-c", "import live.app, remote.server; print(live.app.__file__)"],
+    installed = subprocess.run([python, "-c", "import live.cli.app, remote.server; print(live.cli.app.__file__)"],
                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert installed.stdout.startswith(site), installed.stdout + installed.stderr  # not the checkout's copy
 
@@ -127,7 +127,7 @@ def test_pip_install_gives_working_commands(tmp_path):
 
 
 def test_version_and_camera_list_answer_without_loading_torch():
-    code = ("import sys; from live.command import main; main(['--version']); main(['--list-cameras']); "
+    code = ("import sys; from live.cli.command import main; main(['--version']); main(['--list-cameras']); "
             "print(sorted(m for m in ('torch', 'cv2', 'openvino') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -127,7 +127,7 @@ class Tagged:
 
 def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_frames():
     from engines.backends.int8_gate import GateResult, Int8Upgrade
-    from live.loop import PipelineOptions
+    from live.pipeline.loop import PipelineOptions
     from tests.test_live_loop import FakeEngine, frames, make_pipeline
 
     calls = []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from live.errors import SinkError
-from live.sinks import PARTIAL_MARK, VideoFileSink, check_video_path
+from live.devices.sinks import PARTIAL_MARK, VideoFileSink, check_video_path
 from tests.support import read_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ _WRITER = textwrap.dedent("""
     import resource, sys, time
     import numpy as np
     sys.path.insert(0, {repo!r})
-    from live.sinks import VideoFileSink
+    from live.devices.sinks import VideoFileSink
     from live.errors import SinkError
     limit, mode = int(sys.argv[2]), sys.argv[3]
     if limit:  # a file size limit makes writes fail like a full disk (EFBIG; Python ignores SIGXFSZ)
@@ -144,14 +144,14 @@ def test_sigkill_leaves_a_playable_partial_file_and_the_old_recording(tmp_path):
 
 
 def test_a_failed_rename_says_where_the_recording_is(tmp_path, monkeypatch):
-    import live.sinks
+    import live.devices.sinks
     out = tmp_path / "out.mp4"
     sink = VideoFileSink(out, fps=10)
     sink.send(_frame(0))
 
     def refuse(src, dst):
         raise OSError(13, "Permission denied")
-    monkeypatch.setattr(live.sinks.os, "replace", refuse)
+    monkeypatch.setattr(live.devices.sinks.os, "replace", refuse)
     with pytest.raises(SinkError, match="renaming the finished recording failed .*Permission denied.*it is in") as e:
         sink.close()
     [partial] = _partials(tmp_path)

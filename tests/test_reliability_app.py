@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from live.app import main
-from live.sinks import PARTIAL_MARK
+from live.cli.app import main
+from live.devices.sinks import PARTIAL_MARK
 from tests.support import read_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_bad_numbers_are_refused_before_the_model_loads(capsys, avatar, clip, tm
 @pytest.mark.parametrize("flag, value", [("--smooth-beta", "0"), ("--smooth-beta", "40"),
                                          ("--smooth-min-cutoff", "0.5"), ("--crop-scale", "2.2")])
 def test_sensible_numbers_pass_validation(flag, value):
-    from live.app import build_parser, validate_args
+    from live.cli.app import build_parser, validate_args
     validate_args(build_parser().parse_args(["--avatar", "a.png", flag, value]))
 
 
@@ -156,7 +156,7 @@ def test_recording_without_pyav_is_a_start_up_error(capsys, avatar, clip, no_mod
 
 
 def test_no_track_does_not_need_the_cascade(monkeypatch, tmp_path):
-    from live.app import build_parser, check_environment
+    from live.cli.app import build_parser, check_environment
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + os.sep)
     check_environment(build_parser().parse_args(["--avatar", "a.png", "--no-track"]))
     with pytest.raises(Exception, match="face detector"):
@@ -164,7 +164,7 @@ def test_no_track_does_not_need_the_cascade(monkeypatch, tmp_path):
 
 
 def test_unreadable_files_in_an_avatar_folder_are_skipped_with_a_notice(tmp_path):
-    from live.avatar_set import load_avatars
+    from live.pipeline.avatar_set import load_avatars
     from live.errors import AvatarError
     folder = tmp_path / "avatars"
     folder.mkdir()
@@ -285,7 +285,7 @@ def test_full_disk_during_a_render_is_one_error_and_keeps_the_frames(avatar, tmp
 def test_run_live_names_an_unfinished_recording_left_by_a_killed_run(tmp_path):
     from types import SimpleNamespace
 
-    from live.app import Session, build_parser
+    from live.cli.app import Session, build_parser
     out = tmp_path / "out.mp4"
     leftover = tmp_path / f"out{PARTIAL_MARK}1a2b3c4d.mp4"
     leftover.write_bytes(b"frames of a killed run")

@@ -1,6 +1,6 @@
 """Offline animation: an avatar image + driving frames (numpy array or video file) -> output frames.
 
-    python -m live.animate --avatar face.png --driving clip.mp4 --output out.mp4 --checkpoint vox-cpk.pth.tar
+    python -m live.cli.animate --avatar face.png --driving clip.mp4 --output out.mp4 --checkpoint vox-cpk.pth.tar
 
 FOMM demo semantics: the first driving frame is the neutral (initial) pose, motion is relative to it. An app on top
 of the engine and calibration (hence in live/, not engines/); `run_live.py --driving ... --output ...` is the
@@ -66,7 +66,7 @@ def read_video_rgb(path) -> tuple[Iterator[np.ndarray], float, int]:
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m live.animate", description=__doc__,
+    parser = ArgumentParser(prog="python -m live.cli.animate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--avatar", required=True, help="avatar image")
     parser.add_argument("--driving", required=True, help="driving video file")
@@ -89,8 +89,8 @@ def render(args) -> int:
     from tqdm import tqdm
 
     from engines.config import VOX_256
-    from live.avatars import load_avatar
-    from live.sinks import VideoFileSink, check_output, check_recording_support, leftover_notice
+    from live.pipeline.avatars import load_avatar
+    from live.devices.sinks import VideoFileSink, check_output, check_recording_support, leftover_notice
 
     check_output(args.output, {"--driving": args.driving, "--avatar": args.avatar, "--checkpoint": args.checkpoint})
     check_recording_support()

@@ -1,5 +1,5 @@
 """The `live-avatar` command (installed by pyproject.toml): `--version` and `--list-cameras` alone answer at once,
-everything else is live/app.py, whose imports load torch (a first line says so before them). `run_live.py` is the
+everything else is live/cli/app.py, whose imports load torch (a first line says so before them). `run_live.py` is the
 same command."""
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ def main(argv=None) -> int:
         print(version_line("live-avatar"))
         return 0
     if argv == ["--list-cameras"]:
-        from live.cameras import print_cameras
+        from live.devices.cameras import print_cameras
         return print_cameras()
     if not {"-h", "--help"} & set(argv):
         # before the imports: PyTorch, OpenCV and the model code take seconds to load on a small CPU
         print("live avatar: starting (loading PyTorch and OpenCV) ...", file=sys.stderr, flush=True)
-    from live.app import main as run
+    from live.cli.app import main as run
     return run(argv)

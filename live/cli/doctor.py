@@ -98,7 +98,7 @@ def check_engine(args) -> Check:
         if args.checkpoint and Path(args.checkpoint).expanduser().is_file():
             checkpoint, weights = Path(args.checkpoint).expanduser(), "your checkpoint"
         else:
-            from live.weights import cached_checkpoint
+            from engines.weights import cached_checkpoint
             path, problem = cached_checkpoint(verify=False)  # the weights line verifies it
             if problem is None:
                 checkpoint, weights = path, "the cached checkpoint"
@@ -119,7 +119,7 @@ def check_engine(args) -> Check:
 
 
 def check_camera(args) -> Check:
-    from live.capture import open_source
+    from live.devices.capture import open_source
     from live.errors import CaptureError
     if args.driving is not None:
         try:
@@ -127,7 +127,7 @@ def check_camera(args) -> Check:
                 return skip("camera", f"not used: driving from {source.name}")
         except CaptureError as exc:
             return fail("camera", f"--driving: {exc}")
-    from live.cameras import check_not_own_output, choose_camera, list_cameras
+    from live.devices.cameras import check_not_own_output, choose_camera, list_cameras
     listing = list_cameras()
     others = ", ".join(c.label for c in listing.cameras)
     try:
@@ -154,7 +154,7 @@ def check_camera(args) -> Check:
 
 def open_virtual_camera(width, height, fps, device, backend, mode):
     """Open and close a virtual camera at the run's size: (device name, backend). SinkError when it cannot."""
-    from live.sinks import VirtualCameraSink
+    from live.devices.sinks import VirtualCameraSink
     cam = VirtualCameraSink(width, height, fps, mode=mode, device=device, backend=backend)
     try:
         return cam.name, cam.backend
@@ -176,7 +176,7 @@ def check_virtual_camera(args) -> Check:
 
 
 def display_problem():
-    from live.display import display_problem as problem
+    from live.ui.display import display_problem as problem
     return problem()
 
 
@@ -193,7 +193,7 @@ def check_display(args) -> Check:
 
 def check_weights(args) -> Check:
     from engines.checkpoint import CheckpointError, KNOWN_CHECKPOINTS, verify_checkpoint
-    from live.weights import DEFAULT_URL, URL_ENV, cached_checkpoint
+    from engines.weights import DEFAULT_URL, URL_ENV, cached_checkpoint
     if args.deterministic_weights:
         return skip("weights", "generated test weights (--deterministic-weights)")
     if args.remote and not args.checkpoint:
@@ -259,7 +259,7 @@ def check_remote(args) -> Check:
 def check_avatar(args) -> Check:
     from engines.config import VOX_256
     from engines.errors import UserError
-    from live.avatar_set import load_avatars
+    from live.pipeline.avatar_set import load_avatars
     if args.avatar is None:
         return skip("avatar", "none given (--avatar PATH)")
     try:

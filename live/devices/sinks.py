@@ -275,7 +275,7 @@ class VideoFileSink(Sink):
       the target when no file was there, else in the partial file beside it (the message says where);
     - finalising (drain, fsync, rename) is not torn by SIGTERM/SIGHUP/Ctrl-C (`live.signals.signals_deferred`).
     Frames of another size are placed on the canvas with `mode`. `audio_from`: a media file whose sound goes into
-    the recording, aligned to the frames (live/audio_track.py). close() finalises (safe twice); use the sink as a
+    the recording, aligned to the frames (live/audio/track.py). close() finalises (safe twice); use the sink as a
     context manager so an exception in the loop still leaves a playable file with every frame written.
     """
 
@@ -344,7 +344,7 @@ class VideoFileSink(Sink):
             raise SinkError(f"cannot write video file {self.path}: no usable video encoder ({e})") from None
         self._container, self._stream, self.size = container, stream, (width, height)
         if self._audio_from is not None:
-            from live.audio_track import AudioTrack
+            from live.audio.track import AudioTrack
             try:
                 self.audio = AudioTrack.open(self._audio_from, container)
             except Exception as e:  # noqa: BLE001 - a broken audio stream costs the sound, not the video

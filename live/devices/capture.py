@@ -23,7 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from live.images import IMAGE_EXTENSIONS, decode_image, image_files
+from live.devices.images import IMAGE_EXTENSIONS, decode_image, image_files
 from live.errors import CaptureError
 
 DEFAULT_FPS = 30.0

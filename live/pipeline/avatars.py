@@ -22,7 +22,7 @@ import numpy as np
 
 from engines.image_header import MAX_DECODED_BYTES, ImageRejected, check_header, decode_checked
 from live.errors import AvatarError
-from live.images import IMAGE_EXTENSIONS, image_files
+from live.devices.images import IMAGE_EXTENSIONS, image_files
 
 # An encoded image is never larger than its decoded pixels (BMP: about equal); a bigger file is not an image.
 MAX_FILE_BYTES = MAX_DECODED_BYTES + (1 << 20)

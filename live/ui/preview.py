@@ -4,7 +4,7 @@ The framing guide (key g) blends the avatar's image into the crop box and shows 
 can be lined up with the avatar before calibrating. It is drawn here only: what the sinks get never contains it.
 
 Only ever opened where a display exists: without one, cv2.imshow aborts the whole process (no exception to catch),
-so the caller checks live.display first. `compose()` builds the picture without any window (tests, screenshots).
+so the caller checks live.ui.display first. `compose()` builds the picture without any window (tests, screenshots).
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from live.crop import CropBox
-from live.hotkeys import key_from_waitkey
-from live.hud import draw_text_lines
+from engines.framing import CropBox
+from live.ui.hotkeys import key_from_waitkey
+from live.ui.hud import draw_text_lines
 
 PANEL_HEIGHT = 384  # both panels are scaled to this height: large enough to judge the face, fits a laptop screen
 STATUS_HEIGHT = 28

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.image import to_model_input
-from live.avatars import load_avatar_images
+from live.pipeline.avatars import load_avatar_images
 
 
 @dataclass

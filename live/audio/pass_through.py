@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from live.delay_line import DelayLine
+from live.audio.delay_line import DelayLine
 from live.errors import UserError
 
 LATENCY_WINDOW_S = 3.0       # the running median of the video latency looks this far back

@@ -3,7 +3,7 @@
     capture -> (mirror) -> face crop -> detect -> smooth -> calibrate/normalise -> render -> sinks (+ preview)
 
 `LivePipeline.step` is that data path and nothing else. What decides the neutral pose (key C, auto-calibration,
-best-frame mode, the saved file) lives in `live.calibration_control.CalibrationController`; what a key does is one
+best-frame mode, the saved file) lives in `calibration.control.CalibrationController`; what a key does is one
 table from hotkey actions to methods (`LivePipeline.actions`). Keys come from key sources - the terminal, tests,
 and the preview window, which is one more source - all read in one place, between frames. Before the first
 calibration the avatar is sent at rest (its own image) while the status line explains how to calibrate; a frame
@@ -27,15 +27,15 @@ from calibration.neutral_pose import NeutralPose
 from engines.image import to_model_input, to_uint8_image
 from engines.keypoints import Keypoints
 from engines.protocol import Engine, engine_status, render_was_fresh
-from live.avatar_set import Avatar, AvatarSet
-from live.calibration_control import CalibrationController
-from live.capture import CapturedFrame
-from live.crop import FaceTracker
+from live.pipeline.avatar_set import Avatar, AvatarSet
+from calibration.control import CalibrationController
+from live.devices.capture import CapturedFrame
+from live.pipeline.crop import FaceTracker
 from live.errors import CaptureError, UserError
-from live.hotkeys import Action, KeyEvent, events_for
-from live.hud import Timings
-from live.preview import Framing
-from live.snapshot import save_snapshot
+from live.ui.hotkeys import Action, KeyEvent, events_for
+from live.ui.hud import Timings
+from live.ui.preview import Framing
+from live.pipeline.snapshot import save_snapshot
 
 NOTICE_SECONDS = 3.0  # how long a one-off message (calibrated, avatar 2, ...) stays in the status line
 

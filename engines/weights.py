@@ -25,7 +25,7 @@ from tqdm import tqdm
 from engines.checkpoint import KNOWN_CHECKPOINTS as PUBLISHED
 from engines.storage import CACHE_ENV, sha256_file
 from engines.storage import cache_root as cache_dir
-from live.errors import WeightsError
+from engines.errors import WeightsError
 
 DEFAULT_URL = ("https://github.com/graphemecluster/first-order-model-demo/releases/download/checkpoints/"
                "vox-cpk.pth.tar")

@@ -22,11 +22,11 @@ from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from engines.cli import ArgumentParser
 from engines.errors import UserError
 from engines.version import program_name, version_line
-from live.cameras import camera_spec
-from live.config import add_config_arguments
+from live.devices.cameras import camera_spec
+from live.cli.config import add_config_arguments
 from engines.progress import step
-from live.audio import add_audio_arguments, check_audio, validate_audio_args
-from live.hotkeys import help_text
+from live.audio.pass_through import add_audio_arguments, check_audio, validate_audio_args
+from live.ui.hotkeys import help_text
 from live.signals import Stopped, run_command, stop_on_signals  # noqa: F401 - Stopped, stop_on_signals: API
 
 AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
@@ -89,18 +89,18 @@ def validate_args(args) -> None:
     validate_audio_args(args)
     output = getattr(args, "output", None)
     if output:
-        from live.sinks import check_output
+        from live.devices.sinks import check_output
         check_output(output, {"--driving": args.driving, "--avatar": args.avatar, "--checkpoint": args.checkpoint})
 
 
 def check_environment(args) -> None:
     """Start-up checks of what the run will need from the installation (raise UserError)."""
     if args.output is not None:
-        from live.sinks import check_recording_support
+        from live.devices.sinks import check_recording_support
         check_recording_support("--output")
     check_audio(args)
     if not args.no_track:
-        from live.crop import HaarFaceDetector
+        from live.pipeline.crop import HaarFaceDetector
         HaarFaceDetector()  # loads the cascade now rather than on the first frame, after the model
 
 
@@ -206,7 +206,7 @@ class Session:
     """Everything one run opens, built in an order that reports cheap mistakes before slow work: avatar images,
     driving source, weights + engine, avatar encodings, sinks."""
 
-    camera = None  # the live.cameras.Camera of a webcam run
+    camera = None  # the live.devices.cameras.Camera of a webcam run
 
     def __init__(self, args, *, key_sources=(), log=None):
         self.args = args
@@ -221,10 +221,10 @@ class Session:
 
     def run(self) -> int:
         from engines.config import VOX_256
-        from live.avatar_set import load_avatars
-        from live.capture import LatestFrameReader, open_source
-        from live.hotkeys import TerminalKeys
-        from live.loop import file_feed, live_feed
+        from live.pipeline.avatar_set import load_avatars
+        from live.devices.capture import LatestFrameReader, open_source
+        from live.ui.hotkeys import TerminalKeys
+        from live.pipeline.loop import file_feed, live_feed
 
         args = self.args
         # Cheap checks first: a typo in --avatar or a missing camera driver should not cost a model download/load.
@@ -295,7 +295,7 @@ class Session:
     # --- pieces ---------------------------------------------------------------------------------------------
     def _camera(self):
         """--camera as a listed camera (a name resolved to its index); its stable id keys the saved calibration."""
-        from live.cameras import camera_for_run
+        from live.devices.cameras import camera_for_run
         self.camera = camera_for_run(self.args.camera, self.args.vcam_device, self.log)
         return self.camera
 
@@ -307,7 +307,7 @@ class Session:
             return remote_engine(args, self.offline, self.log)
         checkpoint = None
         if not args.deterministic_weights:
-            from live.weights import resolve_checkpoint
+            from engines.weights import resolve_checkpoint
             checkpoint = resolve_checkpoint(args.checkpoint)
         # int8 (forced, or tried by auto behind its quality gate): calibrated on the user's own avatars (their
         # keypoints moved like a head); the quantized model and the gate's verdict are cached per avatar set.
@@ -327,10 +327,10 @@ class Session:
         from calibration.best_frame import LandmarkSource
         from calibration.persistence import default_calibration_path
         from engines.image import to_model_input
-        from live.avatar_set import AvatarSet, load_avatars
-        from live.crop import FaceTracker, TrackerSettings
-        from live.loop import LivePipeline, PipelineOptions
-        from live.snapshot import snapshot_folder
+        from live.pipeline.avatar_set import AvatarSet, load_avatars
+        from live.pipeline.crop import FaceTracker, TrackerSettings
+        from live.pipeline.loop import LivePipeline, PipelineOptions
+        from live.pipeline.snapshot import snapshot_folder
 
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
@@ -376,8 +376,8 @@ class Session:
 
     def _refuse_own_output(self, sinks) -> None:
         """The virtual camera pyvirtualcam picked (the first free loopback device) must not be the webcam."""
-        from live.cameras import is_device, own_output_error
-        from live.sinks import VirtualCameraSink
+        from live.devices.cameras import is_device, own_output_error
+        from live.devices.sinks import VirtualCameraSink
         for sink in sinks:
             if self.camera is not None and isinstance(sink, VirtualCameraSink) and is_device(self.camera, sink.name):
                 raise own_output_error(self.camera, sink.name)
@@ -387,9 +387,9 @@ class Session:
         return self.camera.stable_id if self.camera is not None else f"camera {self.args.camera}"
 
     def _sinks(self, source) -> list:
-        from live.loop import RealtimePacer
+        from live.pipeline.loop import RealtimePacer
         from live.errors import SinkError
-        from live.sinks import VideoFileSink, VirtualCameraSink, leftover_notice
+        from live.devices.sinks import VideoFileSink, VirtualCameraSink, leftover_notice
         args = self.args
         sinks = []
         try:
@@ -424,7 +424,7 @@ class Session:
         """--audio-out: the microphone pass-through, delayed by this pipeline's measured latency."""
         if getattr(self.args, "audio_out", None) is None:
             return None
-        from live.audio import open_pass_through
+        from live.audio.pass_through import open_pass_through
         audio = open_pass_through(self.args, pipeline.timings, notify=pipeline.notify)
         stack.callback(audio.close)
         pipeline.hud_extras.append(audio.hud_line)
@@ -438,8 +438,8 @@ class Session:
         want = self.args.preview
         if want is False:
             return None
-        from live.display import has_display, require_display
-        from live.preview import PreviewWindow
+        from live.ui.display import has_display, require_display
+        from live.ui.preview import PreviewWindow
         if want is None:
             want = has_display() and not self.offline
         elif want:
@@ -547,9 +547,9 @@ def attach_remote(engine, pipeline) -> None:
 
 
 def parse_command_line(argv=None):
-    """The flags over the saved preferences (live/config.py); None when --save-config wrote them (nothing to
+    """The flags over the saved preferences (live/cli/config.py); None when --save-config wrote them (nothing to
     run)."""
-    from live.config import given_preferences, parse_args, save_preferences
+    from live.cli.config import given_preferences, parse_args, save_preferences
     parser = build_parser()
     args = parse_args(parser, argv, check=validate_args)
     if not args.save_config:
@@ -571,14 +571,14 @@ def main(argv=None) -> int:
         if args is None:
             return 0
         if args.list_cameras:
-            from live.cameras import print_cameras
+            from live.devices.cameras import print_cameras
             return print_cameras()
         if args.avatar is None and not args.doctor:
             raise UserError("--avatar is required for a run (an image or a folder of images; or set avatar in "
                             f"the config file {args.config})")
         validate_args(args)
         if args.doctor:
-            from live import doctor
+            from live.cli import doctor
             return doctor.main(args)
         check_environment(args)
         return Session(args).run()
