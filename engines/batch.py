@@ -12,6 +12,7 @@ import torch
 
 from .engine import FOMMEngine, SourceState
 from .keypoints import Keypoints
+from .protocol import RenderedFrame
 
 
 def stack_states(states: Sequence[SourceState]) -> SourceState:
@@ -30,13 +31,20 @@ def supports_batch(engine: FOMMEngine) -> bool:
     return renderer is None or isinstance(renderer, torch.nn.Module)
 
 
+def concat_frames(frames: Sequence[RenderedFrame]) -> RenderedFrame:
+    """One RenderedFrame of batch len(frames)."""
+    return RenderedFrame(torch.cat([f.image for f in frames]), torch.cat([f.deformation for f in frames]),
+                         torch.cat([f.occlusion for f in frames]), all(f.fresh for f in frames))
+
+
 @torch.inference_mode()
-def render_batch(engine: FOMMEngine, states: Sequence[SourceState], kps: Sequence[Keypoints]) -> torch.Tensor:
-    """[B,3,S,S] in [0,1] for B (state, driving keypoints) pairs; equals B calls of engine.render."""
+def render_batch(engine: FOMMEngine, states: Sequence[SourceState], kps: Sequence[Keypoints]) -> RenderedFrame:
+    """The frames ([B,3,S,S] in [0,1]) and their motion for B (state, driving keypoints) pairs; equals B calls of
+    engine.render."""
     if len(states) != len(kps) or not states:
         raise ValueError(f"render_batch needs as many states as keypoints (got {len(states)} and {len(kps)})")
     if len(states) == 1 or not supports_batch(engine):
-        return torch.cat([engine.render(s, k) for s, k in zip(states, kps)])
+        return concat_frames([engine.render(s, k) for s, k in zip(states, kps)])
     state = stack_states(states)
     kp = Keypoints(torch.cat([k.value for k in kps]), torch.cat([k.jacobian for k in kps]))
     # engine.render stacks nothing itself: with a batched state and batched keypoints it renders the batch

@@ -263,14 +263,14 @@ def run(args) -> dict:
     # Reference outputs of the baseline on every driving frame.
     state = base.encode(source)
     kps = [base.detect(driving[i:i + 1]) for i in range(len(driving))]
-    references = [base.render(state, kp) for kp in kps]
+    references = [base.render(state, kp).image for kp in kps]
     for row in rows[1:]:
         engine = row.engine
         kp_diff, out_diff, errors = 0.0, 0.0, []
         for frame, kp, reference in zip(driving, kps, references):
             own = engine.detect(frame[None])
             kp_diff = max(kp_diff, float((own.value.cpu() - kp.value.cpu()).abs().max()))
-            out = engine.render(state, Keypoints(kp.value, kp.jacobian)).cpu()
+            out = engine.render(state, Keypoints(kp.value, kp.jacobian)).image.cpu()
             out_diff = max(out_diff, float((out - reference.cpu()).abs().max()))
             errors.append(float(((out - reference.cpu()) ** 2).mean()))
         row.kp_max_diff, row.max_diff = kp_diff, out_diff

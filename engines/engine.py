@@ -4,6 +4,7 @@
     state = engine.encode(avatar)          # once per avatar
     kp = engine.detect(frame)              # every frame
     frame = engine.render(state, kp_norm)  # every frame: only the per-frame part of the generator runs
+    frame.image                            # [1,3,256,256] in [0,1]; frame.deformation, frame.occlusion: its motion
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .deterministic_weights import load_deterministic_weights
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KeypointDetector
 from .keypoints import Keypoints
+from .protocol import EngineBase, RenderedFrame
 
 
 @dataclass
@@ -59,7 +61,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-class FOMMEngine:
+class FOMMEngine(EngineBase):
     def __init__(self, kp_detector: KeypointDetector, generator: OcclusionAwareGenerator, *,
                  config: FOMMConfig = VOX_256, device="cpu", align_corners: bool = True,
                  weights_id: str = "untrained"):
@@ -122,10 +124,12 @@ class FOMMEngine:
         return SourceState(image=image, kp=kp, features=features, image_small=small, gaussians=gaussians)
 
     @torch.inference_mode()
-    def render(self, state: SourceState, kp_driving: Keypoints) -> torch.Tensor:
-        """[1,3,256,256] in [0,1]: runs only the per-frame part (dense motion, warp, decoder)."""
+    def render(self, state: SourceState, kp_driving: Keypoints) -> RenderedFrame:
+        """The frame [1,3,256,256] in [0,1] and its motion: runs only the per-frame part (dense motion, warp,
+        decoder)."""
         kp_driving = kp_driving.to(self.device, torch.float32)
-        return self.generator.render(*renderer_inputs(state, kp_driving))[0]
+        prediction, deformation, occlusion, _, _ = self.generator.render(*renderer_inputs(state, kp_driving))
+        return RenderedFrame(prediction, deformation, occlusion)
 
     @torch.inference_mode()
     def forward_full(self, source: torch.Tensor, kp_driving: Keypoints, kp_source: Keypoints | None = None) -> dict:

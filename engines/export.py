@@ -24,7 +24,7 @@ DETECTOR_OUTPUTS = ("kp_value", "kp_jacobian")
 # The renderer graph's inputs, in FrameRenderer.forward's order (= engine.renderer_inputs): avatar state first.
 RENDERER_INPUTS = ("features", "source_small", "source_gaussians", "kp_source_value", "kp_source_jacobian",
                    "kp_driving_value", "kp_driving_jacobian")
-RENDERER_OUTPUTS = ("prediction",)
+RENDERER_OUTPUTS = ("prediction", "deformation", "occlusion")
 GRAPHS = ("keypoint_detector", "frame_renderer")
 
 # Ops whose presence would mean the graph is not static (control flow) or not convertible (inverse).
@@ -74,7 +74,8 @@ def export_keypoint_detector(engine: FOMMEngine, inputs: tuple | None = None) ->
 
 
 def export_frame_renderer(engine: FOMMEngine, inputs: tuple | None = None) -> torch.export.ExportedProgram:
-    """torch.export of the per-frame generator (inputs in RENDERER_INPUTS order) -> prediction [1,3,256,256]."""
+    """torch.export of the per-frame generator (inputs in RENDERER_INPUTS order) -> (prediction [1,3,256,256],
+    deformation [1,64,64,2], occlusion [1,1,64,64]) (RENDERER_OUTPUTS)."""
     if inputs is None:
         inputs = example_inputs(engine)[1]
     return _export(frame_renderer(engine), inputs)

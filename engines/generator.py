@@ -101,7 +101,9 @@ class OcclusionAwareGenerator(nn.Module):
 
 class FrameRenderer(nn.Module):
     """The per-frame generator as a plain-tensor graph: the avatar state enters as inputs, so one compiled graph
-    (TensorRT, ONNX, torch.compile) serves every avatar without a rebuild. Returns the prediction only.
+    (TensorRT, ONNX, torch.compile) serves every avatar without a rebuild. Returns (prediction [1,3,S,S],
+    deformation [1,h,w,2], occlusion [1,1,h,w]): the frame and the motion behind it, which the compositing uses
+    to move the avatar photo's own pixels (engines/protocol.py RenderedFrame).
 
     Input order (also the exported graphs' input order, engines.export.RENDERER_INPUTS): features, source_small,
     source_gaussians, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian.
@@ -113,5 +115,7 @@ class FrameRenderer(nn.Module):
 
     def forward(self, features, source_small, source_gaussians, kp_source_value, kp_source_jacobian,
                 kp_driving_value, kp_driving_jacobian):
-        return self.generator.render(features, source_small, source_gaussians, kp_source_value,
-                                     kp_source_jacobian, kp_driving_value, kp_driving_jacobian)[0]
+        prediction, deformation, occlusion, _, _ = self.generator.render(
+            features, source_small, source_gaussians, kp_source_value, kp_source_jacobian, kp_driving_value,
+            kp_driving_jacobian)
+        return prediction, deformation, occlusion

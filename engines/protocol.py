@@ -1,15 +1,51 @@
 """The interface every engine offers to the layers above (calibration, the live loop, remote front ends).
 
-FOMMEngine and every backend's engine implement it, and the tests' fake engines are checked against it
-(tests/test_engine_protocol.py), so a fake cannot drift from what the real engines offer.
+FOMMEngine, every backend's engine, the switching engine and the remote client implement it, and the tests' fake
+engines are checked against it (tests/test_engine_protocol.py), so a fake cannot drift from what the real engines
+offer. Everything the layers above use is declared here: nobody probes an engine with getattr or patches
+attributes onto it from outside.
+
+    with create_engine(...)[0] as engine:          # close() stops background work (the int8 check), frees sockets
+        state = engine.encode(avatar)              # once per avatar
+        kp = engine.detect(frame)                  # every frame
+        frame = engine.render(state, kp)           # every frame: a RenderedFrame (image + the model's own motion)
+        notice = engine.between_frames()           # between two frames: a prepared replacement takes over
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
 from .keypoints import Keypoints
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    """One rendered frame and the motion the generator computed for it (batch B, usually 1).
+
+    image        [B,3,S,S] float in [0,1]
+    deformation  [B,h,w,2] float: for each output position (h x w, 64x64 for vox) the avatar position it was taken
+                 from, in grid_sample coordinates ([-1,1], x then y; the engine's align_corners semantics)
+    occlusion    [B,1,h,w] float in [0,1]: 1 where the output is the warped avatar, towards 0 where the generator
+                 paints content the avatar does not show (an opened mouth, uncovered background)
+    fresh        False when this is an earlier frame again (a remote engine while its server is away or has not
+                 answered yet): FPS counts fresh frames only
+    """
+
+    image: torch.Tensor
+    deformation: torch.Tensor
+    occlusion: torch.Tensor
+    fresh: bool = True
+
+
+def identity_motion(batch: int, size: int = 64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(deformation, occlusion) of "nothing moved, nothing occluded": what a frame shown at rest carries."""
+    axis = torch.linspace(-1.0, 1.0, size, device=device)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    deformation = torch.stack([x, y], dim=-1)[None].expand(batch, size, size, 2).contiguous()
+    return deformation, torch.ones(batch, 1, size, size, device=device)
 
 
 @runtime_checkable
@@ -26,27 +62,57 @@ class Engine(Protocol):
     def encode(self, image: torch.Tensor) -> Any:
         """Avatar image [1,3,S,S] -> its source state (keypoints in `.kp`), computed once per avatar."""
 
-    def render(self, state: Any, kp_driving: Keypoints) -> torch.Tensor:
-        """Source state + driving keypoints (already relative to the neutral pose) -> [1,3,S,S] in [0,1]."""
+    def render(self, state: Any, kp_driving: Keypoints) -> RenderedFrame:
+        """Source state + driving keypoints (already relative to the neutral pose) -> the frame and its motion."""
 
     def forward_full(self, source: torch.Tensor, kp_driving: Keypoints, kp_source: Keypoints | None = None) -> dict:
         """The original full generator forward (baseline for tests and benchmarks)."""
 
+    def between_frames(self) -> str | None:
+        """Called by the frame loop between two frames: a replacement prepared in the background (the int8
+        renderer behind its quality gate) takes over here; returns its notice, or None when nothing changed."""
 
-# Optional members, read through the two functions below so local engines need neither:
-#   last_render_fresh: bool   False when the last render() answered with an earlier frame again (a remote engine
-#                             while its server is away or has not answered yet)
-#   status_line: str | None   a condition the user must keep seeing (the render server is unreachable)
-def render_was_fresh(engine) -> bool:
-    """Whether the engine's last render() made a new frame (local engines always do)."""
-    return bool(getattr(engine, "last_render_fresh", True))
+    def status(self) -> str | None:
+        """A condition the user must keep seeing in the status line (the render server is unreachable), or None."""
 
+    def observe(self, notify: Callable[[str], None] | None = None,
+                record: Callable[[str, float], None] | None = None) -> None:
+        """Where the engine reports while it runs: `notify(message)` for one-off events (connection lost and back),
+        `record(stage, ms)` for timings of its own (the remote round trip, "rtt")."""
 
-def engine_status(engine) -> str | None:
-    """What the engine needs the status line to keep saying, or None."""
-    return getattr(engine, "status_line", None)
+    def close(self) -> None:
+        """Stop background work (waiting for it to end) and free what the engine holds; safe to call twice."""
 
 
 # Members a conforming class must have, for checks that go beyond isinstance (which only sees the names).
 ATTRIBUTES = ("name", "device", "image_size", "config_hash", "weights_id")
-METHODS = ("detect", "encode", "render", "forward_full")
+METHODS = ("detect", "encode", "render", "forward_full", "between_frames", "status", "observe", "close")
+
+
+class EngineBase:
+    """The optional half of the protocol for engines that have nothing to switch, say, report or stop: no
+    replacement between frames, no status, events dropped unless observed, nothing to close. Also a context
+    manager (closes on exit)."""
+
+    _notify: Callable[[str], None] | None = None
+    _record: Callable[[str, float], None] | None = None
+
+    def between_frames(self) -> str | None:
+        return None
+
+    def status(self) -> str | None:
+        return None
+
+    def observe(self, notify: Callable[[str], None] | None = None,
+                record: Callable[[str, float], None] | None = None) -> None:
+        self._notify, self._record = notify, record
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False

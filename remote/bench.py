@@ -120,12 +120,12 @@ def bench_latency(url, token, args, local) -> dict:
     local_state = local.encode(to_model_input(avatar_image(local.image_size), local.image_size, local.device))
     rng = np.random.default_rng(1)
     engine.render(state, jittered(state.kp, rng))  # warm-up both
-    to_uint8_image(local.render(local_state, jittered(state.kp, rng)))
+    to_uint8_image(local.render(local_state, jittered(state.kp, rng)).image)
     local_ms, remote_ms, server_ms = [], [], []
     for _ in range(args.frames):
         kp = jittered(state.kp, rng)
         start = time.perf_counter()
-        to_uint8_image(local.render(local_state, kp))
+        to_uint8_image(local.render(local_state, kp).image)
         local_ms.append((time.perf_counter() - start) * 1000.0)
         start = time.perf_counter()
         engine.render(state, kp)

@@ -11,7 +11,7 @@ sends only the normalised keypoints (~250 bytes) and gets the frame back. Wire f
 - up to `max_in_flight` frames in flight (2 live: the round trip hides behind the next frame; 1 offline, so frame i of
   the output is the render of input i); answers older than the newest shown are dropped.
 - faults: when the connection drops, `render` returns the last frame (or the avatar at rest), reconnects with
-  backoff, uploads the avatars again and says so through `on_status`.
+  backoff, uploads the avatars again and says so through the `notify` it is observed with (`observe`).
 - the server is not trusted more than it trusts us: the welcome's fields are type-checked, every message must be of
   the kind expected, a frame's image header must declare the agreed size and format before it is decoded, and
   server texts are printed without control characters and cut. A malformed message stops the client with one
@@ -37,6 +37,7 @@ from engines.backends.common import describe_error
 from engines.storage import cache_root
 from engines.errors import UserError
 from engines.image_header import ImageRejected
+from engines.protocol import EngineBase, RenderedFrame, identity_motion
 from remote import protocol as P
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)   # between reconnection attempts; the last one repeats
@@ -75,7 +76,7 @@ def check_url(url: str) -> str:
     return url
 
 
-class RemoteEngine:
+class RemoteEngine(EngineBase):
     def __init__(self, url: str, *, token: str = "", checkpoint=None, deterministic_weights: bool = False,
                  fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2, connect_timeout: float = 10.0,
                  frame_timeout: float = 30.0, reconnect_wait: float = 0.0, cache_dir=None,
@@ -89,8 +90,6 @@ class RemoteEngine:
         self.reconnect_wait = float(reconnect_wait)  # > 0: render() waits this long for a lost server (offline)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "remote"
         self.log = log or print
-        self.on_status: Callable[[str], None] = self.log  # the app points this at the pipeline's status line
-        self.timings = None                 # a live.ui.hud.Timings: the round trip is recorded there as "rtt"
         self.device = torch.device("cpu")   # where the client's tensors (detector, keypoints) live
         self._ws = None
         self._next_id = 0
@@ -107,7 +106,6 @@ class RemoteEngine:
         self.batch_sizes: Counter = Counter()
         self.dropped = 0                    # stale or refused (busy) answers
         self.reconnects = 0
-        self.last_render_fresh = False      # did the last render() bring a new frame (engines/protocol.py)
         self._lost_at: float | None = None  # monotonic time the connection was lost; None while connected
 
         self.server = self._connect()       # first connection: failures here are errors, later ones are retried
@@ -160,19 +158,26 @@ class RemoteEngine:
                 self._lost(exc)
         return state
 
-    def render(self, state: RemoteState, kp_driving: Keypoints) -> torch.Tensor:
-        """[1,3,S,S] in [0,1]: the newest frame the server has answered (one frame behind with 2 in flight).
+    def render(self, state: RemoteState, kp_driving: Keypoints) -> RenderedFrame:
+        """The newest frame the server has answered ([1,3,S,S] in [0,1], one frame behind with 2 in flight).
         While the server is unreachable: live (reconnect_wait 0) the last frame or the avatar at rest at once;
-        offline, wait up to reconnect_wait seconds for it to come back and render this frame then.
-        `last_render_fresh` says afterwards whether the frame is a new answer or a repeat."""
+        offline, wait up to reconnect_wait seconds for it to come back and render this frame then. `fresh` says
+        whether the frame is a new answer or a repeat."""
         newest_before = self._latest_id
-        try:
-            return self._render(state, kp_driving)
-        finally:
-            self.last_render_fresh = self._latest_id != newest_before
+        image = self._render(state, kp_driving)
+        deformation, occlusion = identity_motion(image.shape[0])
+        return RenderedFrame(image, deformation, occlusion, fresh=self._latest_id != newest_before)
 
-    @property
-    def status_line(self) -> str | None:
+    def observe(self, notify: Callable[[str], None] | None = None,
+                record: Callable[[str, float], None] | None = None) -> None:
+        """Connection events (lost, back, a frame skipped) go to `notify` (default: the log); the round trip to
+        `record` as "rtt"."""
+        super().observe(notify, record)
+
+    def _say(self, message: str) -> None:
+        (self._notify or self.log)(message)
+
+    def status(self) -> str | None:
         """While the server is away, what the status line keeps saying (engines/protocol.py)."""
         if self._lost_at is None:
             return None
@@ -213,7 +218,7 @@ class RemoteEngine:
                 if remaining <= 0:
                     stale = self._in_flight.popitem(last=False)[0]  # give up on it: its answer will be dropped
                     self.dropped += 1
-                    self.on_status(f"remote: frame {stale} took over {self.frame_timeout:.0f} s; skipped")
+                    self._say(f"remote: frame {stale} took over {self.frame_timeout:.0f} s; skipped")
                     break
                 self._handle(self._ws.recv(timeout=remaining))
         except TimeoutError:
@@ -232,6 +237,10 @@ class RemoteEngine:
                                   "for tests and benchmarks) needs a local engine")
 
     def close(self) -> None:
+        """Close the connection (the server frees this client's avatars)."""
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         if self._ws is not None:
             try:
                 self._ws.close()
@@ -271,24 +280,24 @@ class RemoteEngine:
         self._failures = 0
         self._lost_at = None
         self.reconnects += 1
-        self.on_status(f"remote: render server back: reconnected to {self.url}; avatar sent again")
+        self._say(f"remote: render server back: reconnected to {self.url}; avatar sent again")
         return True
 
     def _back_off(self, now: float) -> None:
         """A reconnection attempt failed: wait longer before the next one (BACKOFF_S)."""
         self._failures += 1
         self._retry_at = now + BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
-        self.close()
+        self._disconnect()
 
     def _lost(self, exc) -> None:
-        self.close()
+        self._disconnect()
         self._in_flight.clear()
         self._slots.clear()
         self._failures = 1
         self._retry_at = time.monotonic() + BACKOFF_S[0]
         self._lost_at = time.monotonic()
-        self.on_status(f"remote: connection lost ({P.printable(describe_error(exc, 160))}); showing the last frame, "
-                       "reconnecting")
+        self._say(f"remote: connection lost ({P.printable(describe_error(exc, 160))}); showing the last frame, "
+                  "reconnecting")
 
     # --- messages -------------------------------------------------------------------------------------------
     def _receive_ready(self) -> None:
@@ -330,7 +339,7 @@ class RemoteEngine:
                     raise RemoteError(f"the render server at {self.url} failed: {text}")
                 if self._in_flight.pop(reply.get("id"), None) is not None:
                     self.dropped += 1  # that frame will not come: do not wait for it
-                self.on_status(f"remote: server error: {text}")
+                self._say(f"remote: server error: {text}")
             return reply
         kind, frame_id, payload = P.unpack(message)
         if kind != P.KIND_FRAME:
@@ -351,8 +360,8 @@ class RemoteEngine:
         self.batch_sizes[batch] += 1
         ms = (time.perf_counter() - sent) * 1000.0
         self.round_trip_ms = ms if self.round_trip_ms is None else self.round_trip_ms + 0.1 * (ms - self.round_trip_ms)
-        if self.timings is not None:
-            self.timings.record("rtt", ms)
+        if self._record is not None:
+            self._record("rtt", ms)
         return None
 
     def _wait_for(self, kind: str, timeout: float) -> dict:

@@ -113,7 +113,7 @@ class RenderService:
         device = self.engine.device
         kps = [Keypoints(torch.from_numpy(v).to(device), torch.from_numpy(j).to(device))
                for _, v, j, _, _ in requests]
-        frames = render_batch(self.engine, [r[0] for r in requests], kps)
+        frames = render_batch(self.engine, [r[0] for r in requests], kps).image
         frames = frames.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         render_ms = (time.perf_counter() - start) * 1000.0
         self.batches[len(requests)] += 1

@@ -1,8 +1,18 @@
 """Test helpers with state (kept out of conftest.py, which pytest imports under a second module name)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
+import torch
+
+from engines.keypoints import Keypoints
+from engines.protocol import EngineBase, RenderedFrame, identity_motion
+
+SIZE = 32
+K = 5
+PATTERN = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.0], [-0.4, 0.5], [0.4, 0.5]])
 
 
 def read_video(path) -> tuple[list, float]:
@@ -85,3 +95,47 @@ def peak_rss_growth_mb(setup: str, action: str, *, timeout: float = 120) -> tupl
     lines = result.stdout.splitlines()
     growth = [int(line.split()[1]) for line in lines if line.startswith("growth_kib")][-1]
     return growth / 1024, "\n".join(line for line in lines if not line.startswith("growth_kib"))
+
+
+class FakeEngine(EngineBase):
+    """detect: keypoints moved by the input's mean brightness; render: brightness follows the keypoint shift."""
+
+    image_size = SIZE
+    device = torch.device("cpu")
+    config_hash = "fake-config"
+    weights_id = "fake-weights"
+    name = "fake"
+
+    def __init__(self):
+        self.detect_calls = 0
+        self.render_calls = 0
+        self.status_text = None  # what status() says (a remote engine while its server is away)
+        self.closed = 0
+
+    def detect(self, image):
+        self.detect_calls += 1
+        shift = float(image.mean()) - 0.5
+        value = (PATTERN + shift)[None].clone()
+        value[0, 2] += shift  # the middle point moves twice as far: the face *shape* changes, not just its place
+        return Keypoints(value, torch.eye(2).expand(1, K, 2, 2).clone())
+
+    def encode(self, image):
+        return SimpleNamespace(kp=self.detect(image), image=image)
+
+    def render(self, state, kp_driving):
+        self.render_calls += 1
+        level = float((kp_driving.value - state.kp.value).mean()) + 0.5
+        image = torch.full((1, 3, SIZE, SIZE), min(max(level, 0.0), 1.0))
+        return RenderedFrame(image, *identity_motion(1, 8))
+
+    def status(self):
+        return self.status_text
+
+    def close(self):
+        self.closed += 1
+
+    def forward_full(self, source, kp_driving, kp_source=None):
+        state = self.encode(source)
+        if kp_source is not None:
+            state.kp = kp_source
+        return {"prediction": self.render(state, kp_driving).image}

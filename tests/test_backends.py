@@ -211,8 +211,8 @@ def test_auto_on_this_cpu_gives_the_measured_cpu_engine(monkeypatch, determinist
     kp = engine.detect(driving)
     eager_kp = deterministic_engine.detect(driving)
     torch.testing.assert_close(kp.value, eager_kp.value, rtol=0, atol=0)  # the detector stays eager fp32
-    out = engine.render(state, kp)
-    reference = deterministic_engine.render(deterministic_engine.encode(source), eager_kp)
+    out = engine.render(state, kp).image
+    reference = deterministic_engine.render(deterministic_engine.encode(source), eager_kp).image
     assert out.shape == (1, 3, 256, 256) and out.dtype == torch.float32
     # fp32 differs from eager only by summation order
     assert float((out - reference).abs().max()) <= 1e-4
@@ -226,7 +226,7 @@ def test_cpu_precision_options(deterministic_engine, frames):
     assert notices == [] and bf16.name == "torch-cpu-bf16"
     state = deterministic_engine.encode(source)
     kp = deterministic_engine.detect(driving)
-    out, reference = bf16.render(state, kp), deterministic_engine.render(state, kp)
+    out, reference = bf16.render(state, kp).image, deterministic_engine.render(state, kp).image
     assert out.dtype == torch.float32
     diff = float((out - reference).abs().max())
     assert 0 < diff <= 2e-2  # really ran in bf16, and stayed close
@@ -244,7 +244,7 @@ def test_cpu_compile_failure_falls_back_to_eager_with_a_notice(monkeypatch, dete
     source, driving = frames
     state = deterministic_engine.encode(source)
     kp = deterministic_engine.detect(driving)
-    torch.testing.assert_close(engine.render(state, kp), deterministic_engine.render(state, kp), rtol=0, atol=0)
+    torch.testing.assert_close(engine.render(state, kp).image, deterministic_engine.render(state, kp).image, rtol=0, atol=0)
 
 
 def test_cpu_backend_leaves_the_shared_networks_untouched(deterministic_engine):

@@ -13,7 +13,7 @@ def test_render_of_encoded_state_equals_full_forward(golden, deterministic_engin
     state = engine.encode(source)
     for frame in golden.driving[1:3]:
         kp = engine.detect(hwc_to_tensor(frame))
-        cached = engine.render(state, kp)
+        cached = engine.render(state, kp).image
         full = engine.forward_full(source, kp)["prediction"]
         assert (cached - full).abs().max().item() <= 1e-5
     assert cached.shape == (1, 3, 256, 256)
@@ -25,8 +25,8 @@ def test_one_state_per_avatar_outputs_differ(golden, deterministic_engine):
     source = hwc_to_tensor(golden("relative_adapt_ac_true")["source"])
     other = torch.flip(source, dims=[3])
     kp = engine.detect(hwc_to_tensor(golden.driving[1]))
-    a = engine.render(engine.encode(source), kp)
-    b = engine.render(engine.encode(other), kp)
+    a = engine.render(engine.encode(source), kp).image
+    b = engine.render(engine.encode(other), kp).image
     assert (a - b).abs().mean().item() > 1e-3
 
 

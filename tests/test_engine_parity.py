@@ -91,7 +91,7 @@ def test_full_chain_matches_golden(golden, engine, variant):
         kp_norm = normalize_kp(state.kp, kp, kp_initial, relative_movement=relative, adapt_movement_scale=relative)
         assert _max_diff(kp_norm.value[0], arrays["kp_norm_value"][t]) <= TOL
         assert _max_diff(kp_norm.jacobian[0], arrays["kp_norm_jacobian"][t]) <= TOL
-        prediction = engine.render(state, kp_norm)
+        prediction = engine.render(state, kp_norm).image
         assert _max_diff(prediction[0].permute(1, 2, 0), arrays["prediction"][t]) <= TOL
 
 

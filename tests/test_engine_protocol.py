@@ -38,6 +38,36 @@ def test_the_cpu_backends_engine_conforms(deterministic_engine):
     assert_conforms(engine)
 
 
+def test_the_switching_engine_conforms_and_closing_it_closes_what_it_held(deterministic_engine):
+    from engines.backends.switching import SwitchingEngine
+    from tests.support import FakeEngine
+
+    first, second = FakeEngine(), FakeEngine()
+    switching = SwitchingEngine(first)
+    assert_conforms(switching)
+    switching.offer(second, "switched")
+    assert switching.between_frames() == "switched" and switching.current is second
+    assert switching.between_frames() is None, "an offer is taken once"
+    with switching:
+        pass
+    assert (first.closed, second.closed) == (1, 1)
+
+
+def test_a_rendered_frame_carries_the_motion_of_the_generator(deterministic_engine):
+    from engines.protocol import identity_motion
+
+    engine = deterministic_engine
+    image = torch.rand(1, 3, engine.image_size, engine.image_size, generator=torch.Generator().manual_seed(3))
+    state = engine.encode(image)
+    at_rest = engine.render(state, state.kp)  # driving = source: nothing moves
+    assert at_rest.image.shape == (1, 3, 256, 256) and at_rest.fresh
+    assert at_rest.deformation.shape == (1, 64, 64, 2) and at_rest.occlusion.shape == (1, 1, 64, 64)
+    identity, _ = identity_motion(1)
+    # the background mask blends the identity in: with no motion every local motion is the identity too
+    assert (at_rest.deformation - identity).abs().max().item() < 1e-4
+    assert 0.0 <= at_rest.occlusion.min().item() <= at_rest.occlusion.max().item() <= 1.0
+
+
 def test_the_live_loop_fake_engine_conforms():
     from tests.test_live_loop import FakeEngine, NaNEngine
 
@@ -46,7 +76,7 @@ def test_the_live_loop_fake_engine_conforms():
 
 
 def test_an_engine_missing_a_member_does_not_conform():
-    from tests.test_live_loop import FakeEngine
+    from tests.support import FakeEngine
 
     class NoWeightsId(FakeEngine):
         weights_id = None

@@ -84,7 +84,10 @@ def test_renderer_inputs_follow_the_declared_names(deterministic_engine, inputs)
     # The plain-tensor graph gives exactly what the engine renders.
     with torch.no_grad():
         direct = export.frame_renderer(deterministic_engine)(*ordered)
-    torch.testing.assert_close(direct, deterministic_engine.render(state, kp), rtol=0, atol=0)
+    rendered = deterministic_engine.render(state, kp)
+    assert len(direct) == len(export.RENDERER_OUTPUTS)
+    for graph_output, engine_output in zip(direct, (rendered.image, rendered.deformation, rendered.occlusion)):
+        torch.testing.assert_close(graph_output, engine_output, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("graph,opset", [

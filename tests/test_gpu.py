@@ -57,7 +57,7 @@ def assert_close_to_eager(engine, eager, cases, *, max_diff, min_psnr, kp_tolera
         own = engine.detect(frame)
         assert float((own.value - kp.value).abs().max()) <= kp_tolerance
         assert float((own.jacobian - kp.jacobian).abs().max()) <= 10 * kp_tolerance
-        reference, out = eager.render(state, kp), engine.render(state, kp)
+        reference, out = eager.render(state, kp).image, engine.render(state, kp).image
         assert out.shape == reference.shape and out.dtype == torch.float32 and out.device == reference.device
         assert float((out - reference).abs().max()) <= max_diff
         assert psnr(out, reference) >= min_psnr
@@ -82,7 +82,7 @@ def test_cuda_graph_outputs_survive_the_next_frame(cuda_engine, cases):
     engine, _ = build_cuda_engine(cuda_engine)
     source, frames = cases
     state = engine.encode(source)
-    first = engine.render(state, engine.detect(frames[0]))
+    first = engine.render(state, engine.detect(frames[0])).image
     kept = first.clone()
     engine.render(state, engine.detect(frames[-1]))  # replays the graph into its static buffers
     torch.testing.assert_close(first, kept, rtol=0, atol=0)
@@ -120,7 +120,7 @@ def test_tensorrt_fp16_compiles_caches_and_reloads(cuda_engine, cases, tmp_path)
     source, frames = cases
     state = cuda_engine.encode(source)
     kp = cuda_engine.detect(frames[1])
-    torch.testing.assert_close(second.render(state, kp), first.render(state, kp), rtol=0, atol=1e-6)
+    torch.testing.assert_close(second.render(state, kp).image, first.render(state, kp).image, rtol=0, atol=1e-6)
     torch.testing.assert_close(second.detect(frames[1]).value, first.detect(frames[1]).value, rtol=0, atol=1e-6)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engines.protocol import RenderedFrame, identity_motion
 from live.devices import cameras as C
 from live.cli import doctor as D
 from live.cli.app import build_parser, main
@@ -44,7 +45,7 @@ class FakeEngine:
 
     def render(self, state, kp):
         time.sleep(self.delay_s)
-        return state
+        return RenderedFrame(state, *identity_motion(1))
 
 
 @pytest.mark.parametrize("delay_s, status", [(0.0, "ok"), (0.15, "warn")])

@@ -2,7 +2,7 @@
 runs in test_live_e2e.py)."""
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +10,6 @@ import torch
 
 from calibration.neutral_pose import NeutralPose
 from calibration.smoothing import KeypointSmoother
-from engines.keypoints import Keypoints
 from live.pipeline.avatar_set import Avatar, AvatarSet
 from live.devices.capture import CapturedFrame, FrameSource, LatestFrameReader
 from live.pipeline.crop import CropBox, FaceTracker
@@ -19,44 +18,7 @@ from live.pipeline.loop import LivePipeline, PipelineOptions, RealtimePacer, fil
 from live.ui import preview as preview_module
 from live.ui.preview import STATUS_HEIGHT, PreviewWindow, compose
 
-SIZE = 32
-K = 5
-PATTERN = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.0], [-0.4, 0.5], [0.4, 0.5]])
-
-
-class FakeEngine:
-    """detect: keypoints moved by the input's mean brightness; render: brightness follows the keypoint shift."""
-
-    image_size = SIZE
-    device = torch.device("cpu")
-    config_hash = "fake-config"
-    weights_id = "fake-weights"
-    name = "fake"
-
-    def __init__(self):
-        self.detect_calls = 0
-        self.render_calls = 0
-
-    def detect(self, image):
-        self.detect_calls += 1
-        shift = float(image.mean()) - 0.5
-        value = (PATTERN + shift)[None].clone()
-        value[0, 2] += shift  # the middle point moves twice as far: the face *shape* changes, not just its place
-        return Keypoints(value, torch.eye(2).expand(1, K, 2, 2).clone())
-
-    def encode(self, image):
-        return SimpleNamespace(kp=self.detect(image), image=image)
-
-    def render(self, state, kp_driving):
-        self.render_calls += 1
-        level = float((kp_driving.value - state.kp.value).mean()) + 0.5
-        return torch.full((1, 3, SIZE, SIZE), min(max(level, 0.0), 1.0))
-
-    def forward_full(self, source, kp_driving, kp_source=None):
-        state = self.encode(source)
-        if kp_source is not None:
-            state.kp = kp_source
-        return {"prediction": self.render(state, kp_driving)}
+from tests.support import K, PATTERN, SIZE, FakeEngine  # noqa: F401 - K, PATTERN: used by the tests below
 
 
 class ListSink:
@@ -391,7 +353,9 @@ class NaNEngine(FakeEngine):
 
     def render(self, state, kp_driving):
         out = super().render(state, kp_driving)
-        return torch.full_like(out, float("inf")) if self.frame in self.nan_renders else out
+        if self.frame in self.nan_renders:
+            return replace(out, image=torch.full_like(out.image, float("inf")))
+        return out
 
 
 def _nan_pipeline(engine, **kwargs):
@@ -655,15 +619,14 @@ class RepeatingEngine(FakeEngine):
     def __init__(self, fresh_pattern):
         super().__init__()
         self.fresh_pattern = list(fresh_pattern)
-        self.last_render_fresh = True
         self._last = None
 
     def render(self, state, kp_driving):
-        self.last_render_fresh = self.fresh_pattern[self.render_calls % len(self.fresh_pattern)]
+        fresh = self.fresh_pattern[self.render_calls % len(self.fresh_pattern)]
         frame = super().render(state, kp_driving)
-        if self.last_render_fresh or self._last is None:
+        if fresh or self._last is None:
             self._last = frame
-        return self._last
+        return replace(self._last, fresh=fresh)
 
 
 def test_fps_counts_new_renders_only_not_repeats():
@@ -711,10 +674,10 @@ def test_hud_latency_is_never_below_the_stages_of_the_same_frames_after_calibrat
 def test_the_status_line_keeps_saying_the_render_server_is_away():
     engine = FakeEngine()
     p = make_pipeline(engine)
-    engine.status_line = "RENDER SERVER UNREACHABLE for 3 s: reconnecting"
+    engine.status_text = "RENDER SERVER UNREACHABLE for 3 s: reconnecting"
     assert p.status.startswith("RENDER SERVER UNREACHABLE")
     p.notify("avatar 1: a0.png")
     assert p.status.startswith("RENDER SERVER UNREACHABLE") and "avatar 1" in p.status, "notices do not hide it"
-    engine.status_line = None
+    engine.status_text = None
     p._notice_until = 0.0
     assert "UNREACHABLE" not in p.status

@@ -26,6 +26,7 @@ from engines.backends import openvino_backend as ovb  # noqa: E402
 from engines.backends import plan  # noqa: E402
 from engines.backends.common import AcceleratedEngine  # noqa: E402
 from engines.backends.precision import Bf16Measurement  # noqa: E402
+from engines.backends.switching import SwitchingEngine  # noqa: E402
 from engines.keypoints import Keypoints  # noqa: E402
 
 OV_OK = (True, "ok")
@@ -144,7 +145,7 @@ def reference(deterministic_engine, frames):
     source, driving = frames
     state = deterministic_engine.encode(source)
     kp = deterministic_engine.detect(driving)
-    return state, kp, deterministic_engine.render(state, kp)
+    return state, kp, deterministic_engine.render(state, kp).image
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def test_fp32_graphs_match_torch(ov_engines, deterministic_engine, frames, refer
     own = engine.detect(frames[1])
     assert float((own.value - kp.value).abs().max()) <= 1e-4
     assert float((own.jacobian - kp.jacobian).abs().max()) <= 1e-4
-    out = engine.render(state, kp)
+    out = engine.render(state, kp).image
     assert out.shape == (1, 3, 256, 256) and out.dtype == torch.float32
     assert float((out - expected).abs().max()) <= 1e-4
     # It is OpenVINO that ran: fp32 hint, all of this process's cores.
@@ -189,7 +190,7 @@ def test_bf16_within_tolerance(ov_engines, frames, reference):
     state, kp, expected = reference
     own = engine.detect(frames[1])
     kp_diff = float((own.value - kp.value).abs().max())
-    out = engine.render(state, kp)
+    out = engine.render(state, kp).image
     assert psnr(out, expected) >= 40 and kp_diff <= 0.02
     if ovb.probe_cpu().amx:  # bf16 really ran (elsewhere OpenVINO may run it as f32)
         assert float((out - expected).abs().max()) > 1e-6
@@ -205,9 +206,9 @@ def test_int8_renderer_within_tolerance_and_detector_not_quantized(ov_engines, f
     state, kp, expected = reference
     # The detector is the float one: identical keypoints.
     torch.testing.assert_close(int8.detect(frames[1]).value, float_engine.detect(frames[1]).value, rtol=0, atol=0)
-    out = int8.render(state, kp)
+    out = int8.render(state, kp).image
     assert psnr(out, expected) >= 40
-    assert not torch.equal(out, float_engine.render(state, kp))  # really a different (quantized) graph
+    assert not torch.equal(out, float_engine.render(state, kp).image)  # really a different (quantized) graph
     runtime = int8._renderer.compiled.get_runtime_model()
     precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ordered_ops()
                   if "runtimePrecision" in op.get_rt_info()}
@@ -287,8 +288,12 @@ def test_the_real_int8_renderer_passes_the_gate_and_an_inaccurate_one_is_rejecte
     assert not math.isinf(result.psnr_db)  # really another graph
     # The same int8 graph made inaccurate on purpose: grain of 3% std, like activations clipped by a bad calibration.
     noise = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 0.03
-    grainy = AcceleratedEngine(deterministic_engine, name="bad-int8",
-                               renderer=lambda *inputs: (int8._renderer(*inputs) + noise).clamp(0, 1))
+
+    def grainy_renderer(*inputs):
+        prediction, deformation, occlusion = int8._renderer(*inputs)
+        return (prediction + noise).clamp(0, 1), deformation, occlusion
+
+    grainy = AcceleratedEngine(deterministic_engine, name="bad-int8", renderer=grainy_renderer)
     bad = measure_gate(deterministic_engine, grainy)
     print(bad.describe())
     assert not bad.passed and bad.psnr_db < GATE_PSNR_DB and bad.ssim < GATE_SSIM, bad.describe()
@@ -321,7 +326,7 @@ def test_auto_takes_int8_behind_the_gate_and_the_second_start_reads_the_decision
     monkeypatch.setattr(int8_world, "measure_gate", must_not_run)
     monkeypatch.setattr("engines.backends.openvino_int8.quantize_renderer", must_not_run)
     engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir)
-    assert engine.name == "openvino-int8" and not hasattr(engine, "between_frames")
+    assert engine.name == "openvino-int8" and not isinstance(engine, SwitchingEngine)
     assert any("passed at an earlier start" in n and "PSNR" in n for n in notices), notices
     # Forced int8: the (cached) gate is reported, not enforced.
     engine, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir, precision="int8")

@@ -16,6 +16,7 @@ import torch
 import engines.backends as backends
 from engines.backends.precision import Bf16Measurement, DecisionStore, cached_measurement
 from engines.backends.switching import SwitchingEngine
+from engines.protocol import EngineBase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +102,7 @@ def test_eager_bf16_hidden_is_measured_slower(tmp_path):
 
 
 # --- the switch between frames ------------------------------------------------------------------------------------
-class Tagged:
+class Tagged(EngineBase):
     """Wraps the loop tests' fake engine: records which engine detected and rendered each frame."""
 
     def __init__(self, inner, tag, log):
@@ -128,7 +129,8 @@ class Tagged:
 def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_frames():
     from engines.backends.int8_gate import GateResult, Int8Upgrade
     from live.pipeline.loop import PipelineOptions
-    from tests.test_live_loop import FakeEngine, frames, make_pipeline
+    from tests.support import FakeEngine
+    from tests.test_live_loop import frames, make_pipeline
 
     calls = []
     inner = FakeEngine()
@@ -173,7 +175,7 @@ def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_fram
 
 def test_a_failed_gate_keeps_the_float_engine_and_names_the_figures():
     from engines.backends.int8_gate import GateResult, Int8Upgrade
-    from tests.test_live_loop import FakeEngine
+    from tests.support import FakeEngine
 
     switching = SwitchingEngine(FakeEngine())
     before = switching.current
@@ -189,7 +191,7 @@ def test_closing_the_app_stops_a_running_calibration_and_caches_nothing():
 
     from engines.backends.int8_gate import Int8Upgrade
     from engines.backends.openvino_int8 import Cancelled
-    from tests.test_live_loop import FakeEngine
+    from tests.support import FakeEngine
 
     saved = []
 
@@ -328,7 +330,7 @@ def test_the_mps_engine_code_runs_fp16_renderer_and_fp32_detector(deterministic_
     state = deterministic_engine.encode(source)
     kp = engine.detect(frame)
     torch.testing.assert_close(kp.value, deterministic_engine.detect(frame).value, rtol=0, atol=0)
-    out, reference = engine.render(state, kp), deterministic_engine.render(state, kp)
+    out, reference = engine.render(state, kp).image, deterministic_engine.render(state, kp).image
     assert out.dtype == torch.float32 and 0 < float((out - reference).abs().max()) <= 0.05
     assert "PYTORCH_ENABLE_MPS_FALLBACK=1" in fallback_notice({"PYTORCH_ENABLE_MPS_FALLBACK": "1"})
     assert "is not set" in fallback_notice({})

@@ -22,10 +22,10 @@ def test_batched_render_equals_single_renders(deterministic_engine):
     engine = deterministic_engine
     states, kps = _inputs(engine, 3)
     assert supports_batch(engine)
-    batch = render_batch(engine, states, kps)
+    batch = render_batch(engine, states, kps).image
     assert batch.shape == (3, 3, engine.image_size, engine.image_size)
     for i, (state, kp) in enumerate(zip(states, kps)):
-        single = engine.render(state, kp)
+        single = engine.render(state, kp).image
         assert (batch[i:i + 1] - single).abs().max().item() <= 1e-5
     # distinct avatars and poses give distinct frames: the batch is not one sample repeated
     assert (batch[0] - batch[1]).abs().max().item() > 1e-3
@@ -37,9 +37,9 @@ def test_cpu_backend_batches_too(deterministic_engine):
     engine, _ = build_cpu_engine(deterministic_engine, options=CpuOptions(channels_last=True), warm_up=False)
     assert supports_batch(engine)
     states, kps = _inputs(engine, 2, seed=1)
-    batch = render_batch(engine, states, kps)
+    batch = render_batch(engine, states, kps).image
     for i in range(2):
-        assert (batch[i:i + 1] - engine.render(states[i], kps[i])).abs().max().item() <= 1e-5
+        assert (batch[i:i + 1] - engine.render(states[i], kps[i]).image).abs().max().item() <= 1e-5
 
 
 def test_mismatched_lengths_are_refused(deterministic_engine):

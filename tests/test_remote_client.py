@@ -104,7 +104,7 @@ def render_once(client):
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     state = client.encode(image)
     kp = client.detect(image)
-    return client.render(state, kp)
+    return client.render(state, kp).image
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -172,7 +172,7 @@ def test_server_error_text_is_sanitised_and_cut_live(fake, digest, tmp_path):
     server = fake(welcome(digest), lambda i: [P.error_message(HOSTILE, "render", id=i)])
     client = engine(server.url, tmp_path)
     messages = []
-    client.on_status = messages.append
+    client.observe(messages.append)
     start = time.monotonic()
     try:
         frame = render_once(client)

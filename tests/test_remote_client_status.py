@@ -5,7 +5,6 @@ import torch
 from engines.config import VOX_256
 from engines.deterministic_weights import load_deterministic_weights
 from engines.keypoint_detector import KeypointDetector
-from engines.protocol import engine_status, render_was_fresh
 from remote import protocol as P
 from remote.client import RemoteEngine, RemoteError
 
@@ -39,7 +38,7 @@ def test_while_the_server_is_away_frames_are_repeats_and_the_status_says_so(monk
     monkeypatch.setattr(RemoteEngine, "_connect", connect)
     statuses = []
     engine = RemoteEngine("ws://127.0.0.1:9", deterministic_weights=True, cache_dir=tmp_path, log=statuses.append)
-    assert engine_status(engine) is None, "connected: nothing to say"
+    assert engine.status() is None, "connected: nothing to say"
     image = torch.rand(1, 3, VOX_256.image_size, VOX_256.image_size)
     state = engine.encode(image)             # the upload fails: the connection is lost
     assert not engine.connected and any("connection lost" in s for s in statuses)
@@ -50,13 +49,12 @@ def test_while_the_server_is_away_frames_are_repeats_and_the_status_says_so(monk
     monkeypatch.setattr(RemoteEngine, "_connect", unreachable)
     engine._retry_at = 0.0  # try at once: the attempt fails, the client backs off and shows what it has
     frame = engine.render(state, engine.detect(image))
-    assert torch.equal(frame, state.image), "the avatar at rest (no frame came yet)"
-    assert render_was_fresh(engine) is False
-    assert engine_status(engine).startswith("RENDER SERVER UNREACHABLE for ")
-    assert "reconnecting" in engine_status(engine)
-    assert engine_status(engine).startswith("RENDER SERVER UNREACHABLE")  # still, on the next frame too
-    engine.render(state, engine.detect(image))
-    assert render_was_fresh(engine) is False
+    assert torch.equal(frame.image, state.image), "the avatar at rest (no frame came yet)"
+    assert frame.fresh is False
+    assert engine.status().startswith("RENDER SERVER UNREACHABLE for ")
+    assert "reconnecting" in engine.status()
+    assert engine.status().startswith("RENDER SERVER UNREACHABLE")  # still, on the next frame too
+    assert engine.render(state, engine.detect(image)).fresh is False
 
 
 def test_a_new_answer_is_fresh_and_the_status_clears_when_the_server_is_back(monkeypatch, tmp_path):
@@ -68,7 +66,7 @@ def test_a_new_answer_is_fresh_and_the_status_clears_when_the_server_is_back(mon
     engine = RemoteEngine("ws://127.0.0.1:9", deterministic_weights=True, cache_dir=tmp_path, log=lambda m: None)
     image = torch.rand(1, 3, VOX_256.image_size, VOX_256.image_size)
     state = engine.encode(image)
-    assert engine_status(engine) is not None
+    assert engine.status() is not None
 
     def answered(self, state, kp):  # what the wire part does when the server's frame arrives
         self._latest_id += 1
@@ -77,5 +75,5 @@ def test_a_new_answer_is_fresh_and_the_status_clears_when_the_server_is_back(mon
 
     monkeypatch.setattr(RemoteEngine, "_render", answered)
     engine._lost_at = None  # as _reconnect() leaves it
-    engine.render(state, engine.detect(image))
-    assert render_was_fresh(engine) is True and engine_status(engine) is None
+    frame = engine.render(state, engine.detect(image))
+    assert frame.fresh is True and engine.status() is None

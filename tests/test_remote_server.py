@@ -149,9 +149,9 @@ def _drive(engine, local, avatar_rgb, frames, results, key, barrier=None):
     for kp in kps:
         if barrier is not None:
             barrier.wait(120)
-        remote_out.append(engine.render(state, kp).clone())
+        remote_out.append(engine.render(state, kp).image.clone())
     local_state = local.encode(to_model_input(avatar_rgb, local.image_size))
-    results[key] = (state, local_state, remote_out, [local.render(local_state, kp) for kp in kps])
+    results[key] = (state, local_state, remote_out, [local.render(local_state, kp).image for kp in kps])
 
 
 # --- tests ------------------------------------------------------------------------------------------------------
@@ -197,8 +197,8 @@ def test_two_frames_in_flight_answer_one_frame_behind(server, cache, clip, deter
     outputs, expected = [], []
     for frame in clip[0:40:10]:
         kp = engine.detect(to_model_input(frame, 256))
-        outputs.append(engine.render(state, kp).clone())
-        expected.append(deterministic_engine.render(local_state, kp))
+        outputs.append(engine.render(state, kp).image.clone())
+        expected.append(deterministic_engine.render(local_state, kp).image)
     engine.close()
     assert torch.equal(outputs[0], state.image)  # nothing answered yet: the avatar at rest
     for i in range(1, len(outputs)):
@@ -212,8 +212,8 @@ def test_switching_avatars_on_one_connection(server, cache, clip, deterministic_
     local_states = [deterministic_engine.encode(to_model_input(a, 256)) for a in avatars]
     kp = engine.detect(to_model_input(clip[5], 256))
     for i in (0, 1, 0):  # keys 1, 2, 1: the uploaded encodings are selected per frame
-        frame = engine.render(states[i], kp)
-        assert (frame - deterministic_engine.render(local_states[i], kp)).abs().max().item() <= 1e-4
+        frame = engine.render(states[i], kp).image
+        assert (frame - deterministic_engine.render(local_states[i], kp).image).abs().max().item() <= 1e-4
     engine.close()
 
 
@@ -308,7 +308,7 @@ def test_malformed_and_oversized_messages_close_only_that_connection(server, cac
     _expect_refusal(ws, "malformed", P.CLOSE_POLICY)
     ws.close()
     # the server still serves the connection that behaved
-    frame = healthy.render(state, kp)
+    frame = healthy.render(state, kp).image
     assert healthy._latest_id >= 0 and frame.shape == (1, 3, 256, 256) and not torch.equal(frame, state.image)
     healthy.close()
 
@@ -470,32 +470,32 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
     """Last in the module: it kills the module's server (SIGKILL: a crash) and starts it again."""
     messages = []
     engine = _engine(server, cache, max_in_flight=1, frame_timeout=30)
-    engine.on_status = messages.append
+    engine.observe(messages.append)
     state = engine.encode(to_model_input(_avatar(clip), 256))
     local_state = deterministic_engine.encode(to_model_input(_avatar(clip), 256))
     # an offline render (run_live.py --driving --output) waits for the server instead of repeating frames
     offline = _engine(server, cache, max_in_flight=1, reconnect_wait=150)
     offline_state = offline.encode(to_model_input(_avatar(clip), 256))
     kp = engine.detect(to_model_input(clip[0], 256))
-    before = engine.render(state, kp).clone()
+    before = engine.render(state, kp).image.clone()
     server.kill(signal.SIGKILL)
     # while the server is down the client keeps showing the last frame
     after_kill = engine.render(state, engine.detect(to_model_input(clip[20], 256)))
-    assert torch.equal(after_kill, before)
+    assert torch.equal(after_kill.image, before)
     assert any("connection lost" in m for m in messages)
-    assert not engine.last_render_fresh and engine.status_line.startswith("RENDER SERVER UNREACHABLE")
+    assert not after_kill.fresh and engine.status().startswith("RENDER SERVER UNREACHABLE")
     # an avatar picked while the server is away: local source keypoints now, uploaded on its first frame
     late = engine.encode(to_model_input(_avatar(clip, flip=True), 256))
     late_local = deterministic_engine.encode(to_model_input(_avatar(clip, flip=True), 256))
     assert (late.kp.value - late_local.kp.value).abs().max().item() <= 1e-5
     offline_kp = offline.detect(to_model_input(clip[25], 256))
     waited = {}
-    waiter = threading.Thread(target=lambda: waited.update(frame=offline.render(offline_state, offline_kp)))
+    waiter = threading.Thread(target=lambda: waited.update(frame=offline.render(offline_state, offline_kp).image))
     waiter.start()
     server.start()
     waiter.join(180)
     assert not waiter.is_alive() and offline.reconnects == 1
-    assert (waited["frame"] - deterministic_engine.render(local_state, offline_kp)).abs().max().item() <= 1e-4
+    assert (waited["frame"] - deterministic_engine.render(local_state, offline_kp).image).abs().max().item() <= 1e-4
     offline.close()
     deadline = time.monotonic() + 60
     while not engine.connected and time.monotonic() < deadline:
@@ -503,14 +503,14 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
         time.sleep(0.2)
     assert engine.connected and engine.reconnects == 1
     assert any("reconnected" in m and "avatar sent again" in m for m in messages)
-    assert engine.status_line is None
+    assert engine.status() is None
     kp = engine.detect(to_model_input(clip[30], 256))
-    frame = engine.render(state, kp)
-    assert engine.last_render_fresh
-    expected = deterministic_engine.render(local_state, kp)
-    assert (frame - expected).abs().max().item() <= 1e-4
-    frame = engine.render(late, kp)
-    assert (frame - deterministic_engine.render(late_local, kp)).abs().max().item() <= 1e-4
+    rendered = engine.render(state, kp)
+    assert rendered.fresh
+    expected = deterministic_engine.render(local_state, kp).image
+    assert (rendered.image - expected).abs().max().item() <= 1e-4
+    frame = engine.render(late, kp).image
+    assert (frame - deterministic_engine.render(late_local, kp).image).abs().max().item() <= 1e-4
     engine.close()
 
 

@@ -281,9 +281,10 @@ def test_avatar_bombs_are_refused_before_decoding(service, bomb, match):
 
 def test_non_finite_renders_are_never_sent(service, monkeypatch):
     import engines.batch
+    from engines.protocol import RenderedFrame, identity_motion
 
-    monkeypatch.setattr(engines.batch, "render_batch", lambda engine, states, kps: torch.full(
-        (len(states), 3, 256, 256), float("nan")))
+    monkeypatch.setattr(engines.batch, "render_batch", lambda engine, states, kps: RenderedFrame(
+        torch.full((len(states), 3, 256, 256), float("nan")), *identity_motion(len(states))))
 
     async def main():
         ws = FakeSocket()

@@ -10,6 +10,7 @@ import torch
 
 from ..engine import FOMMEngine, fp32_strict, renderer_inputs
 from ..keypoints import Keypoints
+from ..protocol import RenderedFrame
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,13 @@ class AcceleratedEngine(FOMMEngine):
         return Keypoints(value.float(), jacobian.float())
 
     @torch.inference_mode()
-    def render(self, state, kp_driving: Keypoints) -> torch.Tensor:
+    def render(self, state, kp_driving: Keypoints) -> RenderedFrame:
         if self._renderer is None:
             return super().render(state, kp_driving)
         kp_driving = kp_driving.to(self.device, torch.float32)
         inputs = [t.contiguous() for t in renderer_inputs(state, kp_driving)]
-        out = self._renderer(*inputs)
-        if isinstance(out, (tuple, list)):  # some compiled graph modules return their single output in a tuple
-            out = out[0]
-        return out.float()
+        prediction, deformation, occlusion = self._renderer(*inputs)  # FrameRenderer's three outputs
+        return RenderedFrame(prediction.float(), deformation.float(), occlusion.float())
 
     def warm_up(self, runs: int = 3) -> None:
         """Run the per-frame graphs a few times so compilation / CUDA-graph capture happens before the first frame."""
@@ -77,6 +76,13 @@ class AcceleratedEngine(FOMMEngine):
         return measure_frame_ms(self, runs)
 
 
+def as_float(outputs):
+    """A graph's outputs (one tensor or a tuple, e.g. FrameRenderer's three) back in fp32."""
+    if isinstance(outputs, (tuple, list)):
+        return tuple(t.float() for t in outputs)
+    return outputs.float()
+
+
 def measure_frame_ms(engine, runs: int = 2) -> float:
     """Fastest of `runs` frames (detect + render) of any engine, on a seeded random avatar and frame."""
     import time
@@ -88,7 +94,7 @@ def measure_frame_ms(engine, runs: int = 2) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
-        out = engine.render(state, engine.detect(frame.to(engine.device)))
+        out = engine.render(state, engine.detect(frame.to(engine.device))).image
         if out.device.type in ("cuda", "mps"):
             out.cpu()  # waits for the device
         best = min(best, (time.perf_counter() - start) * 1000.0)

@@ -19,7 +19,7 @@ import torch
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
 
-from .common import AcceleratedEngine, CompiledWithFallback, check_precision, log_fallback
+from .common import AcceleratedEngine, CompiledWithFallback, as_float, check_precision, log_fallback
 from .precision import Bf16Measurement, torch_bf16_decision
 
 SUPPORTED_PRECISIONS = ("fp32", "bf16")
@@ -68,7 +68,7 @@ class CpuRenderer(torch.nn.Module):
             features = features.contiguous(memory_format=torch.channels_last)
         if self.options.precision in AUTOCAST_DTYPES:
             with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.options.precision]):
-                return self.renderer(features, *rest).float()
+                return as_float(self.renderer(features, *rest))
         return self.renderer(features, *rest)
 
 

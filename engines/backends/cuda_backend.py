@@ -11,7 +11,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
-from .common import DTYPES, AcceleratedEngine, CompiledWithFallback, check_precision, log_fallback
+from .common import DTYPES, AcceleratedEngine, CompiledWithFallback, as_float, check_precision, log_fallback
 
 SUPPORTED_PRECISIONS = ("fp16", "bf16", "fp32")
 DEFAULT_PRECISION = "fp16"
@@ -28,7 +28,7 @@ class _AutocastRenderer(torch.nn.Module):
         if self.dtype is None:
             return self.renderer(*inputs)
         with torch.autocast("cuda", dtype=self.dtype):
-            return self.renderer(*inputs).float()
+            return as_float(self.renderer(*inputs))
 
 
 def build_cuda_engine(base: FOMMEngine, *, precision: str | None = None, compile_mode: str | None = None,

@@ -76,7 +76,7 @@ def measure_gate(reference, candidate, images=None, frames: int = HELD_OUT_FRAME
 
     worst_psnr, worst_ssim = math.inf, 1.0
     for state, kp in avatar_motion(reference, images, frames, seed=HELD_OUT_SEED, neutral=False):
-        psnr, ssim = frame_quality(reference.render(state, kp), candidate.render(state, kp))
+        psnr, ssim = frame_quality(reference.render(state, kp).image, candidate.render(state, kp).image)
         worst_psnr, worst_ssim = min(worst_psnr, psnr), min(worst_ssim, ssim)
     return GateResult(worst_psnr, worst_ssim)
 

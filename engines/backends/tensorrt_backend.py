@@ -28,11 +28,11 @@ from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
 from ..progress import Progress, announced
 from ..storage import cache_root, sha256_file, staged_directory
-from .common import AcceleratedEngine, check_precision, describe_error, weights_digest
+from .common import AcceleratedEngine, as_float, check_precision, describe_error, weights_digest
 
 SUPPORTED_PRECISIONS = ("fp16", "fp32")
 DEFAULT_PRECISION = "fp16"
-CACHE_FORMAT = 1  # bump when the entry layout or the compiled graphs change meaning
+CACHE_FORMAT = 2  # bump when the entry layout or the compiled graphs change meaning (2: renderer outputs its motion)
 PAYLOAD = "engine.ep"
 META = "meta.json"
 
@@ -176,7 +176,7 @@ class HalfRenderer(torch.nn.Module):
         self.renderer = copy.deepcopy(renderer).half()
 
     def forward(self, *inputs):
-        return self.renderer(*(t.half() for t in inputs)).float()
+        return as_float(self.renderer(*(t.half() for t in inputs)))
 
 
 def compile_settings(*, fp32_strict: bool) -> dict:

@@ -39,7 +39,7 @@ def animate(engine: Engine, avatar_rgb: np.ndarray, driving_rgb: Iterable[np.nda
             if not neutral.is_calibrated:
                 neutral.calibrate(kp)  # the first driving frame is the neutral pose, as in FOMM's demo
             kp = neutral.normalize(kp)
-        yield to_uint8_image(engine.render(state, kp))
+        yield to_uint8_image(engine.render(state, kp).image)
 
 
 def read_video_rgb(path) -> tuple[Iterator[np.ndarray], float, int]:

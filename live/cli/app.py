@@ -241,10 +241,10 @@ class Session:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
             self._refuse_own_output(sinks)
             engine = self._engine(avatars)
+            # closing stops background work and frees a render server's avatars: after the int8 check's end
+            stack.callback(engine.close)
             completed = []
             stack.callback(lambda: self._end_int8_check(engine, completed=bool(completed)))
-            if self.args.remote:
-                stack.callback(engine.close)  # the server frees this client's avatars when it closes
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
             if self.args.remote:
                 attach_remote(engine, pipeline)
@@ -542,8 +542,7 @@ def remote_engine(args, offline: bool, log):
 
 def attach_remote(engine, pipeline) -> None:
     """Connection notices (lost, reconnected) go to the status line; the HUD shows the round trip as "rtt"."""
-    engine.on_status = pipeline.notify
-    engine.timings = pipeline.timings
+    engine.observe(pipeline.notify, pipeline.timings.record)
 
 
 def parse_command_line(argv=None):

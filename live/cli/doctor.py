@@ -82,8 +82,8 @@ def _frame_ms(engine, frames: int) -> float:
     times = []
     for _ in range(frames):
         start = time.perf_counter()
-        out = engine.render(state, engine.detect(driving))
-        if isinstance(out, torch.Tensor) and out.device.type == "cuda":
+        out = engine.render(state, engine.detect(driving)).image
+        if out.device.type == "cuda":
             torch.cuda.synchronize(out.device)
         times.append((time.perf_counter() - start) * 1000.0)
     return sorted(times)[len(times) // 2]

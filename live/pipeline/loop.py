@@ -26,7 +26,7 @@ import torch
 from calibration.neutral_pose import NeutralPose
 from engines.image import to_model_input, to_uint8_image
 from engines.keypoints import Keypoints
-from engines.protocol import Engine, engine_status, render_was_fresh
+from engines.protocol import Engine
 from live.pipeline.avatar_set import Avatar, AvatarSet
 from calibration.control import CalibrationController
 from live.devices.capture import CapturedFrame
@@ -212,7 +212,7 @@ class LivePipeline:
     def status(self) -> str:
         """The preview's status line: what the engine must keep saying (render server unreachable) first, then a
         recent notice, else the calibration state and the avatar."""
-        persistent = engine_status(self.engine)
+        persistent = self.engine.status()
         parts = [persistent] if persistent else []
         if self._notice and time.monotonic() < self._notice_until:
             return " | ".join([*parts, self._notice])
@@ -336,11 +336,10 @@ class LivePipeline:
             return avatar.image, False  # at rest until calibrated
         with self.timings.stage("render"):
             rendered = self.engine.render(avatar.state, kp_avatar)
-            fresh = render_was_fresh(self.engine)
-        if not _finite(rendered):
+        if not _finite(rendered.image):
             return self._at_rest(avatar, "the renderer returned NaN/inf"), False
         self._nonfinite_reported = False  # a good frame again: a later failure is news worth a notice
-        return to_uint8_image(rendered), fresh
+        return to_uint8_image(rendered.image), rendered.fresh
 
     def _detect(self, crop_rgb: np.ndarray) -> Keypoints:
         with self.timings.stage("detect"):
@@ -364,8 +363,7 @@ class LivePipeline:
 
     def _switch_engine(self) -> None:
         """Between two frames: an engine prepared in the background (int8 behind its quality gate) takes over."""
-        between_frames = getattr(self.engine, "between_frames", None)
-        notice = between_frames() if between_frames is not None else None
+        notice = self.engine.between_frames()
         if notice:
             self.notify(notice)
 
