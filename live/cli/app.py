@@ -569,6 +569,17 @@ def main(argv=None) -> int:
         args = parse_command_line(argv)
         if args is None:
             return 0
+        try:
+            return run(args)
+        except Exception as exc:
+            # a value from the preferences file that the run refuses: the message says where it came from
+            from engines.checkpoint import CheckpointError
+            from live.cli.config import ConfigError, blame_config
+            if not isinstance(exc, (UserError, CheckpointError)) or blame_config(args, str(exc)) == str(exc):
+                raise
+            raise ConfigError(blame_config(args, str(exc))) from None
+
+    def run(args) -> int:
         if args.list_cameras:
             from live.devices.cameras import print_cameras
             return print_cameras()

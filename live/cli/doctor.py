@@ -139,7 +139,7 @@ def check_camera(args) -> Check:
     except CaptureError as exc:
         if not listing.cameras:
             notice = f"; {listing.notice}" if listing.notice else ""
-            return fail("camera", f"no camera found ({listing.where}{notice}) and camera {args.camera} does not "
+            return fail("camera", f"no camera found ({listing.where}{notice}) and --camera {args.camera} does not "
                                   "open: plug in a webcam (and allow camera access in the OS privacy settings), or "
                                   "drive from a video: --driving FILE")
         listed = others and "cameras here" not in str(exc)
@@ -284,6 +284,9 @@ def run_checks(args, checks=None, out=None):
             result = check(args)
         except Exception as exc:  # noqa: BLE001 - the doctor reports, it does not crash
             result = fail(name, f"the check itself failed: {describe_error(exc, 200)}")
+        if result.status in ("FAIL", "warn"):  # a value from the preferences file: say so
+            from live.cli.config import blame_config
+            result = Check(result.name, result.status, blame_config(args, result.text))
         results.append(result)
         out(result.line())
     return results

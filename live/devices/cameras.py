@@ -312,8 +312,8 @@ def choose_camera(spec, listing: CameraList) -> Camera:
             if camera.index == index:
                 return camera
         if listing.complete and listing.cameras:  # this index is not on a full list
-            raise CaptureError(f"cannot open camera {index}: there is no such camera; cameras here: "
-                               f"{listing.summary()}")
+            raise CaptureError(f"cannot open camera {index}: there is no such camera (--camera {index}); cameras "
+                               f"here: {listing.summary()}")
         return Camera(index, f"camera {index}", stable_id=f"camera {index}")  # index only: opened as given
     wanted = str(spec).strip().lower()
     if not listing.cameras:
