@@ -21,6 +21,7 @@ from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CU
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from engines.cli import ArgumentParser
 from engines.errors import UserError
+from engines.terminal_text import printable
 from engines.version import program_name, version_line
 from live.devices.cameras import camera_spec
 from live.cli.config import add_config_arguments
@@ -413,7 +414,8 @@ class Session:
                         raise
                     raise SinkError(f"{exc}; or run without a virtual camera: --no-vcam") from None
                 sinks.append(cam)
-                self.log(f"virtual camera: {cam.name} ({width}x{height}) - pick it in your video call app")
+                self.log(f"virtual camera: {printable(cam.name, 120)} ({width}x{height}) - pick it in your video "
+                         "call app")
         except BaseException:
             for sink in sinks:
                 sink.close()

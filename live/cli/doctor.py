@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.backends.common import describe_error
+from engines.terminal_text import printable
 from engines.version import __version__
 
 TIMED_FRAMES = 3          # after the engine's own warm-up frame; the median is reported
@@ -157,7 +158,7 @@ def open_virtual_camera(width, height, fps, device, backend, mode):
     from live.devices.sinks import VirtualCameraSink
     cam = VirtualCameraSink(width, height, fps, mode=mode, device=device, backend=backend)
     try:
-        return cam.name, cam.backend
+        return printable(cam.name, 120), cam.backend
     finally:
         cam.close()
 
