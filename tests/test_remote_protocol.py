@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from remote import protocol as P
-from tests.test_image_header import png_declaring
+from tests.test_image_header import jpeg_with_a_hidden_frame, png_declaring
 
 
 def test_keypoints_round_trip_and_size():
@@ -186,6 +186,16 @@ def test_frames_are_checked_against_the_agreed_size_before_decoding():
         with pytest.raises(P.ProtocolError, match=match):
             P.decode_image(data, float_output=True, min_side=256, max_side=256, formats=(fmt,))
         assert _rss() - before < 20 * 2**20
+
+
+def test_an_uploaded_avatar_hiding_its_real_size_is_refused_before_decoding(monkeypatch):
+    """A 654-byte JPEG whose walkable frame header says 16x16 while libjpeg decodes a 20000x20000 one cost the
+    server +790 MB; it is refused from its markers now, before OpenCV sees it."""
+    import cv2
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded a refused upload"))
+    with pytest.raises(P.ProtocolError, match="marker 0x00") as info:
+        P.decode_image(jpeg_with_a_hidden_frame(20000), **AVATAR_BUDGET)
+    assert info.value.code == "bad-image"
 
 
 def test_printable_strips_escapes_and_control_characters_and_cuts():
