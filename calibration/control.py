@@ -82,11 +82,13 @@ class CalibrationController:
             self.smoother.reset()
 
     def load_saved(self) -> None:
-        if self.path is None:
-            return
+        """The saved neutral pose of this camera, if it fits this model (load_calibration checks it against the
+        avatar's keypoint count: no avatar yet, nothing to check against, so nothing is loaded)."""
         source = self.neutral.kp_source  # set from the first avatar: the model's keypoint count
+        if self.path is None or source is None:
+            return
         result = load_calibration(self.path, config_hash=self.config_hash, camera_id=self.camera_id,
-                                  num_kp=None if source is None else source.value.shape[1])
+                                  num_kp=source.value.shape[1])
         if result.notice:
             self.log(result.notice)
         if result.kp is not None:

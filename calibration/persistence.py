@@ -3,6 +3,12 @@
 The file is small JSON (a few KB): human-inspectable, no pickle, and trivially validated. A saved pose is only
 meaningful for the same camera and the same keypoint model/config, so both are recorded and checked; anything
 unexpected (stale, corrupt, truncated) is ignored with a one-line notice rather than crashing the live loop.
+
+The file is hostile input like every small file (engines/files.py: a regular file, at most MAX_FILE_BYTES, opened
+without blocking, JSON nesting counted before parsing), and what it holds must be one pose of exactly the model's
+keypoints ([1, K, 2] values inside the frame, [1, K, 2, 2] invertible jacobians): `num_kp` is required, so no
+caller can load a pose without the shape check - a pose of another K once loaded and crashed the loop at its
+first frame ("The size of tensor a (10) must match the size of tensor b (5)").
 """
 from __future__ import annotations
 
@@ -10,15 +16,14 @@ import glob
 import hashlib
 import json
 import math
-import os
 import re
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from engines.files import MAX_JSON_DEPTH, FileMissing, FileRefused, nesting_depth, read_bounded
 from engines.keypoints import Keypoints
 from engines.storage import cache_root as cache_dir, write_atomically
 
@@ -97,6 +102,14 @@ class _Invalid(Exception):
     pass
 
 
+# What a pose of the keypoint detector can hold: values are heatmap-weighted means of the [-1, 1] grid (a little
+# slack for half-precision engines); jacobians are inverted by relative motion, so they must be invertible, and
+# are of the order of 1 (the detector starts them at the identity).
+MAX_VALUE = 1.01
+MAX_JACOBIAN = 1e3
+MIN_JACOBIAN_DET = 1e-6
+
+
 def _tensor(data, name: str, tail: tuple[int, ...]) -> torch.Tensor:
     try:
         t = torch.tensor(data, dtype=torch.float32)
@@ -109,47 +122,39 @@ def _tensor(data, name: str, tail: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
+def _in_range(value: torch.Tensor, jacobian: torch.Tensor) -> None:
+    if float(value.abs().max()) > MAX_VALUE:
+        raise _Invalid(f"'value' holds keypoints outside the frame (|v| up to {float(value.abs().max()):.3g})")
+    if float(jacobian.abs().max()) > MAX_JACOBIAN:
+        raise _Invalid(f"'jacobian' holds entries up to {float(jacobian.abs().max()):.3g}")
+    if float(torch.linalg.det(jacobian.double()).abs().min()) < MIN_JACOBIAN_DET:
+        raise _Invalid("'jacobian' holds a matrix that cannot be inverted")
+
+
 # A saved pose is ~2 KB (10 keypoints); anything far larger is not one, and must not cost seconds to parse.
 MAX_FILE_BYTES = 64 * 1024
 
 
-def _read_small_regular_file(path: Path) -> bytes:
-    """The file's bytes; OSError for anything that is not a regular file of at most MAX_FILE_BYTES. Opened
-    non-blocking and checked through the open descriptor: a FIFO at the path must not block start-up, and a file
-    swapped in after a check is still the one checked."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError("it is not a regular file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise OSError(f"it is {info.st_size:,} bytes, far larger than a calibration "
-                          f"(at most {MAX_FILE_BYTES:,})")
-        data = os.read(fd, MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise OSError(f"it is larger than a calibration (at most {MAX_FILE_BYTES:,} bytes)")
-        return data
-    finally:
-        os.close(fd)
-
-
-def load_calibration(path, *, config_hash: str, camera_id: str, num_kp: int | None = None) -> LoadResult:
+def load_calibration(path, *, config_hash: str, camera_id: str, num_kp: int) -> LoadResult:
     """Read a saved neutral pose; never raises. Missing file -> (None, None); unusable file -> (None, notice).
 
-    num_kp: the model's keypoint count; a pose of another shape (or more than one pose) is ignored with a notice.
+    num_kp: the model's keypoint count (required: there is no pose without the model to check it against); a pose
+    of another shape (or more than one pose), or values no detector gives, are ignored with a notice.
     """
     path = Path(path)
     clean_stale_temp_files(path)  # the start of a run: orphans of a killed earlier save go now
     ignore = f"Ignoring saved calibration {path}"
     try:
-        raw = _read_small_regular_file(path)
-    except FileNotFoundError:
+        raw = read_bounded(path, MAX_FILE_BYTES, what="calibration file")
+    except FileMissing:
         return LoadResult(None, None)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        return LoadResult(None, f"{ignore}: cannot read it ({reason}); please calibrate again.")
+    except FileRefused as exc:
+        return LoadResult(None, f"Ignoring the saved calibration: {exc}; please calibrate again.")
     try:
-        record = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if nesting_depth(text) > MAX_JSON_DEPTH:  # json.loads would recurse once per bracket
+            raise _Invalid("nested too deeply")
+        record = json.loads(text)
         if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
             raise _Invalid("not a calibration file")
     except (UnicodeDecodeError, ValueError, RecursionError, _Invalid):
@@ -174,11 +179,11 @@ def load_calibration(path, *, config_hash: str, camera_id: str, num_kp: int | No
         jacobian = _tensor(record.get("jacobian"), "jacobian", (2, 2))
         if value.shape[:2] != jacobian.shape[:2]:
             raise _Invalid("'value' and 'jacobian' disagree on batch/keypoint count")
-        expected = (1, num_kp) if num_kp is not None else (1, value.shape[1])
-        if tuple(value.shape[:2]) != expected:
+        if tuple(value.shape[:2]) != (1, int(num_kp)):
             # one neutral pose of the model's keypoints: another shape would fail later, inside normalize
             raise _Invalid(f"it holds {value.shape[0]} pose(s) of {value.shape[1]} keypoints, the model needs "
-                           f"{expected[0]} of {expected[1]}")
+                           f"1 of {num_kp}")
+        _in_range(value, jacobian)
     except _Invalid as exc:
         return LoadResult(None, f"{ignore}: the file is damaged ({exc}); please calibrate again.")
     return LoadResult(Keypoints(value, jacobian), None)

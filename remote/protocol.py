@@ -42,10 +42,11 @@ import json
 import math
 import re
 import struct
-from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
+
+from engines.terminal_text import printable  # noqa: F401 - the shared sanitiser, P.printable to remote/
 
 PROTOCOL_VERSION = 2
 MAGIC = b"LA"
@@ -65,6 +66,8 @@ MIN_JACOBIAN_DET = 1e-6            # |det| below this: the renderer's 2x2 invers
 MAX_TEXT_BYTES = 4096              # control messages are small; a long one is an attack or a bug
 MAX_AVATARS = 16                   # avatar slots per connection (keys 1-9 need 9)
 MAX_KEYPOINTS = 64
+MAX_TOKEN_CHARS = 1024             # the shared secret (hello and token file)
+MAX_TOKEN_FILE_BYTES = 4096        # a token file holds one line; anything larger is not one
 DETECTOR_CHUNK_BYTES = 1 << 20
 FORMATS = ("jpeg", "png", "png16")
 DEFAULT_PORT = 8765
@@ -234,18 +237,6 @@ def error_message(text: str, code: str = "malformed", **extra) -> str:
     return dumps({"type": "error", "code": code, "message": text, **extra})
 
 
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.")
-
-
-def printable(text, limit: int = 200) -> str:
-    """Text from the peer made safe for a terminal line: escape sequences and control characters dropped,
-    whitespace runs folded, at most `limit` characters."""
-    text = _ESCAPES.sub("", str(text))
-    text = "".join(c if c.isprintable() else " " for c in text)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 @dataclass(frozen=True)
 class Hello:
     token: str = ""
@@ -264,7 +255,7 @@ class Hello:
             raise ProtocolError(f"client speaks protocol version {message.get('version')!r}, the server "
                                 f"{PROTOCOL_VERSION}: update the older side", code="version")
         token, fmt, quality = message.get("token", ""), message.get("format", "jpeg"), message.get("quality", 90)
-        if not isinstance(token, str) or len(token) > 1024:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
             raise ProtocolError("token must be a string", code="auth")
         try:
             token.encode("utf-8")  # a lone surrogate (JSON "\\ud800") parses, but is no UTF-8 text
@@ -373,15 +364,27 @@ def is_loopback(host: str) -> bool:
 
 
 def read_token(path) -> str:
-    """The shared secret from a token file (stripped); ValueError with a one-line reason. Server and client read
-    the same file, so they read it the same way."""
-    path = Path(path)
+    """The shared secret from a token file (one line, stripped); ValueError with a one-line reason. Server and
+    client read the same file, so they read it the same way: through engines/files.py (a regular file of at most
+    MAX_TOKEN_FILE_BYTES, opened without blocking - a FIFO or /dev/zero given as the file is refused at once)."""
+    from engines.files import FileMissing, FileRefused, read_bounded
+
     try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+        data = read_bounded(path, MAX_TOKEN_FILE_BYTES, what="token file")
+    except FileMissing:
         raise ValueError(f"{path}: token file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the token file ({type(exc).__name__})") from None
+    except FileRefused as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        token = data.decode("utf-8-sig").strip()  # a byte-order mark (Windows Notepad) is not part of it
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the token file is not UTF-8 text") from None
     if not token:
         raise ValueError(f"{path}: token file is empty")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ValueError(f"{path}: the token has {len(token)} characters, more than the {MAX_TOKEN_CHARS} a server "
+                         "accepts")
+    if not token.isprintable():
+        raise ValueError(f"{path}: the token file holds more than one line or control characters (a token is one "
+                         "line of text, e.g. from `openssl rand -hex 16`)")
     return token

@@ -5,7 +5,6 @@ import os
 import pytest
 import torch
 
-from calibration import persistence
 from calibration.persistence import (FORMAT_VERSION, default_calibration_path, load_calibration,
                                      save_calibration)
 from engines.keypoints import Keypoints
@@ -19,7 +18,7 @@ def _kp():
 
 
 def _load(path, cfg=CFG, cam=CAM):
-    return load_calibration(path, config_hash=cfg, camera_id=cam)
+    return load_calibration(path, config_hash=cfg, camera_id=cam, num_kp=10)
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -114,7 +113,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
     def boom(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(persistence.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
         save_calibration(path, Keypoints(_kp().value + 1, _kp().jacobian), config_hash=CFG, camera_id=CAM)
     assert path.read_bytes() == before
@@ -140,7 +139,7 @@ def _saved(tmp_path, batch: int, keypoints: int):
     return save_calibration(tmp_path / "cal.json", kp, config_hash=CFG, camera_id=CAM)
 
 
-@pytest.mark.parametrize("batch, keypoints, num_kp", [(1, 7, 10), (3, 10, 10), (3, 10, None), (1, 12, 10)])
+@pytest.mark.parametrize("batch, keypoints, num_kp", [(1, 7, 10), (3, 10, 10), (1, 5, 10), (1, 12, 10)])
 def test_a_pose_of_another_shape_is_ignored_with_a_notice(tmp_path, batch, keypoints, num_kp):
     path = _saved(tmp_path, batch, keypoints)
     result = load_calibration(path, config_hash=CFG, camera_id=CAM, num_kp=num_kp)
@@ -172,7 +171,7 @@ def test_a_60_mb_file_is_refused_at_once(tmp_path):
     started = time.perf_counter()
     result = _load(path)
     assert time.perf_counter() - started < 1.0
-    assert result.kp is None and "larger than a calibration" in result.notice
+    assert result.kp is None and "more than the 65,536" in result.notice
 
 
 def test_a_fifo_at_the_path_does_not_block_start_up(tmp_path):
@@ -188,3 +187,101 @@ def test_a_fifo_at_the_path_does_not_block_start_up(tmp_path):
         pytest.fail("load_calibration blocked on a FIFO")
     [result] = results
     assert result.kp is None and "not a regular file" in result.notice
+
+
+# --- every path that loads a pose checks it against the model ------------------------------------------------------
+def test_num_kp_is_required_so_no_caller_skips_the_shape_check(tmp_path):
+    path = _saved(tmp_path, 1, 5)
+    with pytest.raises(TypeError):
+        load_calibration(path, config_hash=CFG, camera_id=CAM)  # the missing num_kp is the point
+
+
+def test_the_controller_loads_nothing_before_it_knows_the_models_keypoints(tmp_path):
+    from calibration.control import CalibrationController
+    from calibration.neutral_pose import NeutralPose
+    path = _saved(tmp_path, 1, 5)  # right config hash and camera, 5 keypoints
+    neutral = NeutralPose()
+    said = []
+    CalibrationController(neutral, config_hash=CFG, path=path, camera_id=CAM, log=said.append).load_saved()
+    assert not neutral.is_calibrated, "a pose of 5 keypoints was taken without a model to check it against"
+    neutral.set_source(_kp())
+    neutral.calibrate(_kp())
+    assert neutral.normalize(_kp()).value.shape == (1, 10, 2)
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (lambda r: r.update(value=[[[5.0, 0.0]] * 10]), "outside the frame"),
+    (lambda r: r.update(jacobian=[[[[1e9, 0.0], [0.0, 1.0]]] * 10]), "entries up to"),
+    (lambda r: r.update(jacobian=[[[[1.0, 2.0], [2.0, 4.0]]] * 10]), "cannot be inverted"),
+])
+def test_values_no_detector_gives_are_ignored_with_a_notice(tmp_path, mutate, why):
+    path = save_calibration(tmp_path / "cal.json", _kp(), config_hash=CFG, camera_id=CAM)
+    record = json.loads(path.read_text())
+    mutate(record)
+    path.write_text(json.dumps(record))
+    result = _load(path)
+    assert result.kp is None and "damaged" in result.notice and why in result.notice
+
+
+def _fake_webcam(monkeypatch):
+    """--camera 0 is a listed webcam with a stable id whose frames come from a fake capture."""
+    import cv2
+    import numpy as np
+
+    from live.devices import cameras
+    from live.devices.cameras import Camera, CameraList
+
+    class FakeCapture:
+        def __init__(self, index):
+            pass
+
+        def isOpened(self):
+            return True
+
+        def set(self, *args):
+            return True
+
+        def get(self, prop):
+            return 0.0
+
+        def read(self):
+            return True, np.full((120, 160, 3), 90, np.uint8)
+
+        def release(self):
+            pass
+    listing = CameraList([Camera(0, "Test Cam", "/dev/video0", "uvcvideo", stable_id="test-cam-id")],
+                         where="test", complete=True)
+    monkeypatch.setattr(cameras, "list_cameras", lambda: listing)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCapture)
+    return "test-cam-id"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch, keypoints", [(1, 5), (3, 10)])
+def test_a_live_run_with_a_saved_pose_of_another_shape_says_so_and_runs(tmp_path, monkeypatch, capsys, batch,
+                                                                        keypoints):
+    """The live path of run_live.py (webcam, saved calibration for that camera id, right config hash): one notice,
+    then the loop runs; it used to crash at its first frame ("size of tensor a (10) must match ... (5)")."""
+    import cv2
+    import numpy as np
+
+    from engines.backends import create_engine
+    from live.cli.app import main
+    monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path / "cache"))
+    camera_id = _fake_webcam(monkeypatch)
+    engine, _ = create_engine(backend="torch", device="cpu", deterministic_weights=True)
+    config_hash = engine.config_hash
+    engine.close()
+    g = torch.Generator().manual_seed(3)
+    pose = Keypoints(torch.rand(batch, keypoints, 2, generator=g) - 0.5,
+                     torch.eye(2).repeat(batch, keypoints, 1, 1))
+    saved = save_calibration(default_calibration_path(camera_id), pose, config_hash=config_hash, camera_id=camera_id)
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.full((64, 64, 3), 128, np.uint8))
+    code = main(["--avatar", str(face), "--camera", "0", "--no-vcam", "--no-preview", "--deterministic-weights",
+                 "--backend", "torch", "--device", "cpu", "--max-frames", "2"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err and "error:" not in err, err
+    notices = [line for line in err.splitlines() if "saved calibration" in line]
+    assert len(notices) == 1 and str(saved) in notices[0] and f"{batch} pose(s) of {keypoints} keypoints" in notices[0]
+    assert "done: 2 frames" in err

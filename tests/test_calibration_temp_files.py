@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from calibration import persistence
 from calibration.persistence import clean_stale_temp_files, load_calibration, save_calibration
 from engines.keypoints import Keypoints
 
@@ -39,7 +38,7 @@ def test_stale_orphans_are_removed_on_start_and_young_ones_kept(tmp_path):
         p.write_text("{")
     for p in (stale, other, unrelated):
         _age(p, 3600)
-    result = load_calibration(path, config_hash=CFG, camera_id=CAM)
+    result = load_calibration(path, config_hash=CFG, camera_id=CAM, num_kp=10)
     assert result.kp is not None
     assert not stale.exists()
     assert young.exists() and other.exists() and unrelated.exists() and path.exists()
@@ -53,7 +52,7 @@ def test_save_cleans_orphans_and_its_own_temp_on_failure(tmp_path, monkeypatch):
 
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(persistence.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError):
         save_calibration(path, _kp(), config_hash=CFG, camera_id=CAM)
     assert list(tmp_path.iterdir()) == []
@@ -64,17 +63,17 @@ def test_clean_never_raises_for_a_missing_folder(tmp_path):
 
 
 _SAVER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {repo!r})
     import torch
     from calibration import persistence
     from engines.keypoints import Keypoints
-    real_fsync = persistence.os.fsync
+    real_fsync = os.fsync
     def slow_fsync(fd):  # widens the window a SIGKILL hits, as a slow disk does
         print("writing", flush=True)
         time.sleep(30)
         real_fsync(fd)
-    persistence.os.fsync = slow_fsync
+    os.fsync = slow_fsync
     kp = Keypoints(torch.zeros(1, 10, 2), torch.eye(2).repeat(1, 10, 1, 1))
     persistence.save_calibration(sys.argv[1], kp, config_hash="cfg", camera_id="0")
 """)
@@ -92,5 +91,5 @@ def test_orphan_of_a_sigkilled_save_is_gone_after_the_next_start(tmp_path):
     orphans = list(cache.glob("cal.json.*.tmp"))
     assert len(orphans) == 1 and not path.exists()
     _age(orphans[0], 120)  # the next start comes later than STALE_TEMP_SECONDS
-    assert load_calibration(path, config_hash=CFG, camera_id=CAM).kp is None
+    assert load_calibration(path, config_hash=CFG, camera_id=CAM, num_kp=10).kp is None
     assert list(cache.iterdir()) == []

@@ -71,3 +71,30 @@ def test_a_bad_entry_is_set_aside_beside_itself(tmp_path):
     moved = set_aside(path)
     assert not path.exists() and moved is not None and moved.parent == tmp_path
     assert moved.name.startswith("entry.json.bad-") and moved.read_text() == "[[["
+
+
+def test_a_missing_file_is_file_missing_and_an_unknown_user_is_one_line(tmp_path):
+    from engines.files import FileMissing, user_path
+    with pytest.raises(FileMissing):
+        read_bounded(tmp_path / "nope", 100)
+    with pytest.raises(FileRefused, match="cannot expand ~nosuchuser-la") as info:
+        read_bounded("~nosuchuser-la/token", 100, what="token file")
+    assert "\n" not in str(info.value)
+    assert str(user_path("plain/name")) == "plain/name"
+
+
+def test_toml_nesting_is_counted_outside_strings_and_comments(tmp_path):
+    from engines.files import load_toml, toml_nesting_depth
+    text = ('a = [[1], [2]]  # [[[[ a comment\nb = "[[[\\"[["\nc = \'[[[\'\nd = """\n[[[\n"""\n[t]\n'
+            'e = {f = [1]}\n')
+    assert toml_nesting_depth(text) == 2
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 3000 + "]" * 3000 + "\n")  # tomllib would hit the recursion limit
+    with pytest.raises(FileRefused, match="nests deeper than 32"):
+        load_toml(deep, 1 << 16)
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufeffa = 1\n".encode("utf-8"))
+    assert load_toml(bom, 100) == {"a": 1}
+    (tmp_path / "bad.toml").write_text("a = \n")
+    with pytest.raises(FileRefused, match="not valid TOML"):
+        load_toml(tmp_path / "bad.toml", 100)

@@ -119,7 +119,7 @@ def test_unknown_name_lists_what_exists(machine):
 
 def test_an_index_not_on_a_complete_list_is_refused(machine):
     listing, _ = machine
-    with pytest.raises(CaptureError, match=r"cannot open camera 1: there is no such camera; cameras here: 0 "):
+    with pytest.raises(CaptureError, match=r"cannot open camera 1: there is no such camera \(--camera 1\); cameras here: 0 "):
         choose_camera(1, listing)  # the metadata node
 
 
@@ -341,3 +341,70 @@ def test_a_run_refuses_to_drive_from_the_virtual_camera_it_writes_to(capsys, mon
            f"({loopback}): the avatar would drive itself" in err
     assert "notice: camera 0 'Dummy video device (0x0000)' (virtual) is a virtual camera" in err
     assert closed == [str(loopback)]
+
+
+# --- device names are text from outside: one safe line wherever they are printed --------------------------------
+FORGED = "Cam\x1b[2J\x1b]0;owned\x07\nerror: forged line\r\u202e"
+
+
+def test_names_from_sysfs_and_v4l2_are_printable_lines(tmp_path):
+    sysfs, dev = tmp_path / "sys" / "video4linux", tmp_path / "dev"
+    dev.mkdir()
+    make_node(sysfs, 0, FORGED, usb=("046d", "082d"))
+    make_node(sysfs, 1, "")  # no sysfs name: the V4L2 card name is used
+    (sysfs / "video2").mkdir()
+    (sysfs / "video2" / "name").symlink_to("/dev/zero")  # never read without end
+    infos = {"video0": V4l2Info("uvc\x1b[31mvideo", "x", True), "video1": V4l2Info("uvcvideo", FORGED, True)}
+    listing = C.linux_cameras(sysfs, dev, probe=lambda path: infos.get(path.name))
+    assert [c.index for c in listing.cameras] == [0, 1, 2]
+    for camera in listing.cameras:
+        assert camera.name.isprintable() and "\x1b" not in camera.name and "\n" not in camera.name
+    assert listing.cameras[0].name == listing.cameras[1].name == "Cam error: forged line"
+    assert listing.cameras[0].driver == "uvcvideo" and listing.cameras[2].name == "video2"
+    lines = format_listing(listing)
+    assert len(lines) == 3 and not any(line.startswith("error:") for line in lines)
+    assert all(line.isprintable() for line in lines)
+    # --camera NAME matches the text the listing shows, and the refusals print it as safely
+    with pytest.raises(CaptureError, match="matches 2 cameras") as info:
+        choose_camera("error: forged", listing)
+    assert str(info.value).isprintable()
+
+
+def test_names_from_other_systems_are_printable_lines():
+    listing = C.other_cameras("Windows", enumerate_=lambda system: [(0, FORGED, "\\\\?\\usb#vid\x1b[0m"),
+                                                                    (1, "\x1b[2J", None)])
+    assert [c.name for c in listing.cameras] == ["Cam error: forged line", "camera 1"]
+    assert all(line.isprintable() for line in format_listing(listing))
+
+    def broken(system):
+        raise OSError("driver said:\x1b[31m\nerror: forged")
+    notice = C.other_cameras("Windows", enumerate_=broken).notice
+    assert notice.isprintable() and "\n" not in notice
+
+
+def test_the_virtual_camera_notice_shows_a_printable_name(tmp_path, capsys):
+    import cv2
+    import pyvirtualcam
+    from pyvirtualcam.camera import BACKENDS
+
+    from live.cli.app import main
+    from tests.support import MemoryCamera
+
+    class ForgedName(MemoryCamera):
+        def device(self):
+            return FORGED
+
+    pyvirtualcam.register_backend("forged-test", ForgedName)
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.full((64, 64, 3), 90, np.uint8))
+    try:
+        code = main(["--avatar", str(face), "--driving", str(face), "--vcam", "--vcam-backend", "forged-test",
+                     "--no-preview", "--max-frames", "1", "--deterministic-weights", "--backend", "torch",
+                     "--device", "cpu"])
+    finally:
+        BACKENDS.pop("forged-test", None)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    [notice] = [line for line in err.splitlines() if line.startswith("virtual camera:")]
+    assert "Cam error: forged line" in notice and notice.isprintable()
+    assert not any(line.startswith("error:") for line in err.splitlines()) and "\x1b" not in err

@@ -164,7 +164,7 @@ def test_hostile_files_are_refused_before_reading(tmp_path):
     big = tmp_path / "big.toml"
     with open(big, "wb") as handle:  # sparse: a "huge" file costs no disk
         handle.truncate(10 * 1024 ** 3)
-    with pytest.raises(ConfigError, match="more than 65536"):
+    with pytest.raises(ConfigError, match="more than the 65,536"):
         read_config(big, must_exist=True)
     with pytest.raises(ConfigError, match="not a regular file"):
         read_config(tmp_path, must_exist=True)
@@ -195,7 +195,7 @@ def test_a_file_growing_past_the_cap_while_read_is_still_refused(tmp_path, monke
         return os.stat_result((info.st_mode, *[0] * 5, 10, *[0] * 3))
     path.write_text("#" * (MAX_CONFIG_BYTES + 10))
     monkeypatch.setattr(config.os, "fstat", small)
-    with pytest.raises(ConfigError, match="larger than"):
+    with pytest.raises(ConfigError, match="grew past"):
         read_config(path, must_exist=True)
 
 
@@ -221,3 +221,104 @@ def test_the_documented_example_config_is_valid(tmp_path):
     example = section[section.index("```toml") + len("```toml"):section.index("```", section.index("```toml") + 3)]
     args = parse([], write(tmp_path / "c.toml", example))
     assert args.avatar == "/home/me/avatars" and args.vcam_size == (1280, 720) and args.backend == "openvino"
+
+
+# --- hostile and awkward files, paths that cannot be expanded, switching a saved flag off, whose value it was -----
+def test_arrays_nested_3000_deep_are_one_line_not_a_recursion_error(tmp_path, capsys):
+    path = write(tmp_path / "deep.toml", "vcam-size = " + "[" * 3000 + "]" * 3000 + "\n")
+    assert path.stat().st_size < 7000
+    code, err = run_main(capsys, ["--config", path, "--avatar", "a.png"])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(path) in err and "nests deeper" in err
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "notepad.toml"
+    path.write_bytes("\ufeffmirror = true\r\ncamera = 2\r\n".encode("utf-8"))
+    args = parse([], path)
+    assert args.mirror is True and args.camera == 2
+
+
+@pytest.mark.parametrize("where", ["--config", "env", "file avatar", "--avatar", "--save-config"])
+def test_an_unknown_user_in_a_path_is_one_line(tmp_path, capsys, monkeypatch, where):
+    argv = ["--no-vcam", "--no-preview"]
+    if where == "--config":
+        argv += ["--config", "~nosuchuser-la/config.toml", "--avatar", "a.png"]
+    elif where == "env":
+        monkeypatch.setenv(config.CONFIG_ENV, "~nosuchuser-la/config.toml")
+        argv += ["--avatar", "a.png"]
+    elif where == "file avatar":
+        argv += ["--config", write(tmp_path / "c.toml", 'avatar = "~nosuchuser-la/face.png"\n')]
+    elif where == "--avatar":
+        argv += ["--avatar", "~nosuchuser-la/face.png"]
+    else:
+        argv += ["--config", tmp_path / "c.toml", "--save-config", "--avatar", "~nosuchuser-la/face.png"]
+    code, err = run_main(capsys, argv)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "~nosuchuser-la" in err
+    if where == "file avatar":
+        assert str(tmp_path / "c.toml") in err
+    assert not (tmp_path / "c.toml").exists() or where == "file avatar"
+
+
+def test_a_home_path_is_expanded_once_wherever_it_comes_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = parse([], write(tmp_path / "c.toml", 'avatar = "~/faces"\noutput = "~/out.mp4"\n'))
+    assert (args.avatar, args.output) == (str(tmp_path / "faces"), str(tmp_path / "out.mp4"))
+    assert parse(["--driving", "~/talk.mp4"], tmp_path / "c.toml").driving == str(tmp_path / "talk.mp4")
+
+
+def _switches(parser):
+    """Every on/off flag a preference can turn on (store_true and friends; --vcam/--no-vcam have both forms)."""
+    import argparse
+    return [a for a in config.preference_actions(parser).values()
+            if a.nargs == 0 and isinstance(a, argparse._StoreConstAction)]  # noqa: SLF001
+
+
+def test_every_saved_on_off_flag_can_be_switched_off_for_one_run(tmp_path):
+    parser = build_parser()
+    switches = {config._key_name(a): a for a in _switches(parser)}  # noqa: SLF001
+    assert {"mirror", "no-smoothing", "loop", "no-track", "best-frame"} <= set(switches)
+    path = write(tmp_path / "c.toml", "".join(f"{key} = true\n" for key in sorted(switches)))
+    on = parse([], path)
+    assert all(getattr(on, a.dest) == a.const for a in switches.values())
+    opposites = [config._opposite("--" + key) for key in sorted(switches)]  # noqa: SLF001
+    assert "--no-mirror" in opposites and "--smoothing" in opposites
+    off = parse_args(build_parser(), ["--config", str(path), *opposites])
+    assert all(getattr(off, a.dest) == a.default for a in switches.values()), "each opposite restores the default"
+
+
+def test_saving_an_opposite_turns_the_flag_off_in_the_file(tmp_path, capsys):
+    path = write(tmp_path / "c.toml", "mirror = true\nno-smoothing = true\n")
+    code, err = run_main(capsys, ["--config", path, "--save-config", "--no-mirror", "--smoothing"])
+    assert code == 0, err
+    assert tomllib.loads(path.read_text()) == {"mirror": False, "no-smoothing": False}
+    args = parse([], path)
+    assert args.mirror is False and args.no_smoothing is False
+
+
+def test_a_value_from_the_file_that_the_run_refuses_names_the_file(tmp_path, capsys):
+    import cv2
+    import numpy as np
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.full((64, 64, 3), 90, np.uint8))
+    path = write(tmp_path / "c.toml", f'camera = 97\navatar = "{face}"\n')
+    code, err = run_main(capsys, ["--config", path, "--no-vcam", "--no-preview"])
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "camera 97" in lines[0] and f"--camera 97 from the config file {path}" in lines[0]
+    # the same refusal for a value typed now does not blame the file
+    code, err = run_main(capsys, ["--config", path, "--camera", "96", "--no-vcam", "--no-preview"])
+    assert code == 2 and "camera 96" in err and "config file" not in err, err
+    # a path from the file, refused later (the avatar is looked for after the flags were checked)
+    missing = write(tmp_path / "m.toml", f'avatar = "{tmp_path / "gone.png"}"\n')
+    code, err = run_main(capsys, ["--config", missing, "--no-vcam", "--no-preview"])
+    assert code == 2 and "gone.png" in err and f"from the config file {missing}" in err, err
+
+
+def test_the_doctor_names_the_file_for_a_failing_value_from_it(tmp_path):
+    from live.cli import doctor
+    path = write(tmp_path / "c.toml", "camera = 97\n")
+    args = parse(["--doctor"], path)
+    [camera] = doctor.run_checks(args, checks=[doctor.check_camera], out=lambda line: None)
+    assert camera.status == "FAIL" and f"--camera 97 from the config file {path}" in camera.text

@@ -309,3 +309,18 @@ def test_doctor_takes_the_run_flags(monkeypatch, capsys):
     capsys.readouterr()
     assert main(["--no-vcam"]) == 2  # a run still needs --avatar
     assert capsys.readouterr().err.startswith("error: --avatar is required")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX only")
+def test_a_fifo_as_token_file_fails_the_check_instead_of_hanging(fake_server, tmp_path):
+    import os
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    checks = []
+    thread = threading.Thread(target=lambda: checks.append(D.check_remote(args_for("--remote", fake_server,
+                                                                                  "--token-file", fifo))),
+                              daemon=True)
+    thread.start()
+    thread.join(10)
+    assert checks, "the doctor hung on a FIFO given as --token-file"
+    assert checks[0].status == "FAIL" and "FIFO" in checks[0].text and "\n" not in checks[0].text

@@ -226,3 +226,19 @@ def test_run_live_offline_against_a_server_that_errors_on_every_frame_exits_2(fa
     assert len(errors) == 1 and "out of memory" in errors[0] and "\x1b" not in result.stderr
     assert "Traceback" not in result.stderr
     assert time.monotonic() - start < 60   # not 30 s per frame
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX only")
+def test_run_live_with_a_fifo_as_token_file_exits_2_at_once(tmp_path):
+    import os
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)  # this used to hang the run forever, waiting for a writer
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.full((64, 64, 3), 90, np.uint8))
+    result = subprocess.run(
+        [sys.executable, "run_live.py", "--avatar", str(face), "--remote", "ws://127.0.0.1:9", "--token-file",
+         str(fifo), "--driving", str(face), "--no-vcam", "--no-preview", "--max-frames", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "FIFO" in errors[0] and "Traceback" not in result.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from remote import protocol as P
-from tests.test_image_header import png_declaring
+from tests.test_image_header import jpeg_with_a_hidden_frame, png_declaring
 
 
 def test_keypoints_round_trip_and_size():
@@ -188,6 +188,16 @@ def test_frames_are_checked_against_the_agreed_size_before_decoding():
         assert _rss() - before < 20 * 2**20
 
 
+def test_an_uploaded_avatar_hiding_its_real_size_is_refused_before_decoding(monkeypatch):
+    """A 654-byte JPEG whose walkable frame header says 16x16 while libjpeg decodes a 20000x20000 one cost the
+    server +790 MB; it is refused from its markers now, before OpenCV sees it."""
+    import cv2
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded a refused upload"))
+    with pytest.raises(P.ProtocolError, match="marker 0x00") as info:
+        P.decode_image(jpeg_with_a_hidden_frame(20000), **AVATAR_BUDGET)
+    assert info.value.code == "bad-image"
+
+
 def test_printable_strips_escapes_and_control_characters_and_cuts():
     hostile = "\x1b[2J\x1b[31mred\x1b[0m\x07 bell\r\nnew line\x1b]0;title\x07 " + "x" * 3000
     text = P.printable(hostile)
@@ -213,3 +223,60 @@ def test_welcome_fields_are_type_checked():
                            (dict(engine=["x"]), "engine")]:
         with pytest.raises(P.ProtocolError, match=match):
             P.parse_welcome(_welcome(**changes))
+
+
+# --- token files: read through engines/files.py, never blocking, never unbounded -------------------------------
+def _in_time(function, seconds=5.0):
+    """function()'s result or exception, or a failure when it is still running after `seconds` (a hang)."""
+    import threading
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(("value", function()))
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            outcome.append(("error", exc))
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX only")
+def test_a_fifo_as_token_file_is_refused_at_once(tmp_path):
+    import os
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)  # opening it for reading used to wait for a writer forever
+    kind, value = _in_time(lambda: P.read_token(fifo))
+    assert kind == "error" and isinstance(value, ValueError) and "not a regular file (a FIFO)" in str(value)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/zero"), reason="no /dev/zero here")
+def test_an_endless_device_as_token_file_is_refused_without_reading(tmp_path):
+    link = tmp_path / "token"
+    link.symlink_to("/dev/zero")  # read_text() used to grow by ~1 GB a second
+    kind, value = _in_time(lambda: P.read_token(link))
+    assert kind == "error" and "character device" in str(value)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"x" * (P.MAX_TOKEN_FILE_BYTES + 1), "more than the 4,096"),
+    (b"a" * (P.MAX_TOKEN_CHARS + 1) + b"\n", "more than the 1024"),
+    (b"first-line\nsecond-line\n", "more than one line"),
+    (b"tab\tinside", "control characters"),
+    (b"\xff\xfe\x00t", "not UTF-8"),
+    (b" \n\t\n", "empty"),
+])
+def test_token_files_that_cannot_be_a_token_are_one_line(tmp_path, content, match):
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        P.read_token(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_token_saved_with_a_byte_order_mark_is_the_token(tmp_path):
+    path = tmp_path / "token"
+    path.write_bytes("\ufeffcorrect-horse-battery\r\n".encode("utf-8"))
+    assert P.read_token(path) == "correct-horse-battery"

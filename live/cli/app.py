@@ -21,6 +21,7 @@ from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CU
 from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
 from engines.cli import ArgumentParser
 from engines.errors import UserError
+from engines.terminal_text import printable
 from engines.version import program_name, version_line
 from live.devices.cameras import camera_spec
 from live.cli.config import add_config_arguments
@@ -413,7 +414,8 @@ class Session:
                         raise
                     raise SinkError(f"{exc}; or run without a virtual camera: --no-vcam") from None
                 sinks.append(cam)
-                self.log(f"virtual camera: {cam.name} ({width}x{height}) - pick it in your video call app")
+                self.log(f"virtual camera: {printable(cam.name, 120)} ({width}x{height}) - pick it in your video "
+                         "call app")
         except BaseException:
             for sink in sinks:
                 sink.close()
@@ -569,6 +571,17 @@ def main(argv=None) -> int:
         args = parse_command_line(argv)
         if args is None:
             return 0
+        try:
+            return run(args)
+        except Exception as exc:
+            # a value from the preferences file that the run refuses: the message says where it came from
+            from engines.checkpoint import CheckpointError
+            from live.cli.config import ConfigError, blame_config
+            if not isinstance(exc, (UserError, CheckpointError)) or blame_config(args, str(exc)) == str(exc):
+                raise
+            raise ConfigError(blame_config(args, str(exc))) from None
+
+    def run(args) -> int:
         if args.list_cameras:
             from live.devices.cameras import print_cameras
             return print_cameras()

@@ -8,8 +8,13 @@ the flag's own type function and choices (range checks included), so the file ac
 line does; on/off flags take `true`/`false`. `--save-config` merges the flags given on the command line into the
 file (an atomic rename: readers see the old file or the new one) and exits.
 
-The file is treated as hostile input: regular files only (a FIFO or a device would block or never end), at most
-MAX_CONFIG_BYTES, UTF-8 TOML; any problem is one UserError line naming the file (and the key or TOML line).
+The file is treated as hostile input: read through engines/files.py (regular files only - a FIFO or a device would
+block or never end -, at most MAX_CONFIG_BYTES, UTF-8 TOML with or without a byte-order mark, nesting counted before
+parsing); any problem is one UserError line naming the file (and the key or TOML line). A value that passes the
+file but is refused later in the run (no such camera, a missing avatar) names the file as its origin too
+(`blame_config`). File paths, typed or from the file, have their `~` expanded once here (`~nosuchuser` is one line).
+Every on/off flag the file can turn on has an opposite for one run: `--no-mirror` for `mirror = true`,
+`--smoothing` for `no-smoothing = true` (`add_opposites`).
 """
 from __future__ import annotations
 
@@ -18,18 +23,15 @@ import difflib
 import json
 import math
 import os
+import re
 import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from engines.errors import UserError
+from engines.files import FileMissing, FileRefused, load_toml, user_path
 from engines.storage import write_atomically
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 reads TOML with the backport (requirements.txt installs it there)
-    import tomli as tomllib
 
 CONFIG_ENV = "LIVE_AVATAR_CONFIG"  # a config file path that replaces the platform default (tests, several setups)
 APP_DIR = "live-avatar"
@@ -50,7 +52,7 @@ def default_config_path(environ=None, platform: str | None = None) -> Path:
     environ = os.environ if environ is None else environ
     platform = sys.platform if platform is None else platform
     if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV]).expanduser()
+        return _user_path(environ[CONFIG_ENV], f"${CONFIG_ENV}")
     if platform.startswith("win"):
         base = Path(environ["APPDATA"]) if environ.get("APPDATA") else Path.home() / "AppData" / "Roaming"
     elif platform == "darwin":
@@ -69,47 +71,28 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         f"instead of {default_config_path()}; flags given here override them")
     g.add_argument("--save-config", action="store_true",
                    help="write the flags given on this command line into the config file (merged with what it "
-                        "holds) and exit")
+                        "holds) and exit; an on/off flag the file turns on is turned off for one run by its "
+                        "opposite: --no-mirror, --smoothing for no-smoothing, ...")
+
+
+def _user_path(text, what: str) -> Path:
+    try:
+        return user_path(text, what=what)
+    except FileRefused as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
 def read_config(path: Path, *, must_exist: bool) -> dict:
     """The TOML table in `path`; {} when it does not exist and need not. Raises ConfigError (one line)."""
     try:
-        # O_NONBLOCK: opening a FIFO must not hang waiting for a writer (it is refused below)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
+        return load_toml(path, MAX_CONFIG_BYTES, what="config file")
+    except FileMissing:
         if must_exist:
             raise ConfigError(f"config file {path} not found") from None
         return {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"config file {path} is not a regular file")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is {info.st_size} bytes: more than {MAX_CONFIG_BYTES} is not a "
-                              "preferences file")
-        chunks, total = [], 0
-        while total <= MAX_CONFIG_BYTES:  # the size can change after fstat: never read past the cap
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    try:
-        return tomllib.loads(b"".join(chunks).decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:  # its message ends "(at line N, column M)"
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except FileRefused as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def preference_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -122,6 +105,26 @@ def preference_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Ac
         keys[longs[0][2:]] = action
         keys.setdefault(action.dest, action)
     return keys
+
+
+def _opposite(name: str) -> str:
+    """--mirror -> --no-mirror; --no-smoothing -> --smoothing."""
+    return "--" + name[5:] if name.startswith("--no-") else "--no-" + name[2:]
+
+
+def add_opposites(parser: argparse.ArgumentParser) -> None:
+    """Give every on/off flag a preference can turn on (store_true, store_const) its opposite, so a saved `true`
+    can be undone for one run. The opposite restores the flag's default; it is no key of its own (hidden from
+    --help, where --save-config names the rule). Idempotent; flags with both forms already are left alone."""
+    for action in list(preference_actions(parser).values()):
+        if action.nargs != 0 or isinstance(action, argparse.BooleanOptionalAction) or not isinstance(
+                action, argparse._StoreConstAction):  # noqa: SLF001 - store_true/false are store_const
+            continue
+        opposite = _opposite(next(s for s in action.option_strings if s.startswith("--")))
+        if opposite in parser._option_string_actions:  # noqa: SLF001
+            continue
+        parser.add_argument(opposite, dest=action.dest, action="store_const", const=action.default,
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _key_name(action: argparse.Action) -> str:
@@ -225,16 +228,24 @@ def _optional(actions):
 def parse_args(parser: argparse.ArgumentParser, argv=None, *, check=None) -> argparse.Namespace:
     """parser.parse_args(argv) with the config file's values in place of the defaults (flag > config > default).
 
-    `args.config` is the file used (a Path). A `required` flag may come from the file instead, and none is
-    required with --save-config. `check` (a function of a namespace raising UserError) is run on the file's values
-    alone, so a value the run would refuse is reported with the file's name even where a flag overrides it."""
+    `args.config` is the file used (a Path); `args.from_config` maps each dest whose value came from the file
+    (not overridden by a flag) to (its key, its value) there, for `blame_config`. A `required` flag may come from the file
+    instead, and none is required with --save-config. `check` (a function of a namespace raising UserError) is
+    run on the file's values alone, so a value the run would refuse is reported with the file's name even where a
+    flag overrides it. Paths (flags taking a FILE, PATH, FOLDER, ...) have their `~` expanded."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    add_opposites(parser)
     actions = parser._actions  # noqa: SLF001 - the parser is the single list of flags
     with _optional(actions):
         first = parser.parse_args(argv)  # where the file is, read by argparse itself (abbreviations, --x=y)
-    path = Path(first.config).expanduser() if first.config else default_config_path()
+    path = _user_path(first.config, "--config") if first.config else default_config_path()
     table = read_config(path, must_exist=bool(first.config) and not first.save_config)
     values = config_values(parser, table, path)
+    keys = {preference_actions(parser)[key].dest: key for key in table}
+    try:
+        _expand_paths(parser, values, lambda dest: f"{path}: {keys[dest]}")
+    except FileRefused as exc:
+        raise ConfigError(str(exc)) from None
     if check is not None and values:
         with _optional(actions):
             alone = parser.parse_args([], namespace=argparse.Namespace(**values))
@@ -244,17 +255,57 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, *, check=None) -> arg
             raise ConfigError(f"{path}: {exc}") from None
     with _optional([a for a in actions if a.dest in values or first.save_config]):
         args = parser.parse_args(argv, namespace=argparse.Namespace(**values))
+    typed = _set_on_command_line(parser, argv)
+    try:
+        _expand_paths(parser, vars(args), lambda dest: _flag_name(parser, dest), only=typed)
+    except FileRefused as exc:
+        raise ConfigError(str(exc)) from None
     args.config = path
+    args.from_config = {dest: (keys[dest], table[keys[dest]]) for dest in values if dest not in typed}
     return args
+
+
+def _flag_of(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _flag_name(parser, dest: str) -> str:
+    action = next((a for a in preference_actions(parser).values() if a.dest == dest), None)
+    return "--" + _key_name(action) if action is not None else _flag_of(dest)
+
+
+def _expand_paths(parser, values: dict, what, only=None) -> None:
+    """`~` and `~user` expanded in place in the values of flags that take paths (FileRefused naming `what(dest)`
+    for a user that does not exist); `only`: just these dests."""
+    for action in {a.dest: a for a in preference_actions(parser).values()}.values():
+        value = values.get(action.dest)
+        if (only is not None and action.dest not in only) or not _names_a_path(action):
+            continue
+        if isinstance(value, str) and value.startswith("~"):
+            values[action.dest] = str(user_path(value, what=what(action.dest)))
+
+
+def blame_config(args, text: str) -> str:
+    """`text` (a refusal) with the config file named as the origin of the values it is about: those set by the
+    file (args.from_config) whose flag (--camera) or text (a path) the message names. Unchanged otherwise."""
+    blamed = []
+    for dest, (key, raw) in (getattr(args, "from_config", None) or {}).items():
+        flag = "--" + key.replace("_", "-")
+        named = re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+        quoted = any(isinstance(v, str) and len(v) >= 3 and v in text for v in (raw, getattr(args, dest, None)))
+        if named or quoted:
+            blamed.append(f"{flag} {raw if isinstance(raw, str) else _show(raw)}")
+    if not blamed or "from the config file" in text:
+        return text
+    return f"{text} ({' and '.join(blamed)} from the config file {args.config})"
 
 
 _UNSET = object()
 
 
-def given_preferences(parser: argparse.ArgumentParser, argv=None) -> dict[str, object]:
-    """The flags typed on this command line as config entries (key -> TOML value): numbers as numbers, other
-    values as the text typed (vcam-size = "1280x720"), on/off flags as true/false."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _typed_on_command_line(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, dict[str, list]]:
+    """(the namespace of `argv` alone - a dest the command line does not set holds _UNSET -, the texts typed for
+    each dest that takes a value)."""
     actions = {a.dest: a for a in preference_actions(parser).values()}
     typed: dict[str, list[str]] = {}
     originals = {a: a.type for a in actions.values() if a.type is not None}
@@ -275,6 +326,22 @@ def given_preferences(parser: argparse.ArgumentParser, argv=None) -> dict[str, o
     finally:
         for action, convert in originals.items():
             action.type = convert
+    return marked, typed
+
+
+def _set_on_command_line(parser: argparse.ArgumentParser, argv) -> set[str]:
+    marked, _ = _typed_on_command_line(parser, argv)
+    return {dest for dest, value in vars(marked).items() if value is not _UNSET}
+
+
+def given_preferences(parser: argparse.ArgumentParser, argv=None) -> dict[str, object]:
+    """The flags typed on this command line as config entries (key -> TOML value): numbers as numbers, other
+    values as the text typed (vcam-size = "1280x720"), on/off flags as true/false (false: the opposite, such as
+    --no-mirror, was typed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    add_opposites(parser)
+    actions = {a.dest: a for a in preference_actions(parser).values()}
+    marked, typed = _typed_on_command_line(parser, argv)
     entries = {}
     for dest, action in actions.items():
         value = getattr(marked, dest)
@@ -286,8 +353,8 @@ def given_preferences(parser: argparse.ArgumentParser, argv=None) -> dict[str, o
 def _toml_value(action, value, texts: list[str]):
     if isinstance(action, argparse.BooleanOptionalAction):
         return bool(value)
-    if action.nargs == 0:  # store_true / store_false / store_const: given means "on" (see convert_value)
-        return True
+    if action.nargs == 0:  # store_true / store_const: "on" unless its opposite (--no-mirror) was typed
+        return value == action.const
     path = _names_a_path(action)
     if isinstance(value, list):
         return [_toml_scalar(v, t, path) for v, t in zip(value, texts or [str(v) for v in value])]
@@ -298,7 +365,7 @@ def _toml_scalar(value, text: str, path: bool):
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return value
     # a relative path is saved absolute: the next run may start in another folder
-    return str(Path(text).expanduser().absolute()) if path and text else text
+    return str(user_path(text, what="a path").absolute()) if path and text else text
 
 
 def _names_a_path(action) -> bool:
@@ -313,7 +380,7 @@ def save_preferences(path: Path, entries: dict[str, object], parser: argparse.Ar
     give way to the dashed spelling written now. Returns the file written (a symlink's target)."""
     import tomli_w
 
-    path = Path(path).expanduser()
+    path = _user_path(path, "config file")
     if path.is_symlink():
         path = path.resolve()  # keep a dotfiles link pointing at the updated file
     existing = read_config(path, must_exist=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.backends.common import describe_error
+from engines.terminal_text import printable
 from engines.version import __version__
 
 TIMED_FRAMES = 3          # after the engine's own warm-up frame; the median is reported
@@ -139,7 +140,7 @@ def check_camera(args) -> Check:
     except CaptureError as exc:
         if not listing.cameras:
             notice = f"; {listing.notice}" if listing.notice else ""
-            return fail("camera", f"no camera found ({listing.where}{notice}) and camera {args.camera} does not "
+            return fail("camera", f"no camera found ({listing.where}{notice}) and --camera {args.camera} does not "
                                   "open: plug in a webcam (and allow camera access in the OS privacy settings), or "
                                   "drive from a video: --driving FILE")
         listed = others and "cameras here" not in str(exc)
@@ -157,7 +158,7 @@ def open_virtual_camera(width, height, fps, device, backend, mode):
     from live.devices.sinks import VirtualCameraSink
     cam = VirtualCameraSink(width, height, fps, mode=mode, device=device, backend=backend)
     try:
-        return cam.name, cam.backend
+        return printable(cam.name, 120), cam.backend
     finally:
         cam.close()
 
@@ -284,6 +285,9 @@ def run_checks(args, checks=None, out=None):
             result = check(args)
         except Exception as exc:  # noqa: BLE001 - the doctor reports, it does not crash
             result = fail(name, f"the check itself failed: {describe_error(exc, 200)}")
+        if result.status in ("FAIL", "warn"):  # a value from the preferences file: say so
+            from live.cli.config import blame_config
+            result = Check(result.name, result.status, blame_config(args, result.text))
         results.append(result)
         out(result.line())
     return results

@@ -9,6 +9,11 @@ Linux: /sys/class/video4linux (name, the USB vendor:product, /dev/v4l/by-id for 
 /dev/videoN (driver, whether it captures video at all - UVC webcams add a metadata node -, frame sizes).
 Windows (Media Foundation, the order OpenCV opens them in; DirectShow when that finds none) and macOS
 (AVFoundation): names through the cv2-enumerate-cameras package, no resolutions; without it, index only.
+
+Every name is text from outside (a device's USB descriptor, a driver, another program's virtual camera): it is
+made one safe line (engines.terminal_text.printable: no terminal escapes, no forged extra lines) where it is read,
+so the listing, `--camera NAME` matching and every message show the same harmless text. sysfs attributes are read
+bounded, like every small file (engines/files.py).
 """
 from __future__ import annotations
 
@@ -20,11 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from engines.files import FileRefused, read_bounded
+from engines.terminal_text import printable
 from live.errors import CaptureError
 
 SYSFS = Path("/sys/class/video4linux")
 DEV = Path("/dev")
 SIZES_SHOWN = 6  # the largest ones; the rest is counted
+MAX_NAME_CHARS = 80  # a V4L2 card name has 31 bytes; other systems' names are longer, never this long honestly
+SYSFS_ATTRIBUTE_BYTES = 4096  # the kernel's page: no sysfs attribute is longer
 
 # Device names that are virtual cameras (lower case substring -> what it is). "live avatar" is the card_label the
 # README's v4l2loopback line gives our own output device.
@@ -143,7 +152,7 @@ def probe_v4l2(path, *, ioctl: Callable | None = None, opener: Callable | None =
         except OSError:
             return None
         caps = cap.device_caps if cap.capabilities & CAP_DEVICE_CAPS else cap.capabilities
-        driver, card = (v.decode("utf-8", "replace").strip() for v in (cap.driver, cap.card))
+        driver, card = (printable(v.decode("utf-8", "replace"), MAX_NAME_CHARS) for v in (cap.driver, cap.card))
         if not caps & CAP_VIDEO_CAPTURE:
             return V4l2Info(driver, card, captures=False)
         sizes, ranges = set(), []
@@ -174,9 +183,10 @@ def probe_v4l2(path, *, ioctl: Callable | None = None, opener: Callable | None =
 
 
 def _read(path: Path) -> str | None:
+    """A sysfs attribute as one safe line; None when it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
+        return printable(read_bounded(path, SYSFS_ATTRIBUTE_BYTES).decode("utf-8", "replace"), MAX_NAME_CHARS)
+    except FileRefused:
         return None
 
 
@@ -221,8 +231,9 @@ def linux_cameras(sysfs: Path = SYSFS, dev: Path = DEV, probe: Callable = probe_
         info = probe(dev / node.name)
         if info is not None and not info.captures:
             continue  # a metadata node of a webcam: not something OpenCV can capture from
-        name = _read(node / "name") or (info.card if info else "") or node.name
-        driver = info.driver if info else None
+        # probe_v4l2 cleans what it reads already; a probe of another kind (tests, a future one) may not
+        name = printable(_read(node / "name") or (info.card if info else ""), MAX_NAME_CHARS) or node.name
+        driver = printable(info.driver, MAX_NAME_CHARS) if info else None
         virtual = virtual_kind(name, driver)
         if virtual is None and not (node / "device").exists():
             virtual = "virtual camera"  # no hardware behind it (v4l2loopback and friends live in devices/virtual)
@@ -256,12 +267,13 @@ def other_cameras(system: str, enumerate_: Callable | None = None) -> CameraList
                           "cv2-enumerate-cameras); without it --camera takes an index: 0, 1, ...")
         return listing
     except Exception as exc:  # noqa: BLE001 - a native enumeration failure: fall back to indices, say why
-        listing.notice = f"cannot list the cameras on {system} ({type(exc).__name__}: {exc}); --camera takes an index"
+        listing.notice = (f"cannot list the cameras on {system} ({type(exc).__name__}: {printable(exc)}); --camera "
+                          "takes an index")
         return listing
     for index, name, path in found:
-        name = str(name or f"camera {index}")
-        listing.cameras.append(Camera(int(index), name, path, virtual=virtual_kind(name),
-                                      stable_id=str(path or name)))
+        name = printable(name or f"camera {index}", MAX_NAME_CHARS) or f"camera {index}"
+        listing.cameras.append(Camera(int(index), name, printable(path, 200) if path else path,
+                                      virtual=virtual_kind(name), stable_id=str(path or name)))
     return listing
 
 
@@ -312,8 +324,8 @@ def choose_camera(spec, listing: CameraList) -> Camera:
             if camera.index == index:
                 return camera
         if listing.complete and listing.cameras:  # this index is not on a full list
-            raise CaptureError(f"cannot open camera {index}: there is no such camera; cameras here: "
-                               f"{listing.summary()}")
+            raise CaptureError(f"cannot open camera {index}: there is no such camera (--camera {index}); cameras "
+                               f"here: {listing.summary()}")
         return Camera(index, f"camera {index}", stable_id=f"camera {index}")  # index only: opened as given
     wanted = str(spec).strip().lower()
     if not listing.cameras:
@@ -335,8 +347,8 @@ def is_device(camera: Camera, device: str | None) -> bool:
 
 
 def own_output_error(camera: Camera, device: str) -> CaptureError:
-    return CaptureError(f"camera {camera.label} is the virtual camera this run writes to ({device}): the avatar "
-                        "would drive itself; pick a webcam (--list-cameras)")
+    return CaptureError(f"camera {camera.label} is the virtual camera this run writes to ({printable(device)}): "
+                        "the avatar would drive itself; pick a webcam (--list-cameras)")
 
 
 def check_not_own_output(camera: Camera, vcam_device: str | None) -> str | None:

@@ -237,10 +237,7 @@ class ImageFolderSource(FrameSource):
             self._next = 0
         path = self.paths[self._next]
         self._next += 1
-        img = decode_image(path)
-        if img is None:
-            raise CaptureError(f"cannot read image {path} (corrupt or not an image)")
-        return to_bgr(img)
+        return to_bgr(decode_image(path))
 
     def close(self) -> None:
         self._closed = True
@@ -279,8 +276,7 @@ def open_source(spec, *, loop=False, width=None, height=None, fps=None,
         return ImageFolderSource(images, name=path.name or str(path), loop=loop, fps=fps)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         source = ImageFolderSource([path], name=path.name, loop=loop, fps=fps)
-        if decode_image(path) is None:
-            raise CaptureError(f"cannot read image {path} (corrupt or not an image)")
+        decode_image(path)  # an unreadable still fails now, not on the first frame
         return source
     return VideoFileSource(path, loop=loop, fps=fps, capture_factory=capture_factory)
 

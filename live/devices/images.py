@@ -6,6 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from live.errors import CaptureError
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
 
@@ -20,12 +22,21 @@ def image_files(folder: Path) -> list[Path]:
                   key=lambda c: (c.name.lower(), c.name))
 
 
-def decode_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
-    """The decoded image, or None for an empty/undecodable file.
+def decode_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """The decoded image; CaptureError (one line naming the file) for an unreadable, undecodable or oversized one.
 
-    np.fromfile + imdecode instead of cv2.imread: imread cannot open non-ASCII paths on Windows.
+    Read and decoded like an avatar (engines.image_header): the header's size within the budget before the file
+    is read, read once, decoded once - a driving folder is input from outside too. Reading the bytes ourselves
+    also opens non-ASCII paths on Windows, which cv2.imread cannot.
     """
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, flags)
+    from engines.files import FileRefused
+    from engines.image_header import ImageRejected, decode_checked, read_image_file
+
+    try:
+        data, _ = read_image_file(path, what="image")
+        image, _ = decode_checked(data, flags)
+    except FileRefused as e:
+        raise CaptureError(str(e)) from None
+    except ImageRejected as e:
+        raise CaptureError(f"cannot read image {path}: {e}") from None
+    return image

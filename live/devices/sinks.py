@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.terminal_text import printable
 from live.errors import SinkError, UserError
 from live.signals import signals_deferred
 
@@ -151,14 +152,15 @@ class VirtualCameraSink(Sink):
                                             device=device, backend=backend)
         except Exception as e:  # noqa: BLE001 - backends raise RuntimeError, native ones sometimes other types
             # pyvirtualcam joins one line per backend tried; keep them all, on one line.
-            reasons = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-            target = f"virtual camera {device}" if device else "a virtual camera"
+            reasons = printable("; ".join(line.strip() for line in str(e).splitlines() if line.strip()), 600)
+            target = f"virtual camera {printable(device, 120)}" if device else "a virtual camera"
             raise SinkError(f"cannot open {target} ({reasons or 'no virtual camera backend available'}); "
                             f"{install_hint()}") from None
 
     @property
     def name(self) -> str:
-        """The device name pyvirtualcam reports (e.g. /dev/video2, 'OBS Virtual Camera')."""
+        """The device name pyvirtualcam reports (e.g. /dev/video2, 'OBS Virtual Camera'): text from outside (on
+        Windows/macOS the name another program gave its camera), printed through engines.terminal_text."""
         return self._device_name if self._cam is None else self._cam.device
 
     @property
@@ -172,7 +174,8 @@ class VirtualCameraSink(Sink):
         try:
             self._cam.send(canvas)
         except Exception as e:  # noqa: BLE001
-            raise SinkError(f"virtual camera {self.name} stopped accepting frames: {e}".replace("\n", " ")) from None
+            raise SinkError(f"virtual camera {printable(self.name, 120)} stopped accepting frames: "
+                            f"{printable(e)}") from None
         self.frames_sent += 1
         if self.pace:
             self._cam.sleep_until_next_frame()

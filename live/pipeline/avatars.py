@@ -9,23 +9,21 @@ Loading rules (every avatar ends up uint8 RGB [size, size, 3]):
   the aspect ratio instead of squashing the face), then resized with INTER_AREA to shrink (no aliasing) or
   INTER_CUBIC to enlarge (sharper than linear);
 - the header is read first: an image declaring more pixels (or decoded bytes) than engines.image_header's budget
-  is refused with one line before anything is decoded, and the file is decoded once.
+  is refused with one line before anything is decoded, the file is read once (after its size was checked against
+  what such an image can take) and decoded once.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engines.image_header import MAX_DECODED_BYTES, ImageRejected, check_header, decode_checked
-from live.errors import AvatarError
+from engines.files import FileRefused
+from engines.image_header import ImageRejected, decode_checked, read_image_file
 from live.devices.images import IMAGE_EXTENSIONS, image_files
-
-# An encoded image is never larger than its decoded pixels (BMP: about equal); a bigger file is not an image.
-MAX_FILE_BYTES = MAX_DECODED_BYTES + (1 << 20)
+from live.errors import AvatarError
 
 
 def list_avatar_paths(path) -> list[Path]:
@@ -109,25 +107,16 @@ def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def _decode_avatar(p: Path) -> np.ndarray:
-    """Decode once, after the header passed the pixel budget. Images that may carry alpha are decoded as stored
-    (UNCHANGED keeps alpha and 16-bit depth); the others in colour with their depth, which also applies the EXIF
-    orientation phone JPEGs need (UNCHANGED ignores it)."""
+    """Read once (engines.image_header.read_image_file: regular file, header within the budget, file size within
+    what that image can take) and decode once. Images that may carry alpha are decoded as stored (UNCHANGED keeps
+    alpha and 16-bit depth); the others in colour with their depth, which also applies the EXIF orientation phone
+    JPEGs need (UNCHANGED ignores it)."""
     try:
-        with open(p, "rb") as handle:
-            head = handle.read(1 << 20)
-            header = check_header(head)  # refused here, before the file is read whole or anything is decoded
-            size = os.fstat(handle.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise ImageRejected(f"file of {size / 2**20:.0f} MiB is larger than any image the pixel limit "
-                                    f"allows ({MAX_FILE_BYTES / 2**20:.0f} MiB)")
-            data = np.frombuffer(head + handle.read(), dtype=np.uint8)
-    except OSError as e:
-        raise AvatarError(f"cannot read avatar image {p}: {e.strerror or e}") from None
-    except ImageRejected as e:
-        raise AvatarError(f"cannot read avatar image {p}: {e}") from None
-    flags = cv2.IMREAD_UNCHANGED if header.channels in (2, 4) else cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
-    try:
+        data, header = read_image_file(p, what="avatar image")
+        flags = cv2.IMREAD_UNCHANGED if header.channels in (2, 4) else cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
         image, _ = decode_checked(data, flags)
+    except FileRefused as e:
+        raise AvatarError(str(e)) from None
     except ImageRejected as e:
         raise AvatarError(f"cannot read avatar image {p}: {e}") from None
     return image
