@@ -5,7 +5,7 @@
 starts a local Ray instance (dashboard off) and the Serve app, and prints a line with "ready" once it accepts
 WebSocket connections at ws://HOST:PORT/. On an existing Ray cluster deploy the same app with
 `serve run remote.server:app_builder checkpoint=/models/vox-cpk.pth.tar token_file=/secrets/token`
-(or the same import path in a RayService's serveConfigV2); see README, "Remote GPU".
+(or the same import path in a RayService's serveConfigV2); see docs/remote.md.
 
 One deployment is both the WebSocket ingress and the renderer: a connection's avatar states live in its handler
 (freed when it closes), and `@serve.batch` stacks the frames of all connections of a replica into one render.
@@ -110,6 +110,29 @@ def _settings(args) -> dict:
             "replica_cpus": max(1, args.num_cpus // max(1, args.replicas))}
 
 
+_SERVE_MISSING = 'the render server needs Ray Serve: pip install ".[serve]" (or pip install -r requirements-serve.txt)'
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def _serving_problem() -> str | None:
+    """Why this machine cannot start the server, found before anything slow starts (one line), or None."""
+    import importlib.util
+
+    for module in ("ray", "fastapi"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"{_SERVE_MISSING} (no module named {module!r})"
+    if os.environ.get(AUTH_MODE_ENV, "").strip().lower() == "disabled":
+        # Ray's token is what guards its ports: the replica's gRPC server listens on every interface
+        return (f"{AUTH_MODE_ENV}=disabled turns off Ray's token authentication: anyone who reaches the render "
+                "replica's gRPC port (on every interface) or Ray's loopback ports could run code as this user; "
+                f"unset {AUTH_MODE_ENV} (docs/remote.md)")
+    return None
+
+
 def _private_ray_token() -> None:
     """ray.init writes the cluster token to ~/.ray/auth_token with the default umask (often world-readable): that
     token is what protects the one Ray port that listens beyond loopback, so keep it to this user."""
@@ -135,6 +158,10 @@ def main(argv=None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    problem = _serving_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     # said before the slow part: PyTorch and Ray take seconds to import, Ray and the replica ~20 s to start
     print(f"starting the render server on {args.host}:{args.port}: Ray, then the renderer (about 20-40 s) ...",
@@ -147,8 +174,14 @@ def main(argv=None) -> int:
     # agent, the runtime-env agent and the metrics ports all listen on 127.0.0.1 (Ray's own switch for local-only
     # clusters); only the Serve proxy listens on --host. Ray's token authentication stays on.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-    from ray import serve
+    try:
+        import ray
+        from ray import serve
+
+        import remote.deployment  # noqa: F401 - FastAPI, and Serve's decorators: a broken install fails here
+    except ImportError as exc:  # installed, but broken (a missing dependency of Ray's or FastAPI's)
+        print(f"error: {_SERVE_MISSING} ({exc})", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -401,7 +401,8 @@ def remote_engine(args, offline: bool, log):
     # next frame's capture and detection, and show the last frame while reconnecting
     log(f"remote: connecting to {args.remote} ...")
     engine = load_engine(args.remote, args.token_file, checkpoint=args.checkpoint,
-                         deterministic_weights=args.deterministic_weights, quality=args.remote_quality,
+                         deterministic_weights=args.deterministic_weights, align_corners=args.align_corners,
+                         quality=args.remote_quality,
                          max_in_flight=1 if offline else 2, reconnect_wait=RECONNECT_WAIT_S if offline else 0.0,
                          log=log)
     log(f"remote: rendering on {args.remote} ({engine.server['engine']} on {engine.server['device']})")
