@@ -240,17 +240,16 @@ class Session:
             calibration_path=default_calibration_path(self.camera_id) if camera else None,
             camera_id=self.camera_id,
             snapshot_folder=snapshot_folder(args.avatar))
-        def landmarks():  # built on first use of best-frame mode: face-alignment takes seconds to load
+        def landmarks():  # built when best-frame mode is first asked for: face-alignment takes seconds to load
             def engine_kp(rgb):
                 return engine.detect(to_model_input(rgb, size=engine.image_size, device=engine.device)).value
-            source = LandmarkSource(engine_kp, device=str(engine.device))
-            self.log(f"best-frame mode compares {source.backend} landmarks")
-            return source
+            return LandmarkSource(engine_kp, device=str(engine.device))
 
-        # log through a lambda: the offline progress bar swaps self.log for its write() later
+        # log through a lambda: the offline progress bar swaps self.log for its write() later. Live runs load the
+        # landmarks in the background (the video goes on); an offline render waits for them before its first frame.
         return LivePipeline(engine, avatars, sinks=sinks, tracker=tracker, neutral=neutral, smoother=smoother,
-                            preview=preview, landmarks_factory=landmarks, options=options,
-                            log=lambda message: self.log(message))
+                            preview=preview, landmarks_factory=landmarks, landmarks_in_background=not self.offline,
+                            options=options, log=lambda message: self.log(message))
 
     def _refuse_own_output(self, sinks) -> None:
         """The virtual camera pyvirtualcam picked (the first free loopback device) must not be the webcam."""

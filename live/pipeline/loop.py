@@ -127,8 +127,8 @@ class LivePipeline:
     def __init__(self, engine: Engine, avatars: AvatarSet, *, sinks=(), tracker: FaceTracker | None = None,
                  neutral: NeutralPose | None = None, smoother=None, preview=None,
                  key_sources: Iterable[Callable[[], list[str]]] = (), landmarks_factory=None,
-                 options: PipelineOptions | None = None, log: Callable[[str], None] = print,
-                 timings: Timings | None = None):
+                 landmarks_in_background: bool = True, options: PipelineOptions | None = None,
+                 log: Callable[[str], None] = print, timings: Timings | None = None):
         self.engine = engine
         self.avatars = avatars
         self.sinks = list(sinks)
@@ -149,12 +149,13 @@ class LivePipeline:
         self.calibration = CalibrationController(
             neutral or NeutralPose(), config_hash=engine.config_hash, smoother=smoother,
             path=self.options.calibration_path, camera_id=self.options.camera_id,
-            landmarks_factory=landmarks_factory, absolute=self.options.absolute, notify=self.notify, log=log)
+            landmarks_factory=landmarks_factory, landmarks_in_background=landmarks_in_background,
+            absolute=self.options.absolute, notify=self.notify, log=log)
         self.actions: dict[Action, Callable[[object], None]] = {
             Action.QUIT: self.quit,
             Action.CALIBRATE: lambda _: self.calibration.request(),
             Action.RESET_CALIBRATION: lambda _: self.calibration.forget(),
-            Action.BEST_FRAME: lambda _: self.calibration.set_best_frame(self.calibration.selector is None,
+            Action.BEST_FRAME: lambda _: self.calibration.set_best_frame(not self.calibration.best_frame,
                                                                           self.avatars.current),
             Action.AVATAR: self.select_avatar,
             Action.NEXT_AVATAR: lambda _: self.select_avatar((self.avatars.index + 1) % len(self.avatars)),
