@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python run_live.py --avatar face.png                      webcam 0 -> virtual camera (+ preview)\n"
                "  python run_live.py --avatar avatars/ --camera 1           keys 1-9 switch between the images\n"
                "  python run_live.py --avatar face.png --driving talk.mp4 --output out.mp4   offline render\n"
+               "  python run_live.py demo  (live-avatar demo)              no webcam: a packaged clip -> mp4\n"
                "  python run_live.py --list-cameras                        index, name, resolutions\n"
                "  python run_live.py --doctor  (live-avatar doctor)        can a live run work here?",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -432,6 +433,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["doctor"]:  # `live-avatar doctor [flags]`: the flags of the run to check follow
         argv = [*argv[1:], "--doctor"]
+    if argv[:1] == ["demo"]:  # `live-avatar demo [flags]`: no webcam, no driver, no download (live/cli/demo.py)
+        from live.cli import demo
+        return run_command(lambda: demo.main(argv[1:], log=lambda line: print(line, file=sys.stderr, flush=True)))
 
     def body() -> int:
         args = parse_command_line(argv)

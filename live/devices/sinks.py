@@ -108,13 +108,13 @@ def install_hint(system: str | None = None) -> str:
     system = system or platform.system()
     if system == "Linux":
         return ('install and load v4l2loopback: sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback '
-                'devices=1 exclusive_caps=1 card_label="live avatar" (see README "Virtual camera setup")')
+                'devices=1 exclusive_caps=1 card_label="live avatar" (see README "Install a virtual camera driver")')
     if system == "Windows":
         return ('install OBS Studio >= 26.1 and click "Start Virtual Camera" once, or install Unity Capture '
-                '(backend "unitycapture"); see README "Virtual camera setup"')
+                '(backend "unitycapture"); see README "Install a virtual camera driver"')
     if system == "Darwin":
         return ('install OBS Studio >= 26.1 (macOS 13+: OBS 30+), click "Start Virtual Camera" once and allow the '
-                'system extension; see README "Virtual camera setup"')
+                'system extension; see README "Install a virtual camera driver"')
     return f"pyvirtualcam has no virtual camera backend for {system or 'this OS'} (write to a video file instead)"
 
 
