@@ -77,6 +77,8 @@ class CalibrationController:
         self._selector_fa = False             # the selector compares face-alignment landmarks, not engine kp
         self.best_score: float | None = None  # match of the latest frame in best-frame mode
         self.measure_match = False            # score every frame against the avatar (the framing guide)
+        # what to do while not calibrated: press C, or (a run no key reaches) what can be done instead
+        self.calibrate_hint = instructions("c")
         self._match: float | None = None
         self.calibrations = 0
 
@@ -96,7 +98,7 @@ class CalibrationController:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         self.reset_smoothing()
-        self.notify("Calibration cleared. " + instructions("c"))
+        self.notify("Calibration cleared. " + self.calibrate_hint)
 
     def set_best_frame(self, on: bool, avatar) -> None:
         self.best_frame = on
@@ -184,7 +186,7 @@ class CalibrationController:
             return (f"best-frame: match {score}, best {best:.0f}" if best is not None
                     else f"best-frame: match {score}")
         if not self.absolute and not self.neutral.is_calibrated:
-            return instructions("c")
+            return self.calibrate_hint
         return None
 
     # --- internals ------------------------------------------------------------------------------------------

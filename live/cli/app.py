@@ -15,7 +15,7 @@ import sys
 import time
 from contextlib import ExitStack, nullcontext
 
-from calibration.neutral_pose import NeutralPose, instructions
+from calibration.neutral_pose import NeutralPose
 from calibration.smoothing import DEFAULT_D_CUTOFF, KeypointSmoother
 from engines.cli import ArgumentParser
 from engines.errors import UserError
@@ -31,6 +31,10 @@ from live.ui.hotkeys import help_text
 from live.signals import Stopped, run_command, stop_on_signals  # noqa: F401 - Stopped, stop_on_signals: API
 
 TERMINAL_HUD_S = 5.0  # live runs without a preview window print the HUD this often
+FRAMING_HUD_S = 1.0   # ... and this often while the framing guide's match score is shown there (key g)
+NO_KEYS_WHAT_INSTEAD = ("calibrate with --auto-calibrate (hold still) or --best-frame, or run in a terminal or "
+                        "with a preview window (--preview) to use the keys")
+NO_KEYS_HINT = "Not calibrated, and no key reaches this run: " + NO_KEYS_WHAT_INSTEAD + "."
 INT8_CALIBRATION_AVATARS = 4  # --precision int8 calibrates on the first avatars (each is encoded once for it)
 
 
@@ -330,13 +334,19 @@ class Session:
         if not pipeline.sinks and pipeline.preview is None:
             self.log(f"notice: no output selected (no --vcam, --preview or --output): only timings are shown, "
                      f"every {TERMINAL_HUD_S:g} s")
-        if not self.offline:
+        if self.offline:
+            return
+        keys = pipeline.preview is not None or terminal_keys or bool(self.extra_key_sources)
+        if keys:
             where = "the preview window" if pipeline.preview is not None else "this terminal"
-            if pipeline.preview is not None or terminal_keys:
-                self.log(f"hotkeys in {where}: c calibrate, 1-9 avatar, o passthrough, q quit (all: --help)")
-            if not (pipeline.neutral.is_calibrated or self.args.auto_calibrate or self.args.best_frame
-                    or self.args.absolute):
-                self.log(instructions("c"))
+            self.log(f"hotkeys in {where}: c calibrate, 1-9 avatar, o passthrough, q quit (all: --help)")
+        else:  # nobody can press C here: say what works instead, here and in the status line
+            pipeline.calibration.calibrate_hint = NO_KEYS_HINT
+            self.log(f"notice: no keys reach this run (no preview window, and stdin is not a terminal): "
+                     f"{NO_KEYS_WHAT_INSTEAD}")
+        if not (pipeline.neutral.is_calibrated or self.args.auto_calibrate or self.args.best_frame
+                or self.args.absolute):
+            self.log(pipeline.calibration.calibrate_hint)
 
     def _progress(self, source, stack, pipeline):
         """tqdm bar for offline renders (its write() keeps messages from breaking the bar); live without a preview
@@ -367,7 +377,8 @@ class Session:
         def update(frames: int) -> None:
             nonlocal next_at
             if time.monotonic() >= next_at:
-                next_at = time.monotonic() + TERMINAL_HUD_S
+                # the framing guide's score (key g) is for lining up a face: printed more often while it is on
+                next_at = time.monotonic() + (FRAMING_HUD_S if pipeline.options.framing else TERMINAL_HUD_S)
                 hud = " | ".join(pipeline.timings.lines()) if pipeline.show_hud else ""
                 self.log(" | ".join(part for part in (f"{frames} frames", hud, pipeline.status) if part))
         return update
