@@ -267,7 +267,7 @@ class RemoteEngine(EngineBase):
             if welcome["detector_digest"] != self.server["detector_digest"]:
                 self.close()
                 raise ServerWeightsChanged("the render server came back with other model weights; restart the client")
-            if welcome["align_corners"] != self.align_corners:
+            if P.render_option(welcome, "align_corners") != self.align_corners:
                 self.close()
                 raise ServerWeightsChanged(self._render_options_differ(welcome))
             self._slots.clear()
@@ -419,15 +419,16 @@ class RemoteEngine(EngineBase):
     def _check_render_options(self, welcome: dict) -> None:
         """Every option that changes the rendered pixels must be the server's too: a remote render that differs
         from the local one without a word is a bug, not a preference."""
-        if welcome["align_corners"] != self.align_corners:
+        if P.render_option(welcome, "align_corners") != self.align_corners:
             raise RemoteError(self._render_options_differ(welcome))
 
     def _render_options_differ(self, welcome: dict) -> str:
         def flag(on: bool) -> str:
             return "--align-corners" if on else "--no-align-corners"
-        return (f"the render server at {self.url} renders with {flag(welcome['align_corners'])} and this run asks for "
+        server = flag(P.render_option(welcome, "align_corners"))
+        return (f"the render server at {self.url} renders with {server} and this run asks for "
                 f"{flag(self.align_corners)}: its frames would differ from a local render; start the server with "
-                f"{flag(self.align_corners)}, or run this with {flag(welcome['align_corners'])}")
+                f"{flag(self.align_corners)}, or run this with {server}")
 
     def _detector(self, checkpoint, deterministic_weights: bool) -> KeypointDetector:
         """The keypoint detector whose weights match the server's generator (see the module docstring)."""

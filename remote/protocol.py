@@ -287,6 +287,11 @@ MAX_DETECTOR_BYTES = 256 * 1024 * 1024  # the vox detector is ~57 MB
 RENDER_OPTIONS = {"align_corners": True}
 
 
+def render_option(welcome: dict, name: str):
+    """A render option of the server's welcome (its default where the welcome does not say)."""
+    return welcome.get(name, RENDER_OPTIONS[name])
+
+
 def parse_welcome(message: dict) -> dict:
     """The server's welcome with every field the client uses checked (type, range); ProtocolError naming the first
     field that is missing or wrong. Texts the client prints are made printable."""

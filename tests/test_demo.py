@@ -9,7 +9,7 @@ from argparse import Namespace
 import pytest
 
 from live.cli import demo
-from live.cli.app import main
+from live.cli.command import main
 from tests.conftest import REPO, carphone_path
 from tests.support import read_video
 

@@ -444,9 +444,6 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["doctor"]:  # `live-avatar doctor [flags]`: the flags of the run to check follow
         argv = [*argv[1:], "--doctor"]
-    if argv[:1] == ["demo"]:  # `live-avatar demo [flags]`: no webcam, no driver, no download (live/cli/demo.py)
-        from live.cli import demo
-        return run_command(lambda: demo.main(argv[1:], log=lambda line: print(line, file=sys.stderr, flush=True)))
 
     def body() -> int:
         args = parse_command_line(argv)

@@ -12,6 +12,7 @@ everywhere.
 from __future__ import annotations
 
 import importlib.util
+import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -85,8 +86,16 @@ def checkpoint_here(args) -> bool:
     return problem is None
 
 
-def main(argv, log) -> int:
-    """Under run_command (errors are one line): the demo's run, then where its video went."""
+def main(argv=None, log=None) -> int:
+    """`live-avatar demo [run flags]`: the demo's run, then where its video went; problems are one `error:` line
+    and exit status 2 (run_command)."""
+    from live.signals import run_command
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    return run_command(lambda: _run(list(sys.argv[1:] if argv is None else argv), log))
+
+
+def _run(argv, log) -> int:
     from live.cli.app import Session, build_parser, check_environment, validate_args
 
     args = build_parser().parse_args(argv)

@@ -251,9 +251,10 @@ def check_remote(args) -> Check:
         welcome = probe_server(args.remote, args.token_file)
     except UserError as exc:
         return fail("remote", str(exc))
-    if welcome.get("align_corners", True) != args.align_corners:
+    from remote.protocol import render_option
+    if render_option(welcome, "align_corners") != args.align_corners:
         server, mine = (("--align-corners" if on else "--no-align-corners")
-                        for on in (welcome.get("align_corners", True), args.align_corners))
+                        for on in (render_option(welcome, "align_corners"), args.align_corners))
         return fail("remote", f"{args.remote} renders with {server}, this run asks for {mine}: start the server "
                               f"with {mine}, or run with {server}")
     token = "token accepted" if args.token_file else "no token needed"
