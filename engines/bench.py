@@ -38,9 +38,10 @@ import numpy as np
 import torch
 
 from .backends.openvino_backend import SUPPORTED_PRECISIONS as OPENVINO_PRECISIONS  # the rows it offers
-from .cli import ArgumentParser
+from .cli import ArgumentParser, number, positive
 from .engine import FOMMEngine
 from .keypoints import Keypoints
+from .options import add_engine_arguments
 
 @dataclass
 class Row:
@@ -377,15 +378,19 @@ def _openvino_precisions(text: str) -> tuple:
     return chosen
 
 
-def main(argv=None) -> int:
+BENCH_DEVICES = ("auto", "cpu", "cuda")  # what the rows are timed on; OpenVINO's rows run on the CPU
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m engines.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=20, help="timed round-robin rounds (default 20: ~1 min on a 2-core CPU)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--checkpoint", help="vox-cpk.pth.tar (default: deterministic weights)")
-    parser.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default=None,
-                        help="GPU backends' precision (default fp16)")
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=positive(int), default=20,
+                        help="timed round-robin rounds (default 20: ~1 min on a 2-core CPU)")
+    parser.add_argument("--warmup", type=number(int, low=0), default=2, help="untimed rounds first (default 2)")
+    # the engine flags of every command; here --device picks where the rows are timed (auto, cpu or cuda) and
+    # --precision the GPU backends' (auto = their fp16)
+    add_engine_arguments(parser, flags=("checkpoint", "device", "precision"),
+                         checkpoint_default="generated weights (the same cost as the checkpoint)")
     parser.add_argument("--cpu-study", action="store_true",
                         help="CPU: every option combination (channels_last, bf16 autocast, torch.compile)")
     parser.add_argument("--openvino", type=_openvino_precisions, default=OPENVINO_PRECISIONS, metavar="LIST",
@@ -398,13 +403,28 @@ def main(argv=None) -> int:
     parser.add_argument("--source", metavar="IMAGE", help="avatar image for the accuracy columns (default: random)")
     parser.add_argument("--driving", metavar="FRAMES.npy|VIDEO",
                         help="driving frames: a .npy [T,H,W,3] in [0,1] or a video (default: random)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(args) -> str | None:
+    """The one-line problem with flags this benchmark cannot serve, or None."""
+    if args.device not in BENCH_DEVICES:
+        return (f"--device {args.device}: the benchmark times rows on {', '.join(BENCH_DEVICES[1:])} (an Intel "
+                "GPU/NPU or Apple GPU is timed by the app's doctor: live-avatar doctor --device ...)")
+    if args.precision == "int8":
+        return "--precision int8: the OpenVINO int8 renderer is a row of its own on a CPU (--openvino int8)"
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return "--device cuda but CUDA is not available"
+    return None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.frames < 1:
-        print("error: --frames must be >= 1", file=sys.stderr)
-        return 2
+    args.precision = None if args.precision == "auto" else args.precision  # the GPU backends' own default
     try:
         result = run(args)
     except (ValueError, OSError) as error:  # unreadable --source/--driving/--checkpoint

@@ -61,6 +61,24 @@ def signals_deferred():
         raise _stop(signum)
 
 
+def _quiet_ignored_signals() -> None:
+    """Signals that arrived together with the first one (TERM+INT+HUP sent at once) are already pending when the
+    handler switches them to SIG_IGN; CPython then reports each as "OSError: Signal N ignored due to race
+    condition" with a traceback on stderr (sys.unraisablehook). Ignoring them is what was asked for: those reports
+    are dropped, every other unraisable error still goes to the previous hook."""
+    previous_hook = sys.unraisablehook
+    if getattr(previous_hook, "quiet_ignored_signals", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, OSError) and "ignored due to race condition" in str(value):
+            return
+        previous_hook(unraisable)
+    hook.quiet_ignored_signals = True
+    sys.unraisablehook = hook
+
+
 @contextmanager
 def stop_on_signals(names=STOP_SIGNALS):
     """Turn the named signals into exceptions while the block runs (see the module docstring). A signal already
@@ -76,6 +94,7 @@ def stop_on_signals(names=STOP_SIGNALS):
         if received:
             return  # a late one: the stop is already under way
         received.append(signum)
+        _quiet_ignored_signals()
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         if _deferring:

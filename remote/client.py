@@ -48,7 +48,8 @@ class RemoteError(UserError):
 
 
 class ServerWeightsChanged(RemoteError):
-    """The server came back after a restart with other weights: the client's keypoints no longer fit it."""
+    """The server came back after a restart with other weights (the client's keypoints no longer fit it) or other
+    render options (its frames would no longer be the local render's)."""
 
 
 @dataclass
@@ -78,7 +79,7 @@ def check_url(url: str) -> str:
 
 class RemoteEngine(EngineBase):
     def __init__(self, url: str, *, token: str = "", checkpoint=None, deterministic_weights: bool = False,
-                 fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2, connect_timeout: float = 10.0,
+                 align_corners: bool = True, fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2, connect_timeout: float = 10.0,
                  frame_timeout: float = 30.0, reconnect_wait: float = 0.0, cache_dir=None,
                  log: Callable[[str], None] | None = None):
         if fmt not in P.FORMATS:
@@ -108,9 +109,11 @@ class RemoteEngine(EngineBase):
         self.reconnects = 0
         self._lost_at: float | None = None  # monotonic time the connection was lost; None while connected
 
+        self.align_corners = bool(align_corners)  # what this run asked for: the server must render the same
         self.server = self._connect()       # first connection: failures here are errors, later ones are retried
         try:
             self._check_model(self.server)
+            self._check_render_options(self.server)
             self.name = f"remote:{self.server['engine']}@{urlparse(url).hostname}"
             self.weights_id = self.server["weights_id"]
             self._config_hash = self.server["config_hash"]
@@ -264,6 +267,9 @@ class RemoteEngine(EngineBase):
             if welcome["detector_digest"] != self.server["detector_digest"]:
                 self.close()
                 raise ServerWeightsChanged("the render server came back with other model weights; restart the client")
+            if P.render_option(welcome, "align_corners") != self.align_corners:
+                self.close()
+                raise ServerWeightsChanged(self._render_options_differ(welcome))
             self._slots.clear()
             for state in list(self._states.values())[:P.MAX_AVATARS]:
                 self._upload(state)
@@ -409,6 +415,20 @@ class RemoteEngine(EngineBase):
         if welcome["image_size"] != VOX_256.image_size or welcome["num_kp"] != VOX_256.num_kp:
             raise RemoteError(f"the render server runs a {welcome['image_size']}px model with {welcome['num_kp']} "
                               f"keypoints; this client knows the {VOX_256.image_size}px vox model only")
+
+    def _check_render_options(self, welcome: dict) -> None:
+        """Every option that changes the rendered pixels must be the server's too: a remote render that differs
+        from the local one without a word is a bug, not a preference."""
+        if P.render_option(welcome, "align_corners") != self.align_corners:
+            raise RemoteError(self._render_options_differ(welcome))
+
+    def _render_options_differ(self, welcome: dict) -> str:
+        def flag(on: bool) -> str:
+            return "--align-corners" if on else "--no-align-corners"
+        server = flag(P.render_option(welcome, "align_corners"))
+        return (f"the render server at {self.url} renders with {server} and this run asks for "
+                f"{flag(self.align_corners)}: its frames would differ from a local render; start the server with "
+                f"{flag(self.align_corners)}, or run this with {server}")
 
     def _detector(self, checkpoint, deterministic_weights: bool) -> KeypointDetector:
         """The keypoint detector whose weights match the server's generator (see the module docstring)."""

@@ -10,7 +10,8 @@ from ray import serve
 
 from remote.service import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, RenderService
 
-api = FastAPI()
+# no /docs, /redoc or /openapi.json: they answer without the token (docs/remote.md, Security)
+api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @serve.deployment(name="AvatarRenderer")

@@ -15,7 +15,8 @@ followed by a payload that depends on the kind:
 
 Conversation:
     client: {"type": "hello", "version": 2, "token": "...", "format": "jpeg"|"png"|"png16", "quality": 90}
-    server: {"type": "welcome", ...server facts: image_size, num_kp, config_hash, weights_id, detector_digest...}
+    server: {"type": "welcome", ...server facts: image_size, num_kp, config_hash, weights_id, detector_digest,
+             align_corners (the render options: a client whose run asks for others refuses the server)...}
             or {"type": "error", "code": "auth"|"version"|..., "message": "..."} and a close
     client: {"type": "get_detector"}  (optional, once per connection) -> {"type": "detector", "size", "chunks",
             "digest"} + chunks, each answered by {"type": "receipt", "receipt": r}
@@ -272,6 +273,14 @@ class Hello:
 WELCOME_FIELDS = {"version": int, "engine": str, "device": str, "image_size": int, "num_kp": int,
                   "config_hash": str, "weights_id": str, "detector_digest": str, "detector_bytes": int}
 MAX_DETECTOR_BYTES = 256 * 1024 * 1024  # the vox detector is ~57 MB
+# Options the welcome states that change the rendered pixels, with the value a server renders when it does not say:
+# the client refuses a server whose options differ from its own run's (remote/client.py)
+RENDER_OPTIONS = {"align_corners": True}
+
+
+def render_option(welcome: dict, name: str):
+    """A render option of the server's welcome (its default where the welcome does not say)."""
+    return welcome.get(name, RENDER_OPTIONS[name])
 
 
 def parse_welcome(message: dict) -> dict:
@@ -291,7 +300,11 @@ def parse_welcome(message: dict) -> dict:
         raise ProtocolError("welcome with a detector digest that is no sha256")
     if not 0 < message["detector_bytes"] <= MAX_DETECTOR_BYTES:
         raise ProtocolError(f"welcome announcing {message['detector_bytes']:,} bytes of detector weights")
-    welcome = dict(message)
+    # the render options that change pixels; a welcome without one is of a server that renders the default
+    for name, default in RENDER_OPTIONS.items():
+        if name in message and not isinstance(message[name], bool):
+            raise ProtocolError(f"welcome without a valid {name!r} (bool expected)")
+    welcome = {**RENDER_OPTIONS, **message}
     for name in ("engine", "device", "config_hash", "weights_id"):
         welcome[name] = printable(message[name], 120)
     return welcome

@@ -5,7 +5,7 @@
 starts a local Ray instance (dashboard off) and the Serve app, and prints a line with "ready" once it accepts
 WebSocket connections at ws://HOST:PORT/. On an existing Ray cluster deploy the same app with
 `serve run remote.server:app_builder checkpoint=/models/vox-cpk.pth.tar token_file=/secrets/token`
-(or the same import path in a RayService's serveConfigV2); see README, "Remote GPU".
+(or the same import path in a RayService's serveConfigV2); see docs/remote.md.
 
 One deployment is both the WebSocket ingress and the renderer: a connection's avatar states live in its handler
 (freed when it closes), and `@serve.batch` stacks the frames of all connections of a replica into one render.
@@ -41,13 +41,15 @@ def deployment(settings: dict):
 
 def app_builder(args: dict):
     """`serve run remote.server:app_builder key=value ...`: checkpoint, backend, token_file (required),
-    deterministic_weights, max_batch, batch_wait_ms, num_gpus, replicas, max_clients."""
+    deterministic_weights, align_corners (default true), max_batch, batch_wait_ms, num_gpus, replicas,
+    max_clients."""
     settings = dict(args)
     if not settings.get("token_file"):
         raise ValueError("a cluster deployment needs token_file=FILE (clients authenticate with its content)")
     read_token(settings["token_file"])  # fail at deploy time, not on the first connection
-    if isinstance(settings.get("deterministic_weights"), str):
-        settings["deterministic_weights"] = settings["deterministic_weights"].lower() in ("1", "true", "yes")
+    for switch in ("deterministic_weights", "align_corners"):  # `key=value` arguments arrive as text
+        if isinstance(settings.get(switch), str):
+            settings[switch] = settings[switch].lower() in ("1", "true", "yes")
     if not settings.get("checkpoint") and not settings.get("deterministic_weights"):
         raise ValueError("a cluster deployment needs checkpoint=PATH (a path on the worker nodes)")
     return deployment(settings)
@@ -55,33 +57,33 @@ def app_builder(args: dict):
 
 # --- command line -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
-    from engines.cli import ArgumentParser
+    from engines.cli import ArgumentParser, number, positive
+    from engines.options import add_engine_arguments
     from engines.version import program_name, version_line
     p = ArgumentParser(prog=program_name("live-avatar-server", "python -m remote.server"),
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=version_line("live-avatar-server"))
-    p.add_argument("--host", default="127.0.0.1",
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other needs --token-file)")
-    p.add_argument("--port", type=int, default=P.DEFAULT_PORT)
-    p.add_argument("--checkpoint", metavar="PATH", help="FOMM vox checkpoint (default: the cached download)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="as in run_live.py; eager backends (cpu, torch) render a batch in one call, compiled ones "
-                        "(tensorrt, cuda, openvino) frame by frame")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
-    p.add_argument("--token-file", metavar="FILE", help="shared secret the clients must present")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs Ray may use (default 2)")
-    p.add_argument("--num-gpus", type=float, default=None,
+    g.add_argument("--port", type=number(int, low=1, high=65535), default=P.DEFAULT_PORT,
+                   help=f"port to listen on (default {P.DEFAULT_PORT})")
+    g.add_argument("--token-file", metavar="FILE", help="shared secret the clients must present")
+    g.add_argument("--num-cpus", type=positive(int), default=2, help="CPUs Ray may use (default 2)")
+    g.add_argument("--num-gpus", type=number(float, low=0.0), default=None,
                    help="GPUs per replica (default: 1 if CUDA is available, else 0)")
-    p.add_argument("--replicas", type=int, default=1, help="renderer replicas (one per GPU)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="frames rendered together at most")
-    p.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
-                   help="how long a frame waits for others to fill a batch (default 4 ms)")
-    p.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, help="connections per replica")
-    p.add_argument("--deterministic-weights", action="store_true",
-                   help="serve generated weights instead of a checkpoint (the output is not a face): for trying "
-                        "the set-up and for tests")
+    g.add_argument("--replicas", type=positive(int), default=1, help="renderer replicas (one per GPU)")
+    g.add_argument("--max-batch", type=positive(int), default=DEFAULT_MAX_BATCH,
+                   help="frames rendered together at most")
+    g.add_argument("--batch-wait-ms", type=number(float, low=0.0, high=1000.0), default=DEFAULT_BATCH_WAIT_MS,
+                   help=f"how long a frame waits for others to fill a batch (0..1000; default "
+                        f"{DEFAULT_BATCH_WAIT_MS:g} ms)")
+    g.add_argument("--max-clients", type=positive(int), default=DEFAULT_MAX_CLIENTS,
+                   help="connections per replica")
+    # the same engine flags as run_live.py; eager backends (cpu, torch) render a batch in one call, compiled ones
+    # (tensorrt, cuda, openvino) frame by frame. The welcome states --align-corners: clients must match it.
+    add_engine_arguments(p, title="model (as in run_live.py; the welcome tells clients --align-corners)",
+                         checkpoint_default="the file run_live.py downloads into the cache")
     return p
 
 
@@ -91,8 +93,6 @@ def _settings(args) -> dict:
     if not P.is_loopback(args.host) and not token:
         raise ValueError(f"--host {args.host} is reachable from other machines: give --token-file FILE "
                          "(refusing to serve without authentication)")
-    if not 1 <= args.port <= 65535:
-        raise ValueError(f"--port {args.port} out of range")
     checkpoint = None
     if not args.deterministic_weights:
         from engines.storage import cache_root
@@ -102,12 +102,35 @@ def _settings(args) -> dict:
             raise ValueError(f"checkpoint not found: {checkpoint} (give --checkpoint PATH)")
         checkpoint = str(checkpoint)
     return {"token": token, "checkpoint": checkpoint, "backend": args.backend, "device": args.device,
-            "precision": None if args.precision == "auto" else args.precision,
+            "precision": None if args.precision == "auto" else args.precision, "align_corners": args.align_corners,
             "deterministic_weights": args.deterministic_weights, "max_batch": args.max_batch,
             "batch_wait_ms": args.batch_wait_ms, "num_gpus": args.num_gpus, "replicas": args.replicas,
             "max_clients": args.max_clients,
             # the replica's torch threads follow its CPUs (Ray sets OMP_NUM_THREADS); Serve's own actors take 0
             "replica_cpus": max(1, args.num_cpus // max(1, args.replicas))}
+
+
+_SERVE_MISSING = 'the render server needs Ray Serve: pip install ".[serve]" (or pip install -r requirements-serve.txt)'
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def _serving_problem() -> str | None:
+    """Why this machine cannot start the server, found before anything slow starts (one line), or None."""
+    import importlib.util
+
+    for module in ("ray", "fastapi"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"{_SERVE_MISSING} (no module named {module!r})"
+    if os.environ.get(AUTH_MODE_ENV, "").strip().lower() == "disabled":
+        # Ray's token is what guards its ports: the replica's gRPC server listens on every interface
+        return (f"{AUTH_MODE_ENV}=disabled turns off Ray's token authentication: anyone who reaches the render "
+                "replica's gRPC port (on every interface) or Ray's loopback ports could run code as this user; "
+                f"unset {AUTH_MODE_ENV} (docs/remote.md)")
+    return None
 
 
 def _private_ray_token() -> None:
@@ -135,6 +158,10 @@ def main(argv=None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    problem = _serving_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     # said before the slow part: PyTorch and Ray take seconds to import, Ray and the replica ~20 s to start
     print(f"starting the render server on {args.host}:{args.port}: Ray, then the renderer (about 20-40 s) ...",
@@ -147,8 +174,14 @@ def main(argv=None) -> int:
     # agent, the runtime-env agent and the metrics ports all listen on 127.0.0.1 (Ray's own switch for local-only
     # clusters); only the Serve proxy listens on --host. Ray's token authentication stays on.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-    from ray import serve
+    try:
+        import ray
+        from ray import serve
+
+        import remote.deployment  # noqa: F401 - FastAPI, and Serve's decorators: a broken install fails here
+    except ImportError as exc:  # installed, but broken (a missing dependency of Ray's or FastAPI's)
+        print(f"error: {_SERVE_MISSING} ({exc})", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

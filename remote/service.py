@@ -42,6 +42,7 @@ def _make_engine(settings: dict):
     engine, notices = create_engine(backend=settings.get("backend", "auto"), device=settings.get("device", "auto"),
                                     checkpoint=settings.get("checkpoint"),
                                     deterministic_weights=bool(settings.get("deterministic_weights")),
+                                    align_corners=bool(settings.get("align_corners", True)),
                                     precision=settings.get("precision"))
     return engine, notices
 

@@ -140,3 +140,85 @@ def test_weights_check_never_downloads(tmp_path, monkeypatch):
     assert best_frame.face_alignment_weights_present() is True
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2DFAN4-11f355bf06.pth.tar",
                                                                          "s3fd-619a316812.pth"]
+
+
+# --- loading the landmark model off the frame loop ----------------------------------------------------------------
+def _gated_factory(gate, result="keypoints"):
+    """A landmark source that takes as long as the test says (face-alignment takes seconds to load)."""
+    import threading
+
+    started = threading.Event()
+
+    def factory():
+        started.set()
+        assert gate.wait(30), "the test never let the landmarks load"
+        if isinstance(result, Exception):
+            raise result
+        return None if result == "keypoints" else result
+    factory.started = started
+    return factory
+
+
+def test_pressing_b_loads_the_landmarks_in_the_background_while_frames_keep_coming():
+    import threading
+    import time
+
+    from tests.test_live_loop import ScriptedKeys, frames, make_pipeline
+    gate = threading.Event()
+    factory = _gated_factory(gate)
+    p = make_pipeline(keys=ScriptedKeys({0: ["b"]}), landmarks_factory=factory)
+    feed = frames([200, 150, 100, 160, 60, 40])
+    p.poll_keys()
+    start = time.monotonic()
+    for frame in feed[:3]:  # the model is still loading: frames go out, the avatar at rest
+        p.step(frame)
+    assert time.monotonic() - start < 10 and factory.started.is_set()
+    assert p.stats.frames == 3 and p.stats.calibrations == 0
+    assert "loading the face landmarks" in p.status
+    gate.set()
+    p.calibration._loading.wait(10)
+    for frame in feed[3:]:
+        p.step(frame)
+    assert p.calibration.selector is not None and p.stats.calibrations >= 1  # 160, then 60 and 40 came closer
+    assert any("best-frame mode ready" in m for m in p.messages), p.messages
+    assert "loading" not in p.status
+
+
+def test_a_failed_landmark_load_falls_back_to_the_model_keypoints_with_a_notice():
+    import threading
+
+    from tests.test_live_loop import frames, make_pipeline
+    gate = threading.Event()
+    gate.set()
+    p = make_pipeline(landmarks_factory=_gated_factory(gate, RuntimeError("no weights offline")))
+    p.handle_keys(["b"])
+    p.calibration._loading.wait(10)
+    for frame in frames([200, 100]):
+        p.step(frame)
+    assert p.calibration.selector is not None and p.stats.calibrations >= 1
+    assert any("notice: best-frame landmarks unavailable" in m and "no weights offline" in m for m in p.messages)
+
+
+def test_b_again_while_loading_turns_the_mode_off():
+    import threading
+
+    from tests.test_live_loop import frames, make_pipeline
+    gate = threading.Event()
+    p = make_pipeline(landmarks_factory=_gated_factory(gate))
+    p.handle_keys(["b"])
+    p.step(frames([200])[0])
+    p.handle_keys(["b"])
+    assert not p.calibration.best_frame and p.calibration.selector is None
+    gate.set()
+
+
+def test_an_offline_render_waits_for_the_landmarks_before_its_first_frame():
+    import threading
+
+    from live.pipeline.loop import PipelineOptions
+    from tests.test_live_loop import make_pipeline
+    gate = threading.Event()
+    threading.Timer(0.3, gate.set).start()
+    p = make_pipeline(landmarks_factory=_gated_factory(gate), landmarks_in_background=False,
+                      options=PipelineOptions(best_frame=True))
+    assert gate.is_set() and p.calibration.selector is not None  # built before any frame: deterministic output

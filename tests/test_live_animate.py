@@ -1,12 +1,13 @@
-"""The offline animation entry point: function and CLI."""
+"""`python -m live.cli.animate`: FOMM's demo as a thin entry to run_live.py's offline mode (one pipeline)."""
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 
-from live.cli.animate import animate, main
+from live.cli.animate import main
 from tests.conftest import REPO
+from tests.support import read_video
 
 
 def _moving_clip(path, frames=4, size=96):
@@ -19,24 +20,18 @@ def _moving_clip(path, frames=4, size=96):
     writer.release()
 
 
-def test_animate_yields_one_frame_per_driving_frame(golden, deterministic_engine):
-    avatar = (golden("relative_adapt_ac_true")["source"] * 255).astype(np.uint8)
-    driving = [(frame * 255).astype(np.uint8)[::2, ::2] for frame in golden.driving[:3]]  # any size is accepted
-    outputs = list(animate(deterministic_engine, avatar, driving))
-    assert len(outputs) == 3 and all(o.shape == (256, 256, 3) and o.dtype == np.uint8 for o in outputs)
-    assert np.abs(outputs[0].astype(int) - outputs[2].astype(int)).mean() > 0.1  # motion changes the output
-
-
-def test_cli_renders_a_video(tmp_path, golden):
+def test_cli_renders_a_video_one_frame_per_driving_frame_and_motion_moves_it(tmp_path, golden, capsys):
     avatar = tmp_path / "avatar.png"
     cv2.imwrite(str(avatar), (golden("relative_adapt_ac_true")["source"][..., ::-1] * 255).astype(np.uint8))
     clip, out = tmp_path / "driving.mp4", tmp_path / "out.mp4"
     _moving_clip(clip)
     assert main(["--avatar", str(avatar), "--driving", str(clip), "--output", str(out),
                  "--deterministic-weights", "--device", "cpu"]) == 0
-    capture = cv2.VideoCapture(str(out))
-    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
-    assert (capture.get(3), capture.get(4)) == (256, 256)
+    err = capsys.readouterr().err
+    assert "Calibrated" in err and f"wrote {out}" in err  # the first frame is the neutral pose, as in FOMM's demo
+    frames, _ = read_video(out)
+    assert len(frames) == 4 and frames[0].shape == (256, 256, 3)
+    assert np.abs(frames[0].astype(int) - frames[3].astype(int)).mean() > 0.1  # motion changes the output
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
@@ -45,6 +40,14 @@ def test_cli_bad_input_is_one_line(tmp_path):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "none.png" in result.stderr
+
+
+def test_a_missing_required_flag_is_one_line(capsys):
+    import pytest
+    with pytest.raises(SystemExit) as exit_:
+        main(["--avatar", "a.png", "--output", "o.mp4"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and "--driving" in err and err.count("\n") == 1
 
 
 # --- the CLI as a user runs it: the same protections as run_live.py -----------------------------------------------
@@ -57,30 +60,42 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from live.devices.sinks import PARTIAL_MARK  # noqa: E402
-from tests.support import read_video  # noqa: E402
 
 FRAMES = 12
 
-# The real CLI in a child process, with the model replaced by cheap frames (the model is not what is tested, and
-# on a shared 2-core box it costs seconds per frame). CHILD_MODE picks the hostile situation.
+# The real CLI in a child process, with the engine replaced by cheap noise frames (the model is not what is tested,
+# and on a shared 2-core box it costs seconds per frame). CHILD_MODE picks the hostile situation.
 _CHILD = textwrap.dedent("""
     import os, resource, signal, sys, time
     sys.path.insert(0, {repo!r})
     import numpy as np
+    import torch
+    import engines.backends
+    import live.pipeline.loop as L
+    from engines.protocol import RenderedFrame, identity_motion
+    from tests.support import FakeEngine
     import live.cli.animate as A
     mode = os.environ.get("CHILD_MODE", "")
-    A.FOMMEngine.from_deterministic_weights = staticmethod(lambda **kw: None)
 
-    def fake(engine, avatar, frames, **kw):
-        rng = np.random.default_rng(0)  # noise: each frame costs kilobytes, so a small size limit is reached
-        for i, _ in enumerate(frames):
-            yield rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-            print("frame", i + 1, flush=True)
-            if mode == "wait" and i + 1 == 5:
-                time.sleep(600)  # signalled here
-            if mode == "last" and i + 1 == {frames}:
-                time.sleep(0.5)  # the signals arrive here, at the last frame
-    A.animate = fake
+    class NoiseEngine(FakeEngine):  # noise: each frame costs kilobytes, so a small size limit is reached
+        image_size = 64
+        rng = np.random.default_rng(0)
+
+        def render(self, state, kp_driving):
+            image = torch.from_numpy(self.rng.random((1, 3, 64, 64), dtype=np.float32))
+            return RenderedFrame(image, *identity_motion(1, 8))
+    engines.backends.create_engine = lambda **kw: (NoiseEngine(), [])
+
+    real_step = L.LivePipeline.step
+    def step(self, frame):
+        out = real_step(self, frame)  # sent to the recording when it returns
+        print("frame", self.stats.frames, flush=True)
+        if mode == "wait" and self.stats.frames == 5:
+            time.sleep(600)  # signalled here
+        if mode == "last" and self.stats.frames == {frames}:
+            time.sleep(0.5)  # the signals arrive here, at the last frame
+        return out
+    L.LivePipeline.step = step
     if mode == "fsync-term":  # SIGTERM delivered inside the fsync of the finished recording
         real_fsync = os.fsync
         def fsync(fd):
@@ -177,7 +192,7 @@ def test_a_render_writes_every_frame_through_the_recording_sink(files, tmp_path)
     proc = _child(files, out)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert f"wrote {out} ({FRAMES} frames)" in stdout
+    assert f"done: {FRAMES} frames" in stderr and f"wrote {out}" in stderr, stderr
     frames, fps = read_video(out)
     assert len(frames) == FRAMES and fps == pytest.approx(2.0)
     assert not _partials(tmp_path)
@@ -250,7 +265,7 @@ def test_a_full_disk_is_one_error_line_and_keeps_the_previous_recording(files, t
     proc = _child(files, out, "fsize")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr
-    assert "wrote" not in stdout and "Traceback" not in stderr
+    assert "wrote" not in stderr and "Traceback" not in stderr
     [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert "(disk full?)" in line and "the previous" in line and "is unchanged" in line, line
     assert out.read_bytes() == b"the previous recording"

@@ -96,8 +96,10 @@ def test_given_preferences_are_only_the_flags_typed():
 
 def test_save_refuses_a_value_the_run_would_refuse_and_keeps_the_file(tmp_path, capsys):
     path = write(tmp_path / "c.toml", 'camera = 2\n')
-    code, err = run_main(capsys, ["--config", path, "--save-config", "--smooth-min-cutoff", "500"])
-    assert code == 2 and err.startswith("error: --smooth-min-cutoff") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_:  # refused by the flag's own type, before anything is saved
+        run_main(capsys, ["--config", path, "--save-config", "--smooth-min-cutoff", "500"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: argument --smooth-min-cutoff") and err.count("\n") == 1
     assert path.read_text() == 'camera = 2\n'
 
 
@@ -124,7 +126,7 @@ def test_save_failure_is_one_line_and_the_old_file_stays(tmp_path, monkeypatch):
     ('remote-quality = "high"\n', 'remote-quality = "high": invalid int value'),
     ('vcam-size = "big"\n', 'vcam-size = "big": expected WIDTHxHEIGHT'),
     ('vcam-size = "99999x1"\n', "out of range"),
-    ('vcam-fps = -3\n', "vcam-fps = -3: expected a positive number"),
+    ('vcam-fps = -3\n', "vcam-fps = -3: must be > 0"),
     ('mirror = "yes"\n', 'mirror = "yes": expected true or false, got a string'),
     ('vcam = 1\n', "vcam = 1: expected true or false, got an integer"),
     ('remote-quality = true\n', "remote-quality = true: expected a number or a string, got true/false"),
@@ -134,8 +136,8 @@ def test_save_failure_is_one_line_and_the_old_file_stays(tmp_path, monkeypatch):
     ('vcam-size = "640x480"\nvcam_size = "320x240"\n', "set the same flag; keep one"),
     ('config = "other.toml"\n', "unknown key 'config'"),
     ('save-config = true\n', "unknown key 'save-config'"),
-    ('smooth-beta = -1.0\n', "--smooth-beta must be >= 0"),
-    ('smooth-beta = nan\n', "--smooth-beta must be a finite number"),
+    ('smooth-beta = -1.0\n', "smooth-beta = -1.0: must be >= 0"),
+    ('smooth-beta = nan\n', "smooth-beta = nan: must be a finite number"),
     ('camera = 1\nvcam-size = \n', "is not valid TOML: Invalid value (at line 2, column 13)"),
 ])
 def test_a_bad_config_is_one_error_line_naming_the_file_and_key(tmp_path, capsys, text, expected):

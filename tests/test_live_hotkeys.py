@@ -1,5 +1,6 @@
 """Hotkeys: the binding table, both key front ends, and the generated help."""
 import os
+import re
 import pty
 import termios
 
@@ -97,3 +98,46 @@ def test_readme_hotkey_table_covers_every_key():
             shown = {"esc": "`Esc`", "up": "arrows", "down": "arrows", "left": "arrows", "right": "arrows"}.get(
                 key, f"`{key}`")
             assert shown in table, f"README hotkey table lacks {key!r} ({b.description})"
+
+
+# --- feedback for keys typed into a terminal (no preview window to show their effect) ---------------------------
+def test_h_says_whether_the_hud_is_on():
+    from tests.test_live_loop import make_pipeline
+    p = make_pipeline()
+    p.handle_keys(["h"])
+    assert p.messages[-1] == "HUD off" and not p.show_hud
+    p.handle_keys(["h"])
+    assert p.messages[-1] == "HUD on" and p.show_hud
+
+
+def test_g_without_a_preview_puts_the_match_score_in_the_status_line():
+    from tests.test_live_loop import FakePreview, frames, make_pipeline
+    p = make_pipeline()
+    p.handle_keys(["g"])
+    assert "match" in p.messages[-1] and "no preview window" in p.messages[-1]
+    p._notice_until = 0.0  # the notice has been read; the status line is back
+    p.step(frames([100])[0])
+    assert re.search(r"\| match \d+ \|", p.status), p.status
+    with_window = make_pipeline(preview=FakePreview([]))
+    with_window.handle_keys(["g"])
+    with_window._notice_until = 0.0
+    with_window.step(frames([100])[0])
+    assert "match" not in with_window.status  # the preview draws the score in its guide
+
+
+def test_a_run_no_key_reaches_says_what_to_do_instead_of_press_c(capsys, tmp_path):
+    import cv2
+    import numpy as np
+
+    from live.cli.app import main
+    avatar, driving = tmp_path / "a.png", tmp_path / "driving"
+    cv2.imwrite(str(avatar), np.full((64, 64, 3), 128, np.uint8))
+    driving.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(driving / f"{i}.png"), np.full((48, 48, 3), 60 + 40 * i, np.uint8))
+    code = main([f"--avatar={avatar}", f"--driving={driving}", "--no-vcam", "--no-preview", "--no-track",
+                 "--deterministic-weights", "--backend", "torch", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "no keys reach this run" in err and "--auto-calibrate" in err and "--preview" in err
+    assert "press C" not in err and "hotkeys in" not in err

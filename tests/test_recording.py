@@ -190,3 +190,55 @@ def test_a_full_disk_while_overwriting_keeps_the_previous_recording(small_disk):
     [partial] = _partials(small_disk)
     assert f"kept in {partial}; the previous {out} is unchanged" in message
     assert 2 <= len(read_video(partial)[0]) <= sink.frames_sent
+
+
+# --- the rescue path of a failed write never deletes the frames already written ---------------------------------
+class _FailingMux:
+    """The sink's container, but every mux fails like a full disk (the frames before it are on disk)."""
+
+    def __init__(self, container):
+        self.container = container
+
+    def mux(self, packet):
+        raise OSError(28, "No space left on device")
+
+    def close(self):
+        self.container.close()
+
+
+def _fail_after(out: Path, frames: int) -> tuple[VideoFileSink, SinkError]:
+    sink = VideoFileSink(out, fps=2)  # a fragment every 2 frames
+    for i in range(frames):
+        sink.send(_frame(i))
+    sink._container = _FailingMux(sink._container)
+    with pytest.raises(SinkError) as error:
+        sink.send(_frame(frames))
+    return sink, error.value
+
+
+@pytest.mark.parametrize("broken", ["trim", "rename"])
+def test_a_failing_trim_or_rename_keeps_the_frames_and_says_where(tmp_path, monkeypatch, broken):
+    import live.devices.sinks as sinks
+
+    def refuse(*args):
+        raise OSError(5, "Input/output error")
+    if broken == "trim":
+        monkeypatch.setattr(sinks, "_trim_to_complete_boxes", refuse)
+    else:
+        monkeypatch.setattr(sinks.os, "replace", refuse)
+    out = tmp_path / "out.mp4"
+    sink, error = _fail_after(out, 6)
+    message = str(error)
+    [partial] = _partials(tmp_path)
+    assert not out.exists() and "nothing was written" not in message, message
+    assert f"kept in {partial}" in message and "(disk full?)" in message and "\n" not in message, message
+    assert 4 <= len(read_video(partial)[0]) <= 6  # the complete fragments play
+
+
+def test_a_failure_before_any_frame_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "out.mp4"
+    sink = VideoFileSink(out, fps=2, size=(64, 64))
+    sink._container = _FailingMux(sink._container)
+    with pytest.raises(SinkError, match="nothing was written"):
+        sink.send(_frame(0))
+    assert list(tmp_path.iterdir()) == []

@@ -49,8 +49,9 @@ def _die_with_parent():
 
 
 class ServerProcess:
-    def __init__(self, port: int, token_file: Path, log_dir: Path):
+    def __init__(self, port: int, token_file: Path, log_dir: Path, extra_args=()):
         self.port, self.token_file, self.log_dir = port, token_file, log_dir
+        self.extra_args = list(extra_args)  # more server flags (tests/test_remote_render_options.py)
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
@@ -68,7 +69,7 @@ class ServerProcess:
              "--batch-wait-ms", "20",
              # eager fp32: frames comparable with the local torch engine to 1e-4 and batches rendered in one call
              # (auto would pick OpenVINO on a CPU, and the cpu backend alone bf16 where it is measured faster)
-             "--backend", "cpu", "--precision", "fp32"],
+             "--backend", "cpu", "--precision", "fp32", *self.extra_args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True,
             preexec_fn=_die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -22,12 +22,12 @@ import torch
 
 from ..engine import FOMMEngine
 from ..progress import Progress, step, to_stderr
-from .common import describe_error
+from .common import PRECISIONS, describe_error
 
 BACKENDS = ("auto", "tensorrt", "cuda", "openvino", "cpu", "torch")
 DEVICES = ("auto", "cuda", "cpu", "gpu", "npu", "mps")
 ACCELERATORS = ("gpu", "npu", "mps")  # devices auto considers without CUDA, when present
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: the OpenVINO renderer only
+PRECISION_CHOICES = ("auto", *PRECISIONS, "int8")  # int8: the OpenVINO renderer only
 
 
 # --- probes (module-level so tests can replace them) ------------------------------------------------------------

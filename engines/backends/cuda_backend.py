@@ -3,7 +3,7 @@
 The keypoint detector stays fp32 (its temperature-0.1 softmax over 3364 logits turns fp16 rounding of the logits
 into visible keypoint jitter; it is ~3% of the per-frame FLOPs). The renderer runs under torch.autocast(float16):
 convolutions in fp16, while autocast keeps softmax/exp/pow in fp32. tests/test_gpu.py checks it where CUDA exists
-(what has been run where: README, "GPU engines and benchmarks").
+(what has been run where: docs/gpu.md "Benchmark").
 """
 from __future__ import annotations
 

@@ -11,87 +11,38 @@ and 129 (`stop_on_signals`).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from contextlib import ExitStack, nullcontext
 
-from calibration.neutral_pose import NeutralPose, instructions
-from calibration.smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, KeypointSmoother
-from engines.backends import BACKENDS, DEVICES, PRECISION_CHOICES
+from calibration.neutral_pose import NeutralPose
+from calibration.smoothing import DEFAULT_D_CUTOFF, KeypointSmoother
 from engines.cli import ArgumentParser
 from engines.errors import UserError
+from engines.options import add_engine_arguments
 from engines.terminal_text import printable
-from engines.version import program_name, version_line
-from live.devices.cameras import camera_spec
-from live.cli.config import add_config_arguments
 from engines.progress import step
-from live.audio.pass_through import add_audio_arguments, check_audio, validate_audio_args
+from engines.version import program_name, version_line
+from live.audio.pass_through import add_audio_arguments, check_audio
+from live.cli.config import add_config_arguments
+from live.cli.options import (AUTO_CALIBRATE_FRAMES, add_avatar, add_crop_arguments, add_input_arguments,
+                              add_motion_arguments, add_output_arguments, add_remote_arguments,
+                              check_combinations, is_offline)
 from live.ui.hotkeys import help_text
 from live.signals import Stopped, run_command, stop_on_signals  # noqa: F401 - Stopped, stop_on_signals: API
 
-AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neutral pose
 TERMINAL_HUD_S = 5.0  # live runs without a preview window print the HUD this often
+FRAMING_HUD_S = 1.0   # ... and this often while the framing guide's match score is shown there (key g)
+NO_KEYS_WHAT_INSTEAD = ("calibrate with --auto-calibrate (hold still) or --best-frame, or run in a terminal or "
+                        "with a preview window (--preview) to use the keys")
+NO_KEYS_HINT = "Not calibrated, and no key reaches this run: " + NO_KEYS_WHAT_INSTEAD + "."
 INT8_CALIBRATION_AVATARS = 4  # --precision int8 calibrates on the first avatars (each is encoded once for it)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
-    if w <= 0 or h <= 0 or w > 7680 or h > 4320:
-        raise argparse.ArgumentTypeError(f"size {text!r} out of range (1x1 .. 7680x4320)")
-    return w, h
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-    return parse
-
-
-# --- up-front validation: every mistake found here costs no model load ------------------------------------------
-# Float flags with their valid range: (low, high, low included). Every other float flag is at least checked to be
-# finite: argparse's float() accepts "nan" and "inf", which used to give black video or a traceback mid-run.
-FLOAT_RANGES = {
-    "smooth_min_cutoff": (0.0, 100.0, False),  # Hz; above the frame rate it no longer smooths at all
-    "smooth_beta": (0.0, 1000.0, True),        # negative would close the filter as motion grows
-    "crop_scale": (0.5, 8.0, True),            # x the face size: below 0.5 the crop is inside the face
-    "vcam_fps": (0.0, 240.0, False),
-}
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
 def validate_args(args) -> None:
-    """Raise UserError (one line) for flag values that cannot work, before anything slow or destructive runs."""
-    for dest, value in sorted(vars(args).items()):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{_flag(dest)} must be a finite number, got {value}")
-    for dest, (low, high, low_included) in FLOAT_RANGES.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if not ((value >= low if low_included else value > low) and value <= high):
-            bound = ">=" if low_included else ">"
-            raise UserError(f"{_flag(dest)} must be {bound} {low:g} and <= {high:g}, got {value:g}")
-    quality = getattr(args, "remote_quality", None)
-    if quality is not None and not 1 <= quality <= 100:
-        raise UserError(f"--remote-quality {quality}: expected 1..100")
-    validate_audio_args(args)
-    output = getattr(args, "output", None)
-    if output:
-        from live.devices.sinks import check_output
-        check_output(output, {"--driving": args.driving, "--avatar": args.avatar, "--checkpoint": args.checkpoint})
+    """Raise UserError (one line) for flags that cannot work together, before anything slow or destructive runs
+    (live/cli/options.py; each value was checked by its flag's type already)."""
+    check_combinations(args)
 
 
 def check_environment(args) -> None:
@@ -114,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  python run_live.py --avatar face.png                      webcam 0 -> virtual camera (+ preview)\n"
                "  python run_live.py --avatar avatars/ --camera 1           keys 1-9 switch between the images\n"
                "  python run_live.py --avatar face.png --driving talk.mp4 --output out.mp4   offline render\n"
+               "  python run_live.py demo  (live-avatar demo)              no webcam: a packaged clip -> mp4\n"
                "  python run_live.py --list-cameras                        index, name, resolutions\n"
                "  python run_live.py --doctor  (live-avatar doctor)        can a live run work here?",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--avatar", metavar="PATH", help="avatar image, or a folder of images (required for a run)")
+    add_avatar(p)
     p.add_argument("--version", action="version", version=version_line("live-avatar"))
     p.add_argument("--list-cameras", action="store_true",
                    help="list the cameras (index, name, resolutions; virtual cameras marked) and exit")
@@ -125,78 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check everything a live run with these flags needs, one line each, and exit (also: "
                         "live-avatar doctor); exit status 1 when something fails")
 
-    g = p.add_argument_group("input")
-    g.add_argument("--camera", type=camera_spec, default=0, metavar="N|NAME",
-                   help="webcam index, or part of its name as --list-cameras shows it (default 0)")
-    g.add_argument("--camera-size", type=_size, metavar="WxH", help="ask the webcam for this resolution")
-    g.add_argument("--driving", metavar="FILE|FOLDER",
-                   help="drive from a video file or image folder instead of the webcam")
-    g.add_argument("--loop", action="store_true", help="restart --driving at its end (live mode only)")
-    g.add_argument("--max-frames", type=_positive(int), metavar="N", help="stop after N frames")
-
-    g = p.add_argument_group("output")
-    g.add_argument("--output", metavar="OUT.mp4", help="also write the avatar video to this mp4 file")
-    g.add_argument("--vcam", action=argparse.BooleanOptionalAction, default=None,
-                   help="send to a virtual camera (default: on, except when rendering --driving to --output)")
-    g.add_argument("--vcam-size", type=_size, default=(1280, 720), metavar="WxH",
-                   help="virtual camera resolution (default 1280x720)")
-    g.add_argument("--vcam-fps", type=_positive(float), metavar="FPS",
-                   help="virtual camera frame rate (default: the input's)")
-    g.add_argument("--vcam-device", metavar="NAME", help="virtual camera device, e.g. /dev/video2")
-    g.add_argument("--vcam-backend", metavar="NAME",
-                   help="pyvirtualcam backend: v4l2loopback, obs or unitycapture (default: the OS's first)")
-    g.add_argument("--vcam-mode", choices=("fit", "fill"), default="fit",
-                   help="square avatar on the camera canvas: fit (borders) or fill (crop); default fit")
-    g.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
-                   help="preview window with camera, crop box, avatar and HUD (default: on where a display "
-                        "exists)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", metavar="PATH",
-                   help="FOMM vox checkpoint (vox-cpk.pth.tar); default: downloaded once into the cache")
-    g.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="inference backend: auto (default) picks TensorRT, else torch CUDA fp16 + torch.compile, "
-                        "else OpenVINO on the CPU, else the eager CPU; torch = plain eager fp32 reference")
-    g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                   help="numeric precision where the backend supports it (default: the backend's own; on a CPU "
-                        "bf16 where measured faster than fp32, else fp32, and the int8 renderer where it passes a "
-                        "quality gate on your avatars); int8 = force the OpenVINO int8 renderer")
-    g.add_argument("--device", choices=DEVICES, default="auto",
-                   help="compute device (default auto: CUDA when available, else the fastest of the CPU and an Intel "
-                        "GPU/NPU or Apple GPU present); gpu/npu = Intel GPU/NPU via OpenVINO, mps = Apple GPU")
-    g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
-                   help="grid_sample semantics: on (default) = torch 1.0, what the official checkpoints were "
-                        "trained with; off = the original FOMM code as it runs on today's torch")
-    g.add_argument("--deterministic-weights", action="store_true",
-                   help="run without any checkpoint on generated weights: no download, but the output is not a "
-                        "face (for trying the pipeline, the speed and the outputs, and for tests)")
+    add_input_arguments(p)
+    add_output_arguments(p)
+    add_engine_arguments(p)
     add_remote_arguments(p)
-
-    g = p.add_argument_group("calibration and motion")
-    g.add_argument("--auto-calibrate", action="store_true",
-                   help=f"calibrate by itself once you hold still for {AUTO_CALIBRATE_FRAMES} frames")
-    g.add_argument("--best-frame", action="store_true",
-                   help="start in best-frame mode (recalibrate whenever your pose matches the avatar better)")
-    g.add_argument("--absolute", action="store_true",
-                   help="absolute motion: use your keypoints as they are, no calibration (only looks right when "
-                        "your face is framed like the avatar's)")
-    g.add_argument("--no-calibrate-first", action="store_true",
-                   help="offline mode: do not take the first frame as the neutral pose (wait for a key/auto)")
-    g.add_argument("--no-relative-jacobian", action="store_true",
-                   help="use the driving jacobians as they are instead of relative to the neutral pose")
-    g.add_argument("--no-adapt-scale", action="store_true",
-                   help="do not scale your motion to the avatar's face size")
-    g.add_argument("--no-smoothing", action="store_true", help="turn keypoint anti-jitter filtering off")
-    g.add_argument("--smooth-min-cutoff", type=_positive(float), default=DEFAULT_MIN_CUTOFF, metavar="HZ",
-                   help=f"anti-jitter strength at rest: lower is steadier but slower (default {DEFAULT_MIN_CUTOFF})")
-    g.add_argument("--smooth-beta", type=float, default=DEFAULT_BETA, metavar="B",
-                   help=f"how fast the filter opens up for quick motion: higher lags less (default {DEFAULT_BETA})")
-
-    g = p.add_argument_group("face crop")
-    g.add_argument("--no-track", action="store_true", help="no face tracking: fixed centre crop, moved by keys")
-    g.add_argument("--crop-scale", type=_positive(float), default=None, metavar="F",
-                   help="crop side as a multiple of the detected face size (default 1.8: whole head)")
-    g.add_argument("--mirror", action="store_true", help="mirror the camera image")
+    add_motion_arguments(p)
+    add_crop_arguments(p)
     add_config_arguments(p)
 
     add_audio_arguments(p.add_argument_group("audio (lip sync in calls: docs/audio.md)"))
@@ -213,12 +99,9 @@ class Session:
         self.args = args
         self.extra_key_sources = list(key_sources)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.offline = args.driving is not None and args.output is not None
+        self.offline = is_offline(args)
         self.audio = None  # the microphone pass-through (--audio-out)
         self.recording = None  # the --output sink
-        if self.offline and args.loop:
-            raise UserError("--loop cannot be combined with --output for a --driving file (the render would never "
-                            "end); drop one of them")
 
     def run(self) -> int:
         from engines.config import VOX_256
@@ -363,17 +246,16 @@ class Session:
             calibration_path=default_calibration_path(self.camera_id) if camera else None,
             camera_id=self.camera_id,
             snapshot_folder=snapshot_folder(args.avatar))
-        def landmarks():  # built on first use of best-frame mode: face-alignment takes seconds to load
+        def landmarks():  # built when best-frame mode is first asked for: face-alignment takes seconds to load
             def engine_kp(rgb):
                 return engine.detect(to_model_input(rgb, size=engine.image_size, device=engine.device)).value
-            source = LandmarkSource(engine_kp, device=str(engine.device))
-            self.log(f"best-frame mode compares {source.backend} landmarks")
-            return source
+            return LandmarkSource(engine_kp, device=str(engine.device))
 
-        # log through a lambda: the offline progress bar swaps self.log for its write() later
+        # log through a lambda: the offline progress bar swaps self.log for its write() later. Live runs load the
+        # landmarks in the background (the video goes on); an offline render waits for them before its first frame.
         return LivePipeline(engine, avatars, sinks=sinks, tracker=tracker, neutral=neutral, smoother=smoother,
-                            preview=preview, landmarks_factory=landmarks, options=options,
-                            log=lambda message: self.log(message))
+                            preview=preview, landmarks_factory=landmarks, landmarks_in_background=not self.offline,
+                            options=options, log=lambda message: self.log(message))
 
     def _refuse_own_output(self, sinks) -> None:
         """The virtual camera pyvirtualcam picked (the first free loopback device) must not be the webcam."""
@@ -454,13 +336,19 @@ class Session:
         if not pipeline.sinks and pipeline.preview is None:
             self.log(f"notice: no output selected (no --vcam, --preview or --output): only timings are shown, "
                      f"every {TERMINAL_HUD_S:g} s")
-        if not self.offline:
+        if self.offline:
+            return
+        keys = pipeline.preview is not None or terminal_keys or bool(self.extra_key_sources)
+        if keys:
             where = "the preview window" if pipeline.preview is not None else "this terminal"
-            if pipeline.preview is not None or terminal_keys:
-                self.log(f"hotkeys in {where}: c calibrate, 1-9 avatar, o passthrough, q quit (all: --help)")
-            if not (pipeline.neutral.is_calibrated or self.args.auto_calibrate or self.args.best_frame
-                    or self.args.absolute):
-                self.log(instructions("c"))
+            self.log(f"hotkeys in {where}: c calibrate, 1-9 avatar, o passthrough, q quit (all: --help)")
+        else:  # nobody can press C here: say what works instead, here and in the status line
+            pipeline.calibration.calibrate_hint = NO_KEYS_HINT
+            self.log(f"notice: no keys reach this run (no preview window, and stdin is not a terminal): "
+                     f"{NO_KEYS_WHAT_INSTEAD}")
+        if not (pipeline.neutral.is_calibrated or self.args.auto_calibrate or self.args.best_frame
+                or self.args.absolute):
+            self.log(pipeline.calibration.calibrate_hint)
 
     def _progress(self, source, stack, pipeline):
         """tqdm bar for offline renders (its write() keeps messages from breaking the bar); live without a preview
@@ -491,23 +379,14 @@ class Session:
         def update(frames: int) -> None:
             nonlocal next_at
             if time.monotonic() >= next_at:
-                next_at = time.monotonic() + TERMINAL_HUD_S
+                # the framing guide's score (key g) is for lining up a face: printed more often while it is on
+                next_at = time.monotonic() + (FRAMING_HUD_S if pipeline.options.framing else TERMINAL_HUD_S)
                 hud = " | ".join(pipeline.timings.lines()) if pipeline.show_hud else ""
                 self.log(" | ".join(part for part in (f"{frames} frames", hud, pipeline.status) if part))
         return update
 
 
 # --- remote rendering (--remote): the renderer runs on a render server (remote/server.py) ----------------------
-def add_remote_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("remote rendering (render on a GPU server: python -m remote.server)")
-    g.add_argument("--remote", metavar="ws://HOST:PORT",
-                   help="render on this server instead of locally (wss:// through a TLS proxy); keypoints, "
-                        "calibration and smoothing stay here")
-    g.add_argument("--token-file", metavar="FILE", help="file holding the server's shared secret")
-    g.add_argument("--remote-quality", type=int, default=90, metavar="Q",
-                   help="JPEG quality of the frames the server sends back (1-100, default 90)")
-
-
 RECONNECT_WAIT_S = 60.0  # offline --remote renders: how long to wait for a server that went away
 
 
@@ -535,7 +414,8 @@ def remote_engine(args, offline: bool, log):
     # next frame's capture and detection, and show the last frame while reconnecting
     log(f"remote: connecting to {args.remote} ...")
     engine = load_engine(args.remote, args.token_file, checkpoint=args.checkpoint,
-                         deterministic_weights=args.deterministic_weights, quality=args.remote_quality,
+                         deterministic_weights=args.deterministic_weights, align_corners=args.align_corners,
+                         quality=args.remote_quality,
                          max_in_flight=1 if offline else 2, reconnect_wait=RECONNECT_WAIT_S if offline else 0.0,
                          log=log)
     log(f"remote: rendering on {args.remote} ({engine.server['engine']} on {engine.server['device']})")

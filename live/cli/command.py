@@ -1,6 +1,6 @@
 """The `live-avatar` command (installed by pyproject.toml): `--version` and `--list-cameras` alone answer at once,
-everything else is live/cli/app.py, whose imports load torch (a first line says so before them). `run_live.py` is the
-same command."""
+`demo` is live/cli/demo.py, everything else is live/cli/app.py, whose imports load torch (a first line says so before
+them). `run_live.py` is the same command."""
 from __future__ import annotations
 
 import os
@@ -23,5 +23,8 @@ def main(argv=None) -> int:
     if not {"-h", "--help"} & set(argv):
         # before the imports: PyTorch, OpenCV and the model code take seconds to load on a small CPU
         print("live avatar: starting (loading PyTorch and OpenCV) ...", file=sys.stderr, flush=True)
+    if argv[:1] == ["demo"]:  # `live-avatar demo [flags]`: no webcam, no driver, no download (live/cli/demo.py)
+        from live.cli.demo import main as demo
+        return demo(argv[1:])
     from live.cli.app import main as run
     return run(argv)

@@ -115,7 +115,7 @@ def check_engine(args) -> Check:
             f"ready in {ready_s:.1f} s)" + (f"; {fell_back[0]}" if fell_back else ""))
     if ms > SLOW_MS:
         return warn("engine", text + " - slower than 10 frames/s: the avatar will look choppy (an NVIDIA GPU, "
-                                     "or --remote to one; README, Speed)")
+                                     "or --remote to one; README \"Speed\")")
     return ok("engine", text)
 
 
@@ -252,6 +252,12 @@ def check_remote(args) -> Check:
         welcome = probe_server(args.remote, args.token_file)
     except UserError as exc:
         return fail("remote", str(exc))
+    from remote.protocol import render_option
+    if render_option(welcome, "align_corners") != args.align_corners:
+        server, mine = (("--align-corners" if on else "--no-align-corners")
+                        for on in (render_option(welcome, "align_corners"), args.align_corners))
+        return fail("remote", f"{args.remote} renders with {server}, this run asks for {mine}: start the server "
+                              f"with {mine}, or run with {server}")
     token = "token accepted" if args.token_file else "no token needed"
     return ok("remote", f"{args.remote} answers, {token}; it renders with {welcome.get('engine', '?')} on "
                         f"{welcome.get('device', '?')}")

@@ -109,13 +109,13 @@ def install_hint(system: str | None = None) -> str:
     system = system or platform.system()
     if system == "Linux":
         return ('install and load v4l2loopback: sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback '
-                'devices=1 exclusive_caps=1 card_label="live avatar" (see README "Virtual camera setup")')
+                'devices=1 exclusive_caps=1 card_label="live avatar" (see README "Install a virtual camera driver")')
     if system == "Windows":
         return ('install OBS Studio >= 26.1 and click "Start Virtual Camera" once, or install Unity Capture '
-                '(backend "unitycapture"); see README "Virtual camera setup"')
+                '(backend "unitycapture"); see README "Install a virtual camera driver"')
     if system == "Darwin":
         return ('install OBS Studio >= 26.1 (macOS 13+: OBS 30+), click "Start Virtual Camera" once and allow the '
-                'system extension; see README "Virtual camera setup"')
+                'system extension; see README "Install a virtual camera driver"')
     return f"pyvirtualcam has no virtual camera backend for {system or 'this OS'} (write to a video file instead)"
 
 
@@ -381,31 +381,44 @@ class VideoFileSink(Sink):
             container.close()  # fragments already written stay readable; finishing this one may fail too
         except Exception:  # noqa: BLE001
             pass
+        previous = self.path.exists() or self.path.is_symlink()  # an older recording the failure must not replace
         with signals_deferred():
-            kept = self._keep_partial()
+            kept = self._keep_partial(previous)
         reason = _describe_write_error(error)
         if kept is None:
             where = "nothing was written"
         elif kept == self.path:
             where = f"the frames written before it are kept in {self.path}"
-        else:
+        elif previous:
             where = f"the frames written before it are kept in {kept}; the previous {self.path} is unchanged"
+        else:
+            where = f"the frames written before it are kept in {kept} (it could not be renamed to {self.path.name})"
         raise SinkError(f"cannot write video file {self.path}: {reason} after {self.frames_sent} frames; "
                         f"{where}") from None
 
-    def _keep_partial(self) -> Path | None:
-        """Where the complete fragments of a failed recording are kept: the target when nothing was there; beside
-        an existing file, never over it (a failed run must not replace the previous recording)."""
+    def _keep_partial(self, previous: bool) -> Path | None:
+        """Where the frames of a failed recording are kept: the target when nothing was there; beside an existing
+        file, never over it (a failed run must not replace the previous recording). Written frames are never
+        deleted: a partial file that cannot be trimmed or renamed stays where it is (players read a fragmented
+        MP4 up to its last complete fragment anyway). None only when no frame reached the file."""
+        if self.frames_sent == 0:
+            self._discard()
+            return None
         try:
-            if _trim_to_complete_boxes(self.temp_path) > 0 and self.frames_sent > 0:
-                if self.path.exists() or self.path.is_symlink():
-                    return self.temp_path
-                os.replace(self.temp_path, self.path)
-                return self.path
+            if _trim_to_complete_boxes(self.temp_path) == 0:
+                self._discard()  # not even the header reached the disk: nothing to keep
+                return None
         except OSError:
-            pass
-        self._discard()
-        return None
+            if not self.temp_path.exists():
+                return None  # removed behind our back: there is nothing to point at
+            return self.temp_path  # untrimmed: a torn last fragment, the complete ones still play
+        if previous:
+            return self.temp_path
+        try:
+            os.replace(self.temp_path, self.path)
+        except OSError:
+            return self.temp_path
+        return self.path
 
     def _close_audio(self) -> None:
         if self.audio is not None:

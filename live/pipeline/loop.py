@@ -127,8 +127,8 @@ class LivePipeline:
     def __init__(self, engine: Engine, avatars: AvatarSet, *, sinks=(), tracker: FaceTracker | None = None,
                  neutral: NeutralPose | None = None, smoother=None, preview=None,
                  key_sources: Iterable[Callable[[], list[str]]] = (), landmarks_factory=None,
-                 options: PipelineOptions | None = None, log: Callable[[str], None] = print,
-                 timings: Timings | None = None):
+                 landmarks_in_background: bool = True, options: PipelineOptions | None = None,
+                 log: Callable[[str], None] = print, timings: Timings | None = None):
         self.engine = engine
         self.avatars = avatars
         self.sinks = list(sinks)
@@ -149,12 +149,13 @@ class LivePipeline:
         self.calibration = CalibrationController(
             neutral or NeutralPose(), config_hash=engine.config_hash, smoother=smoother,
             path=self.options.calibration_path, camera_id=self.options.camera_id,
-            landmarks_factory=landmarks_factory, absolute=self.options.absolute, notify=self.notify, log=log)
+            landmarks_factory=landmarks_factory, landmarks_in_background=landmarks_in_background,
+            absolute=self.options.absolute, notify=self.notify, log=log)
         self.actions: dict[Action, Callable[[object], None]] = {
             Action.QUIT: self.quit,
             Action.CALIBRATE: lambda _: self.calibration.request(),
             Action.RESET_CALIBRATION: lambda _: self.calibration.forget(),
-            Action.BEST_FRAME: lambda _: self.calibration.set_best_frame(self.calibration.selector is None,
+            Action.BEST_FRAME: lambda _: self.calibration.set_best_frame(not self.calibration.best_frame,
                                                                           self.avatars.current),
             Action.AVATAR: self.select_avatar,
             Action.NEXT_AVATAR: lambda _: self.select_avatar((self.avatars.index + 1) % len(self.avatars)),
@@ -220,6 +221,10 @@ class LivePipeline:
             parts.append("PASSTHROUGH (camera shown)")
         elif (calibration := self.calibration.status()) is not None:
             parts.append(calibration)
+        if (self.options.framing and self.preview is None and not self.options.passthrough
+                and not self.calibration.best_frame):  # best-frame mode's status carries its own match
+            match = self.calibration.match  # the guide's score, where no window shows the guide
+            parts.append(f"match {match:.0f}" if match is not None else "match -")
         parts.append(f"avatar {self.avatars.index + 1}/{len(self.avatars)} {self.avatars.current.name}")
         return " | ".join(parts)
 
@@ -274,8 +279,13 @@ class LivePipeline:
     def toggle_framing(self, _=None) -> None:
         self.options.framing = not self.options.framing
         self.calibration.measure_match = self.options.framing
-        self.notify("framing guide on: line your face up with the avatar, then press C" if self.options.framing
-                    else "framing guide off")
+        if not self.options.framing:
+            self.notify("framing guide off")
+        elif self.preview is not None:
+            self.notify("framing guide on: line your face up with the avatar, then press C")
+        else:  # no window to draw the guide in: the score goes to the status line (printed in the terminal)
+            self.notify("framing guide on (no preview window): the pose match score 0..100 follows as 'match N'; "
+                        "turn your head until it is high, then press C")
 
     def toggle_passthrough(self, _=None) -> None:
         self.options.passthrough = not self.options.passthrough
@@ -297,6 +307,7 @@ class LivePipeline:
 
     def toggle_hud(self, _=None) -> None:
         self.options.show_hud = not self.options.show_hud
+        self.notify("HUD on" if self.options.show_hud else "HUD off")
 
     # --- per frame: the data path ---------------------------------------------------------------------------
     def step(self, frame: CapturedFrame) -> np.ndarray:
