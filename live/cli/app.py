@@ -145,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vcam-backend", metavar="NAME",
                    help="pyvirtualcam backend: v4l2loopback, obs or unitycapture (default: the OS's first)")
     g.add_argument("--vcam-mode", choices=("fit", "fill"), default="fit",
-                   help="square avatar on the camera canvas: fit (borders) or fill (crop); default fit")
+                   help="the avatar's photo (or square) on the --vcam-size canvas: fit (borders) or fill (crop); "
+                        "default fit")
+    g.add_argument("--composite", choices=("on", "off"), default="on",
+                   help="on (default): the avatar's own photo at --vcam-size, the face animated in place, sharper "
+                        "than the model's 256 px; off: the model's square alone (placed on the canvas), as before")
     g.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
                    help="preview window with camera, crop box, avatar and HUD (default: on where a display "
                         "exists)")
@@ -194,12 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("face crop")
     g.add_argument("--no-track", action="store_true", help="no face tracking: fixed centre crop, moved by keys")
     g.add_argument("--crop-scale", type=_positive(float), default=None, metavar="F",
-                   help="crop side as a multiple of the detected face size (default 1.8: whole head)")
+                   help="crop side as a multiple of the detected face size, in the webcam and in the avatar photo "
+                        "(default 1.8: whole head)")
     g.add_argument("--mirror", action="store_true", help="mirror the camera image")
     add_config_arguments(p)
 
     add_audio_arguments(p.add_argument_group("audio (lip sync in calls: docs/audio.md)"))
     return p
+
+
+def avatar_options(args) -> dict:
+    """How the avatars are loaded for these flags: the model's square around the face found in each photo
+    (`--crop-scale`), and with --composite on each photo kept on the --vcam-size canvas (the output frame)."""
+    from engines.framing import Canvas
+    from live.pipeline.avatars import FaceFraming
+
+    framing = FaceFraming() if args.crop_scale is None else FaceFraming(scale=args.crop_scale)
+    canvas = Canvas(*args.vcam_size, args.vcam_mode) if getattr(args, "composite", "on") == "on" else None
+    return {"canvas": canvas, "framing": framing}
 
 
 class Session:
@@ -228,7 +244,7 @@ class Session:
 
         args = self.args
         # Cheap checks first: a typo in --avatar or a missing camera driver should not cost a model download/load.
-        avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=self.log)
+        avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=self.log, **avatar_options(args))
         with ExitStack() as stack:
             w, h = args.camera_size or (None, None)
             spec = args.driving if args.driving is not None else self._camera().index
@@ -334,7 +350,7 @@ class Session:
 
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
-            avatar_list = load_avatars(args.avatar, engine.image_size)
+            avatar_list = load_avatars(args.avatar, engine.image_size, **avatar_options(args))
         # a folder's avatars are encoded up front (those keys 1-9 reach): seconds on a CPU
         with step(self.log, f"encoding {len(avatar_list)} avatars") if len(avatar_list) > 1 else nullcontext():
             avatars = AvatarSet(avatar_list, engine)
@@ -372,7 +388,7 @@ class Session:
         # log through a lambda: the offline progress bar swaps self.log for its write() later
         return LivePipeline(engine, avatars, sinks=sinks, tracker=tracker, neutral=neutral, smoother=smoother,
                             preview=preview, landmarks_factory=landmarks, options=options,
-                            log=lambda message: self.log(message))
+                            log=lambda message: self.log(message), composite=avatar_options(args)["canvas"])
 
     def _refuse_own_output(self, sinks) -> None:
         """The virtual camera pyvirtualcam picked (the first free loopback device) must not be the webcam."""
