@@ -8,6 +8,8 @@ sends only the normalised keypoints (~250 bytes) and gets the frame back. Wire f
   fetches those weights once (tensors only, checked against the digest, cached under the project cache); a local
   checkpoint whose detector differs is refused in one line (keypoints of one detector drive another's generator
   wrongly).
+- each frame comes with the generator's motion (deformation and occlusion, remote/protocol.py): the client holds
+  the avatar's photo and composites there (engines/composite.py), exactly as it would locally.
 - up to `max_in_flight` frames in flight (2 live: the round trip hides behind the next frame; 1 offline, so frame i of
   the output is the render of input i); answers older than the newest shown are dropped.
 - faults: when the connection drops, `render` returns the last frame (or the avatar at rest), reconnects with
@@ -96,6 +98,7 @@ class RemoteEngine(EngineBase):
         self._in_flight: OrderedDict[int, float] = OrderedDict()   # frame id -> send time
         self._latest_id = -1
         self._latest: torch.Tensor | None = None
+        self._latest_motion: tuple[torch.Tensor, torch.Tensor] | None = None  # (deformation, occlusion) of it
         self._states: dict[int, RemoteState] = {}
         self._slots: OrderedDict[int, int] = OrderedDict()   # uploaded avatar -> server slot, least recent first
         self._retry_at = 0.0
@@ -127,6 +130,12 @@ class RemoteEngine(EngineBase):
     @property
     def config_hash(self) -> str:
         return self._config_hash
+
+    @property
+    def align_corners(self) -> bool:
+        """The server's grid_sample semantics (its deformation is in them); servers that do not say: True."""
+        value = self.server.get("align_corners", True)
+        return value if isinstance(value, bool) else True
 
     @property
     def connected(self) -> bool:
@@ -165,7 +174,10 @@ class RemoteEngine(EngineBase):
         whether the frame is a new answer or a repeat."""
         newest_before = self._latest_id
         image = self._render(state, kp_driving)
-        deformation, occlusion = identity_motion(image.shape[0])
+        if image is self._latest and self._latest_motion is not None:
+            deformation, occlusion = self._latest_motion
+        else:  # the avatar at rest (nothing answered yet), or a server that sent no motion: nothing moves
+            deformation, occlusion = identity_motion(image.shape[0])
         return RenderedFrame(image, deformation, occlusion, fresh=self._latest_id != newest_before)
 
     def observe(self, notify: Callable[[str], None] | None = None,
@@ -344,7 +356,7 @@ class RemoteEngine(EngineBase):
         kind, frame_id, payload = P.unpack(message)
         if kind != P.KIND_FRAME:
             raise P.ProtocolError(f"a {P.KINDS[kind]} message where a frame was expected")
-        batch, render_ms, receipt, data = P.unpack_frame(payload)
+        batch, render_ms, receipt, data, motion = P.unpack_frame(payload)
         self._receipt = receipt  # read, even if stale: the server may count it as delivered
         sent = self._in_flight.pop(frame_id, None)
         if sent is None or frame_id < self._latest_id:
@@ -356,6 +368,8 @@ class RemoteEngine(EngineBase):
                              formats=("jpeg",) if self.hello.fmt == "jpeg" else ("png",))
         self.server_render_ms = render_ms
         self._latest = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        self._latest_motion = None if motion is None else (torch.from_numpy(motion[0])[None],
+                                                           torch.from_numpy(motion[1])[None, None])
         self._latest_id = frame_id
         self.batch_sizes[batch] += 1
         ms = (time.perf_counter() - sent) * 1000.0
