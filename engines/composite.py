@@ -50,6 +50,8 @@ RENDER_ZERO, RENDER_RAMP = 0.05, 0.15   # none of the render in the outer 5%, al
 RING = 0.25                             # the render's colour is compared with the photo's in the outer quarter
 MISMATCH = (0.04, 0.16)                 # mean |render - warped photo| of a cell: trusted below, the render's above
 COLOUR_LIMIT = 0.2                      # the largest colour shift applied to the render (per channel, of 1.0)
+COLOUR_FOLLOW = 0.05                    # per frame, how far the shift follows the latest measurement (~1 s at
+                                        # 25 fps): a steady tint goes, the render's own changes of light stay
 PATCH_MARGIN = 0.3                      # the photo patch the warp samples: the square plus this much of its side
 
 
@@ -146,6 +148,7 @@ class Plate:
     pixel_affine: np.ndarray | None = None  # OpenCV otherwise: 2x3 region pixel -> model pixel
     buffers: dict = field(default_factory=dict)  # OpenCV: the arrays each frame writes into
     fields: dict = field(default_factory=dict)   # (h, w) -> FieldMaps
+    colour: torch.Tensor | None = None           # [1,3,1,1] the render's colour shift against the photo, followed
 
 
 RESAMPLERS = ("auto", "torch", "opencv")
@@ -316,7 +319,7 @@ class Compositor:
         maps = self._fields(plate, deformation.shape[1], deformation.shape[2])
         field = deformation.permute(0, 3, 1, 2)
         motion = self._motion(maps, field)
-        keep, add = self._weights(maps, image, field, occlusion)
+        keep, add = self._weights(plate, maps, image, field, occlusion)
         self._show(plate)
         if self.resampler == "torch":
             warped = self._warp_torch(plate, maps, motion)
@@ -347,6 +350,25 @@ class Compositor:
             if self.resampler == "torch":
                 return self._warp_torch(plate, maps, motion)[0].permute(1, 2, 0).mul(255.0).cpu().numpy()
             return self._warp_opencv(plate, maps, motion).astype(np.float32)
+
+    @torch.inference_mode()
+    def mask(self, plate: Plate, field_size: tuple[int, int] = (64, 64)) -> np.ndarray:
+        """float32 [n_h,n_w] in 0..1 over the region: how far a frame may change each pixel (the motion's taper,
+        and the render's largest weight, where it paints new content). 0: the photo's pixel, always."""
+        maps = self._fields(plate, *field_size)
+        size, crop = self.image_size, plate.layout.crop
+        x0, y0, x1, y1 = plate.region
+        xs = (torch.arange(x0, x1, dtype=torch.float64) + 0.5 - crop.dx) / crop.sx
+        ys = (torch.arange(y0, y1, dtype=torch.float64) + 0.5 - crop.dy) / crop.sy
+        my, mx = torch.meshgrid(ys, xs, indexing="ij")
+        at_field = torch.stack([_to_normalized(mx, size, self.align_corners),
+                                _to_normalized(my, size, self.align_corners)], dim=-1)[None].float()
+        at_pixels = torch.stack([2.0 * mx / size - 1.0, 2.0 * my / size - 1.0], dim=-1)[None].float()
+        taper = F.grid_sample(maps.taper.cpu(), at_field, mode="bilinear", padding_mode="border", align_corners=True)
+        largest = maps.render_weight + (1.0 - maps.render_weight) * maps.motion_weight
+        largest = F.interpolate(largest.cpu(), size=(size, size), mode="bilinear", align_corners=False)
+        largest = F.grid_sample(largest, at_pixels, mode="bilinear", padding_mode="border", align_corners=False)
+        return torch.maximum(taper, largest)[0, 0].numpy()
 
     @staticmethod
     def _motion(maps: FieldMaps, field: torch.Tensor) -> torch.Tensor:
@@ -391,7 +413,7 @@ class Compositor:
         return cv2.warpAffine(source, plate.pixel_affine, buffer.shape[1::-1], dst=buffer,
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
-    def _weights(self, maps: FieldMaps, image: torch.Tensor, field: torch.Tensor,
+    def _weights(self, plate: Plate, maps: FieldMaps, image: torch.Tensor, field: torch.Tensor,
                  occlusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(keep [1,1,S,S], add [1,3,S,S]) on the model's pixel grid: the region's output is
         255 * warped photo * keep + add, where keep = 1 - a leaves the warped photo and add = 255 (a * render +
@@ -410,6 +432,10 @@ class Compositor:
         total = weight.sum()
         colour = (difference * weight).sum(dim=(2, 3), keepdim=True) / total.clamp_min(1e-6)
         colour = colour.clamp(-COLOUR_LIMIT, COLOUR_LIMIT) * (total > 1e-3)
+        # followed slowly: a tint of the render is steady, a change of the whole face's light from frame to frame
+        # is the render's to show (and a shift that jumped with each frame would make the face flicker)
+        colour = colour if plate.colour is None else torch.lerp(plate.colour, colour, COLOUR_FOLLOW)
+        plate.colour = colour
         difference = difference - colour
         mismatch = difference.abs().mean(dim=1, keepdim=True)
         low, high = MISMATCH

@@ -39,7 +39,7 @@ FIELD_SIZE = 64            # the motion field it reports, like FOMM's dense moti
 SOFTNESS = 1.0             # Gaussian sigma (model pixels) of the oracle's render: FOMM's output is this soft
 
 
-def test_photo(size: int = ORACLE_SIZE) -> np.ndarray:
+def sample_photo(size: int = ORACLE_SIZE) -> np.ndarray:
     """uint8 RGB portrait: scikit-image's astronaut (bundled, no download), resized to size x size."""
     from skimage.data import astronaut
 
@@ -85,7 +85,7 @@ def _new_content(size: int) -> np.ndarray:
 
 def oracle_case(photo: np.ndarray | None = None, *, align_corners: bool = True) -> dict:
     """The true frame, the oracle's RenderedFrame for it, and the photo: what every method is compared on."""
-    photo = test_photo() if photo is None else photo
+    photo = sample_photo() if photo is None else photo
     size = photo.shape[0]
     map_x, map_y = _true_motion(size)
     truth = cv2.remap(photo, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
@@ -146,7 +146,7 @@ def call_scene(canvas=(1280, 720), face: int = 500, image_size: int = MODEL_SIZE
     """A portrait on a `canvas` frame (fit), its crop square `face` canvas pixels wide on whole pixels (as the
     avatar loader places it), and a rendered frame with motion and occlusion."""
     width, height = canvas
-    photo = test_photo(min(width, height))
+    photo = sample_photo(min(width, height))
     placement, (new_w, new_h) = canvas_placement(photo.shape[1], photo.shape[0], width, height, "fit")
     scaled = cv2.resize(photo, (new_w, new_h), interpolation=cv2.INTER_AREA)
     backdrop = np.full((height, width, 3), 32, np.uint8)
@@ -160,8 +160,9 @@ def call_scene(canvas=(1280, 720), face: int = 500, image_size: int = MODEL_SIZE
     generator = torch.Generator().manual_seed(0)
     field = torch.stack(torch.meshgrid(torch.linspace(-1, 1, FIELD_SIZE), torch.linspace(-1, 1, FIELD_SIZE),
                                        indexing="xy"), dim=-1)[None]
-    field = field + 0.02 * torch.randn(1, 8, 8, 2, generator=generator).permute(0, 3, 1, 2).repeat_interleave(
-        8, 2).repeat_interleave(8, 3).permute(0, 2, 3, 1)
+    wobble = torch.nn.functional.interpolate(0.02 * torch.randn(1, 2, 8, 8, generator=generator),
+                                             size=(FIELD_SIZE, FIELD_SIZE), mode="bicubic", align_corners=True)
+    field = field + wobble.permute(0, 2, 3, 1)  # a smooth motion, like the dense motion network's
     render = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255.0
     occlusion = 0.6 + 0.4 * torch.rand(1, 1, FIELD_SIZE, FIELD_SIZE, generator=generator)
     return {"backdrop": backdrop, "layout": layout, "crop": crop, "frame": RenderedFrame(render, field, occlusion)}
