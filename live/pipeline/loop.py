@@ -224,16 +224,17 @@ class LivePipeline:
 
     @property
     def status(self) -> str:
-        """The preview's status line: what the engine must keep saying (render server unreachable) first, then a
-        recent notice, else the calibration state and the avatar."""
+        """The preview's status line: what the engine must keep saying (render server unreachable) first, that no
+        face is in view while the avatar rests for it, then a recent notice, else the calibration state and the
+        avatar."""
         persistent = self.engine.status()
         parts = [persistent] if persistent else []
+        if self.glide.face_lost and not self.options.passthrough:  # said for as long as it lasts
+            parts.append("no face: the avatar rests until you are back in view")
         if self._notice and time.monotonic() < self._notice_until:
             return " | ".join([*parts, self._notice])
         if self.options.passthrough:
             parts.append("PASSTHROUGH (camera shown)")
-        elif self.glide.face_lost:
-            parts.append("no face: the avatar rests until you are back in view")
         elif (calibration := self.calibration.status()) is not None:
             parts.append(calibration)
         parts.append(f"avatar {self.avatars.index + 1}/{len(self.avatars)} {self.avatars.current.name}")
