@@ -319,11 +319,15 @@ class Compositor:
         maps = self._fields(plate, deformation.shape[1], deformation.shape[2])
         field = deformation.permute(0, 3, 1, 2)
         motion = self._motion(maps, field)
-        keep, add = self._weights(plate, maps, image, field, occlusion)
+        a, low = self._weights(plate, maps, image, field, occlusion)
+        # on the model's pixel grid: what the render adds, 255 (a * render + low frequencies it changes)
+        up = F.interpolate(torch.cat([a, low], dim=1), size=(self.image_size, self.image_size), mode="bilinear",
+                           align_corners=False)
+        add = up[:, 1:].addcmul_(up[:, :1], image).mul_(255.0)
         self._show(plate)
         if self.resampler == "torch":
             warped = self._warp_torch(plate, maps, motion)
-            weights = F.grid_sample(torch.cat([add, keep], dim=1), plate.pixel_grid, mode="bilinear",
+            weights = F.grid_sample(torch.cat([add, 1.0 - up[:, :1]], dim=1), plate.pixel_grid, mode="bilinear",
                                     padding_mode="border", align_corners=False)
             pixels = warped.mul_(255.0 * weights[:, 3:]).add_(weights[:, :3]).add_(0.5).clamp_(0.0, 255.0)
             # to 8 bit on the device, then straight into the canvas: the frame's one device sync
@@ -331,7 +335,7 @@ class Compositor:
         else:
             buffers = plate.buffers
             warped = self._warp_opencv(plate, maps, motion)
-            keep = self._to_region(plate, _hwc(keep.expand(-1, 3, -1, -1)), buffers["keep"])
+            keep = self._to_region(plate, _hwc((1.0 - up[:, :1]).expand(-1, 3, -1, -1)), buffers["keep"])
             add = self._to_region(plate, _hwc(add), buffers["add"])
             product = cv2.multiply(warped, keep, dst=buffers["product"], dtype=cv2.CV_32F)
             # float -> uint8 rounds and saturates here, into the buffer the canvas region is copied from
@@ -402,23 +406,27 @@ class Compositor:
         return cv2.remap(plate.patch, positions, None, cv2.INTER_LINEAR, dst=buffers["warped"],
                          borderMode=cv2.BORDER_REPLICATE)
 
-    @staticmethod
-    def _to_region(plate: Plate, source: np.ndarray, buffer: np.ndarray) -> np.ndarray:
-        """A map on the model's pixel grid (HWC float32), bilinearly resampled onto the region's pixels."""
+    def _to_region(self, plate: Plate, source: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+        """A map over the model's square (HWC float32, on its pixel grid or any regular grid of cells covering
+        it) bilinearly resampled onto the region's pixels."""
         if plate.square is not None:  # separable: the whole square at once, the region is a view of it
             cv2.resize(source, buffer.shape[1::-1], dst=buffer, interpolation=cv2.INTER_LINEAR)
             x0, y0, x1, y1 = plate.region
             sx, sy = plate.square[:2]
             return buffer[y0 - sy:y1 - sy, x0 - sx:x1 - sx]
-        return cv2.warpAffine(source, plate.pixel_affine, buffer.shape[1::-1], dst=buffer,
+        fx, fy = self.image_size / source.shape[1], self.image_size / source.shape[0]  # model pixels per cell
+        (ax, _, bx), (_, ay, by) = plate.pixel_affine
+        affine = np.array([[ax / fx, 0.0, (bx + 0.5) / fx - 0.5], [0.0, ay / fy, (by + 0.5) / fy - 0.5]])
+        return cv2.warpAffine(source, affine, buffer.shape[1::-1], dst=buffer,
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
     def _weights(self, plate: Plate, maps: FieldMaps, image: torch.Tensor, field: torch.Tensor,
                  occlusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keep [1,1,S,S], add [1,3,S,S]) on the model's pixel grid: the region's output is
-        255 * warped photo * keep + add, where keep = 1 - a leaves the warped photo and add = 255 (a * render +
-        the low frequencies the render changes) the rest. Decided on the h x w cells, then upsampled: smooth maps,
-        so the full-resolution work stays one warp, one lookup and one multiply-add."""
+        """(a [1,1,h,w], low [1,3,h,w]) on the render's cells: the region's output is
+        warped photo * (1 - a) + a * render + low, upsampled. `a` is the render's weight (where it paints new
+        content or disagrees with the warped photo, within the mask), `low` the low frequencies it changes where
+        the photo is trusted, colour-matched to the photo. Decided on the h x w cells: smooth maps, so the
+        full-resolution work stays one warp, two lookups and one multiply-add."""
         size = self.image_size
         h, w = field.shape[-2:]
         render_cells = (F.avg_pool2d(image, size // h) if size % h == 0 and h == w
@@ -443,12 +451,7 @@ class Compositor:
         # where the model paints new content the render shows as far as the motion reaches, else as the mask says
         shown = maps.render_weight + (1.0 - maps.render_weight) * (1.0 - occlusion) * maps.motion_weight
         a = shown * (1.0 - trust)
-        low_frequencies = shown * trust * difference - a * colour
-        up = F.interpolate(torch.cat([a, low_frequencies], dim=1), size=(size, size), mode="bilinear",
-                           align_corners=False)
-        a = up[:, :1]
-        add = up[:, 1:].addcmul_(a, image).mul_(255.0)
-        return 1.0 - a, add
+        return a, shown * trust * difference - a * colour
 
     def _show(self, plate: Plate) -> None:
         if self._shown is not plate:
