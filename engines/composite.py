@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import cv2
@@ -53,6 +54,19 @@ COLOUR_LIMIT = 0.2                      # the largest colour shift applied to th
 COLOUR_FOLLOW = 0.05                    # per frame, how far the shift follows the latest measurement (~1 s at
                                         # 25 fps): a steady tint goes, the render's own changes of light stay
 PATCH_MARGIN = 0.3                      # the photo patch the warp samples: the square plus this much of its side
+
+
+@contextmanager
+def _one_torch_thread():
+    """torch's own threads off for the small maps on the CPU: tens of microseconds of work per operation, where
+    waking a second thread costs as much - and when another process holds that core (a call app, the capture),
+    the operation waits for it. OpenCV keeps its threads for the full-resolution work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def smoothstep(x: torch.Tensor) -> torch.Tensor:
@@ -314,6 +328,11 @@ class Compositor:
         x0, y0, x1, y1 = plate.region
         if x1 <= x0 or y1 <= y0:
             return self.rest(plate)
+        with _one_torch_thread() if self.device.type == "cpu" else nullcontext():
+            return self._compose(plate, frame)
+
+    def _compose(self, plate: Plate, frame) -> np.ndarray:
+        x0, y0, x1, y1 = plate.region
         image, deformation, occlusion = (t[:1].to(self.device, torch.float32)
                                          for t in (frame.image, frame.deformation, frame.occlusion))
         maps = self._fields(plate, deformation.shape[1], deformation.shape[2])
