@@ -227,3 +227,22 @@ def test_a_plate_must_fit_the_canvas():
         Compositor((320, 180), S).plate("a", scene["backdrop"], scene["layout"], scene["crop"])
     with pytest.raises(ValueError, match="CPU"):
         Compositor((320, 180), S, device="meta", resampler="opencv")
+
+
+@pytest.mark.slow
+def test_the_readme_pictures_are_the_scripts(tmp_path):
+    import subprocess
+    import sys
+
+    import cv2
+
+    from tests.conftest import REPO
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_pictures.py"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("before", "after"):
+        made, committed = tmp_path / f"{name}.png", REPO / "docs" / "pictures" / f"{name}.png"
+        assert made.stat().st_size < 300 * 1024 and committed.stat().st_size < 300 * 1024
+        made, committed = cv2.imread(str(made)), cv2.imread(str(committed))
+        assert made.shape == committed.shape == (360, 640, 3)
+        assert np.abs(made.astype(int) - committed.astype(int)).mean() < 1.0, f"docs/pictures/{name}.png is stale"

@@ -127,7 +127,9 @@ class RunStats:
 
 
 def _finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    """Whether every value is finite, asked of the device once (not once per tensor: each answer is a sync)."""
+    checks = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack([c.to(checks[0].device) for c in checks]).all())
 
 
 class LivePipeline:
