@@ -93,3 +93,36 @@ def test_webcam_clip_to_mp4_and_virtual_camera(tmp_path, memory_backend, monkeyp
     assert r > 0.3, f"the rendered motion should track the driving motion (r={r:.2f})"
     # the mp4 holds the same pictures as the virtual camera (up to codec loss)
     assert np.abs(written[-1].astype(int) - cv2.cvtColor(cam.frames[-1], cv2.COLOR_RGB2BGR).astype(int)).mean() < 4
+
+
+@pytest.mark.slow
+def test_a_photo_renders_to_a_call_size_video_that_keeps_it_at_full_resolution_outside_the_face(tmp_path):
+    """`run_live.py --avatar photo.png --driving clip.mp4 --output out.mp4 --deterministic-weights`: a 1280x720
+    video whose frames hold the photo at full resolution outside the face."""
+    from skimage.data import astronaut
+
+    from engines.framing import Canvas
+    from live.cli.app import main
+    from live.pipeline.avatars import FaceFraming, load_avatar_image
+    room = np.full((720, 1280, 3), 0, np.uint8)
+    room[:] = np.linspace(60, 190, 1280, dtype=np.uint8)[None, :, None]
+    room[100:612, 640:1152] = astronaut()                     # the photo: a person in a larger picture
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(room, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out.mp4"
+    assert main(["--avatar", str(photo), "--driving", str(carphone_path()), "--output", str(out), "--max-frames", "6",
+                 "--deterministic-weights", "--device", "cpu", "--no-preview"]) == 0
+    written, _ = read_video(out)
+    assert len(written) == 6 and written[0].shape == (720, 1280, 3)
+    x0, y0, x1, y1 = load_avatar_image(photo, canvas=Canvas(1280, 720), framing=FaceFraming()).photo.layout.region()
+    assert 640 < x0 < x1 < 1152 and 100 < y0 < y1 < 612, "the animated square lies around her face"
+    outside = np.ones((720, 1280), bool)
+    outside[y0:y1, x0:x1] = False
+    for frame in written:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float64)
+        mse = ((rgb[outside] - room[outside]) ** 2).mean()
+        assert 10 * np.log10(255 ** 2 / mse) > 38, "the photo itself, up to the video codec's loss"
+    # full resolution: the photo's fine detail below the face (the suit's badges and stitching) is all there
+    def detail(bgr):
+        return cv2.Laplacian(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.CV_64F)[y1 + 4:608, 644:1148].var()
+    assert y1 + 100 < 608 and detail(written[-1]) > 0.8 * detail(cv2.cvtColor(room, cv2.COLOR_RGB2BGR))
