@@ -246,3 +246,16 @@ def test_the_readme_pictures_are_the_scripts(tmp_path):
         made, committed = cv2.imread(str(made)), cv2.imread(str(committed))
         assert made.shape == committed.shape == (360, 640, 3)
         assert np.abs(made.astype(int) - committed.astype(int)).mean() < 1.0, f"docs/pictures/{name}.png is stale"
+
+
+def test_the_bench_reports_the_composite_rows(capsys, tmp_path):
+    import json
+
+    from engines.bench import main
+    assert main(["--composite-only", "--frames", "2", "--composite-canvas", "320x180", "--composite-face", "120",
+                 "--device", "cpu", "--json", str(tmp_path / "c.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines[:2]] == ["composite 320x180"] * 2  # opencv, then torch
+    assert "ms per frame" in lines[0] and "PSNR bicubic upscale" in lines[2] and "Laplacian variance" in lines[2]
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["timings"][0]["region"] == [120, 120] and result["oracle"]["composite_db"] > 30

@@ -162,6 +162,7 @@ class LivePipeline:
         self.compositor = None if composite is None else Compositor(
             composite.size, engine.image_size, device=engine.device, align_corners=engine.align_corners)
         self.glide = FaceLossGlide()
+        self._passthrough_rgb: np.ndarray | None = None
         self.calibration = CalibrationController(
             neutral or NeutralPose(), config_hash=engine.config_hash, smoother=smoother,
             path=self.options.calibration_path, camera_id=self.options.camera_id,
@@ -326,7 +327,7 @@ class LivePipeline:
         avatar = self.avatars.current
         if self.options.passthrough:
             # composited: the whole camera picture (the sinks place it on their canvas); else the square, as ever
-            output = crop_rgb if self.compositor is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            output = crop_rgb if self.compositor is None else self._camera_rgb(image)
             fresh = True
         else:
             output, fresh = self._animate(frame, crop_rgb, avatar)
@@ -336,6 +337,13 @@ class LivePipeline:
         self.stats.calibrations = self.calibration.calibrations
         self._show(image, box, output)
         return output
+
+    def _camera_rgb(self, image: np.ndarray) -> np.ndarray:
+        """The camera picture in RGB, into a buffer kept while the camera's size stays (no frame-sized allocation
+        per frame)."""
+        if self._passthrough_rgb is None or self._passthrough_rgb.shape != image.shape:
+            self._passthrough_rgb = np.empty_like(image)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=self._passthrough_rgb)
 
     def _capture(self, frame: CapturedFrame) -> np.ndarray:
         return cv2.flip(frame.image, 1) if self.options.mirror else frame.image
