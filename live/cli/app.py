@@ -208,14 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def avatar_options(args) -> dict:
-    """How the avatars are loaded for these flags: the model's square around the face found in each photo
-    (`--crop-scale`), and with --composite on each photo kept on the --vcam-size canvas (the output frame)."""
-    from engines.framing import Canvas
-    from live.pipeline.avatars import FaceFraming
+    """How the avatars are loaded for these flags (live/pipeline/avatars.py loading_options)."""
+    from live.pipeline.avatars import loading_options
 
-    framing = FaceFraming() if args.crop_scale is None else FaceFraming(scale=args.crop_scale)
-    canvas = Canvas(*args.vcam_size, args.vcam_mode) if getattr(args, "composite", "on") == "on" else None
-    return {"canvas": canvas, "framing": framing}
+    return loading_options(composite=getattr(args, "composite", "on") == "on", canvas_size=args.vcam_size,
+                           canvas_mode=args.vcam_mode, crop_scale=args.crop_scale)
 
 
 class Session:

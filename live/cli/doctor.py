@@ -259,11 +259,12 @@ def check_remote(args) -> Check:
 def check_avatar(args) -> Check:
     from engines.config import VOX_256
     from engines.errors import UserError
-    from live.cli.app import avatar_options
     from live.pipeline.avatar_set import load_avatars
+    from live.pipeline.avatars import loading_options
     if args.avatar is None:
         return skip("avatar", "none given (--avatar PATH)")
-    options = avatar_options(args)
+    options = loading_options(composite=args.composite == "on", canvas_size=args.vcam_size,
+                              canvas_mode=args.vcam_mode, crop_scale=args.crop_scale)
     try:
         avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=lambda message: None, **options)
     except UserError as exc:

@@ -291,6 +291,15 @@ def frame_avatar(img: np.ndarray, size: int, *, canvas: Canvas | None = None, fr
     return LoadedAvatar(crop, AvatarPhoto(backdrop, layout), face_found, notice)
 
 
+def loading_options(*, composite: bool, canvas_size: tuple[int, int], canvas_mode: str = "fit",
+                    crop_scale: float | None = None) -> dict:
+    """The avatar loader's options for a run (run_live.py and its doctor alike): the square around the face found
+    in each photo (`--crop-scale`), and, compositing, each photo kept on the output canvas (`--vcam-size`,
+    `--vcam-mode`)."""
+    framing = FaceFraming() if crop_scale is None else FaceFraming(scale=crop_scale)
+    return {"canvas": Canvas(*canvas_size, canvas_mode) if composite else None, "framing": framing}
+
+
 def crop_sized_photo(crop: np.ndarray, canvas: Canvas) -> AvatarPhoto:
     """The photo of an avatar that is nothing but the model's square (a snapshot of the webcam crop): the square
     itself, placed on the canvas and animated whole."""
