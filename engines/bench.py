@@ -11,6 +11,8 @@ the original full forward. Emulate other CPU classes on an Intel CPU with AMX by
     ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m engines.bench        # bf16 hidden too
 `--bounds` adds what each precision reaches on this CPU (GFLOP/s, engines/bounds.py), the frame's GFLOP and how
 many such threads 25 frames/s would need.
+The `composite` rows (engines/composite_bench.py; alone with `--composite-only`): what compositing the frame into
+the avatar's photo adds per frame at 1280x720 with a ~500-px face square, and the oracle's sharpness figures.
 
 Per backend: keypoint-detector ms, per-frame (cached-source) renderer ms, and for the eager fp32 baseline also the
 full generator forward ms (the original FOMM path, no caching). Ratios are against the baseline measured in the
@@ -303,7 +305,10 @@ def run(args) -> dict:
         from .backends.openvino_backend import cpu_threads
         from .bounds import bounds_report
         bounds = bounds_report(base, cpu_threads())
-    return {"bounds": bounds,"device": device_name(device), "device_type": device.type, "versions": versions(),
+    from .composite_bench import run as composite_run
+    composite = composite_run(canvas=args.composite_canvas, face=args.composite_face, frames=args.frames,
+                              device=device.type)
+    return {"composite": composite, "bounds": bounds, "device": device_name(device), "device_type": device.type, "versions": versions(),
             "cpu_flags": cpu_flags() if device.type == "cpu" else None,
             "load_average": [load_before, load] if load else None,
             "weights": weights, "frames": frames_name, "timed_rounds": args.frames, "warmup_rounds": args.warmup,
@@ -360,6 +365,9 @@ def format_report(result: dict) -> str:
             lines.append(f"auto picks {auto['backend'][8:]}: {auto_frame:.1f} ms per frame = "
                          f"{auto_frame / (fastest['detect_ms'] + fastest['render_ms']):.2f}x the fastest float row "
                          f"({fastest['backend']}), {auto_frame / original:.3f} of the original full forward")
+    if result.get("composite"):
+        from .composite_bench import format_report as composite_lines
+        lines += ["", *composite_lines(result["composite"])]
     if result.get("bounds"):
         lines += ["", "bounds of each precision on this CPU (--bounds):", *result["bounds"]]
     lines += [f"notice: {n}" for n in result["notices"]]
@@ -400,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bounds", action="store_true",
                         help="CPU: GFLOP/s of each precision, GFLOP per frame, threads 25 frames/s needs")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--composite-only", action="store_true",
+                        help="only the composite rows: compositing's cost per frame and the oracle's figures")
+    from .composite_bench import add_arguments as composite_arguments
+    composite_arguments(parser)
     parser.add_argument("--source", metavar="IMAGE", help="avatar image for the accuracy columns (default: random)")
     parser.add_argument("--driving", metavar="FRAMES.npy|VIDEO",
                         help="driving frames: a .npy [T,H,W,3] in [0,1] or a video (default: random)")
@@ -424,6 +436,12 @@ def main(argv=None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.composite_only:
+        from .composite_bench import main as composite_main
+        return composite_main([f"--frames={args.frames}", f"--device={args.device}",
+                               "--composite-canvas={}x{}".format(*args.composite_canvas),
+                               f"--composite-face={args.composite_face}"]
+                              + ([f"--json={args.json}"] if args.json else []))
     args.precision = None if args.precision == "auto" else args.precision  # the GPU backends' own default
     try:
         result = run(args)

@@ -55,6 +55,7 @@ class Engine(Protocol):
     image_size: int           # side of the square model input and output (256 for vox)
     config_hash: str          # identifies config + weights: saved keypoints are only valid under the same hash
     weights_id: str           # where the weights came from (file name and size, or "deterministic:<salt>")
+    align_corners: bool       # grid_sample semantics of the deformation it renders with (and returns)
 
     def detect(self, image: torch.Tensor) -> Keypoints:
         """[1,3,S,S] float in [0,1] -> keypoints (fp32)."""
@@ -85,17 +86,18 @@ class Engine(Protocol):
 
 
 # Members a conforming class must have, for checks that go beyond isinstance (which only sees the names).
-ATTRIBUTES = ("name", "device", "image_size", "config_hash", "weights_id")
+ATTRIBUTES = ("name", "device", "image_size", "config_hash", "weights_id", "align_corners")
 METHODS = ("detect", "encode", "render", "forward_full", "between_frames", "status", "observe", "close")
 
 
 class EngineBase:
     """The optional half of the protocol for engines that have nothing to switch, say, report or stop: no
-    replacement between frames, no status, events dropped unless observed, nothing to close. Also a context
-    manager (closes on exit)."""
+    replacement between frames, no status, events dropped unless observed, nothing to close, align_corners True.
+    Also a context manager (closes on exit)."""
 
     _notify: Callable[[str], None] | None = None
     _record: Callable[[str, float], None] | None = None
+    align_corners: bool = True  # what the published checkpoints were trained with (FOMMEngine says its own)
 
     def between_frames(self) -> str | None:
         return None

@@ -8,6 +8,8 @@ sends only the normalised keypoints (~250 bytes) and gets the frame back. Wire f
   fetches those weights once (tensors only, checked against the digest, cached under the project cache); a local
   checkpoint whose detector differs is refused in one line (keypoints of one detector drive another's generator
   wrongly).
+- each frame comes with the generator's motion (deformation and occlusion, remote/protocol.py): the client holds
+  the avatar's photo and composites there (engines/composite.py), exactly as it would locally.
 - up to `max_in_flight` frames in flight (2 live: the round trip hides behind the next frame; 1 offline, so frame i of
   the output is the render of input i); answers older than the newest shown are dropped.
 - faults: when the connection drops, `render` returns the last frame (or the avatar at rest), reconnects with
@@ -79,7 +81,8 @@ def check_url(url: str) -> str:
 
 class RemoteEngine(EngineBase):
     def __init__(self, url: str, *, token: str = "", checkpoint=None, deterministic_weights: bool = False,
-                 align_corners: bool = True, fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2, connect_timeout: float = 10.0,
+                 align_corners: bool = True, fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2,
+                 connect_timeout: float = 10.0,
                  frame_timeout: float = 30.0, reconnect_wait: float = 0.0, cache_dir=None,
                  log: Callable[[str], None] | None = None):
         if fmt not in P.FORMATS:
@@ -97,6 +100,7 @@ class RemoteEngine(EngineBase):
         self._in_flight: OrderedDict[int, float] = OrderedDict()   # frame id -> send time
         self._latest_id = -1
         self._latest: torch.Tensor | None = None
+        self._latest_motion: tuple[torch.Tensor, torch.Tensor] | None = None  # (deformation, occlusion) of it
         self._states: dict[int, RemoteState] = {}
         self._slots: OrderedDict[int, int] = OrderedDict()   # uploaded avatar -> server slot, least recent first
         self._retry_at = 0.0
@@ -109,7 +113,7 @@ class RemoteEngine(EngineBase):
         self.reconnects = 0
         self._lost_at: float | None = None  # monotonic time the connection was lost; None while connected
 
-        self.align_corners = bool(align_corners)  # what this run asked for: the server must render the same
+        self._requested_align_corners = bool(align_corners)  # this run's: the server must render the same
         self.server = self._connect()       # first connection: failures here are errors, later ones are retried
         try:
             self._check_model(self.server)
@@ -130,6 +134,11 @@ class RemoteEngine(EngineBase):
     @property
     def config_hash(self) -> str:
         return self._config_hash
+
+    @property
+    def align_corners(self) -> bool:
+        """The server's grid_sample semantics (its deformation is in them; checked to be this run's at connect)."""
+        return P.render_option(self.server, "align_corners")
 
     @property
     def connected(self) -> bool:
@@ -168,7 +177,10 @@ class RemoteEngine(EngineBase):
         whether the frame is a new answer or a repeat."""
         newest_before = self._latest_id
         image = self._render(state, kp_driving)
-        deformation, occlusion = identity_motion(image.shape[0])
+        if image is self._latest and self._latest_motion is not None:
+            deformation, occlusion = self._latest_motion
+        else:  # the avatar at rest (nothing answered yet), or a server that sent no motion: nothing moves
+            deformation, occlusion = identity_motion(image.shape[0])
         return RenderedFrame(image, deformation, occlusion, fresh=self._latest_id != newest_before)
 
     def observe(self, notify: Callable[[str], None] | None = None,
@@ -267,7 +279,7 @@ class RemoteEngine(EngineBase):
             if welcome["detector_digest"] != self.server["detector_digest"]:
                 self.close()
                 raise ServerWeightsChanged("the render server came back with other model weights; restart the client")
-            if P.render_option(welcome, "align_corners") != self.align_corners:
+            if P.render_option(welcome, "align_corners") != self._requested_align_corners:
                 self.close()
                 raise ServerWeightsChanged(self._render_options_differ(welcome))
             self._slots.clear()
@@ -350,7 +362,7 @@ class RemoteEngine(EngineBase):
         kind, frame_id, payload = P.unpack(message)
         if kind != P.KIND_FRAME:
             raise P.ProtocolError(f"a {P.KINDS[kind]} message where a frame was expected")
-        batch, render_ms, receipt, data = P.unpack_frame(payload)
+        batch, render_ms, receipt, data, motion = P.unpack_frame(payload)
         self._receipt = receipt  # read, even if stale: the server may count it as delivered
         sent = self._in_flight.pop(frame_id, None)
         if sent is None or frame_id < self._latest_id:
@@ -362,6 +374,8 @@ class RemoteEngine(EngineBase):
                              formats=("jpeg",) if self.hello.fmt == "jpeg" else ("png",))
         self.server_render_ms = render_ms
         self._latest = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        self._latest_motion = None if motion is None else (torch.from_numpy(motion[0])[None],
+                                                           torch.from_numpy(motion[1])[None, None])
         self._latest_id = frame_id
         self.batch_sizes[batch] += 1
         ms = (time.perf_counter() - sent) * 1000.0
@@ -419,7 +433,7 @@ class RemoteEngine(EngineBase):
     def _check_render_options(self, welcome: dict) -> None:
         """Every option that changes the rendered pixels must be the server's too: a remote render that differs
         from the local one without a word is a bug, not a preference."""
-        if P.render_option(welcome, "align_corners") != self.align_corners:
+        if P.render_option(welcome, "align_corners") != self._requested_align_corners:
             raise RemoteError(self._render_options_differ(welcome))
 
     def _render_options_differ(self, welcome: dict) -> str:
@@ -427,8 +441,8 @@ class RemoteEngine(EngineBase):
             return "--align-corners" if on else "--no-align-corners"
         server = flag(P.render_option(welcome, "align_corners"))
         return (f"the render server at {self.url} renders with {server} and this run asks for "
-                f"{flag(self.align_corners)}: its frames would differ from a local render; start the server with "
-                f"{flag(self.align_corners)}, or run this with {server}")
+                f"{flag(self._requested_align_corners)}: its frames would differ from a local render; start the server "
+                f"with {flag(self._requested_align_corners)}, or run this with {server}")
 
     def _detector(self, checkpoint, deterministic_weights: bool) -> KeypointDetector:
         """The keypoint detector whose weights match the server's generator (see the module docstring)."""

@@ -9,7 +9,12 @@ followed by a payload that depends on the kind:
     KEYPOINTS  client -> server  id = frame id; payload: avatar slot u16, K u16, receipt u32, K*2 float32 values,
                                  K*4 float32 jacobians (row-major 2x2) = 256 bytes in all for K=10 (fixed size per K)
     FRAME      server -> client  id = frame id; payload: batch size u16, server render ms float32, receipt u32,
-                                 image bytes (JPEG, PNG or 16-bit PNG as asked in hello, image_size x image_size)
+                                 the motion (below), image bytes (JPEG, PNG or 16-bit PNG as asked in hello,
+                                 image_size x image_size)
+               motion: h u16, w u16 (0, 0: none sent), then the generator's deformation as h*w*2 int16 (x, y: its
+                       offset from the identity grid in 1/MOTION_SCALE units, +-4 in grid_sample coordinates) and
+                       its occlusion as h*w uint8 (0..255 for 0..1): 20 KB for vox's 64x64, what the client needs to
+                       composite the frame into the avatar's photo (engines/composite.py)
     AVATAR     client -> server  id = avatar slot; payload: an encoded image (PNG/JPEG, at most MAX_AVATAR_BYTES)
     DETECTOR   server -> client  id = chunk index; payload: receipt u32, a slice of the detector weights blob
 
@@ -49,14 +54,17 @@ import numpy as np
 
 from engines.terminal_text import printable  # noqa: F401 - the shared sanitiser, P.printable to remote/
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: FRAME carries the deformation and occlusion
 MAGIC = b"LA"
 HEADER = struct.Struct("<2sBBI")
 KIND_KEYPOINTS, KIND_FRAME, KIND_AVATAR, KIND_DETECTOR = 1, 2, 3, 4
 KINDS = {KIND_KEYPOINTS: "keypoints", KIND_FRAME: "frame", KIND_AVATAR: "avatar", KIND_DETECTOR: "detector"}
 KP_PREFIX = struct.Struct("<HHI")       # slot, K, receipt
 FRAME_PREFIX = struct.Struct("<HfI")    # batch size, render ms, receipt
+MOTION_PREFIX = struct.Struct("<HH")    # motion field height, width
 RECEIPT = struct.Struct("<I")
+MOTION_SCALE = 8192.0                   # deformation offsets: 1/8192 of a grid_sample unit = 0.016 px of 256
+MAX_MOTION_SIDE = 256                   # vox sends 64x64
 
 MAX_AVATAR_BYTES = 10 * 1024 * 1024
 MAX_AVATAR_SIDE = 8192
@@ -144,16 +152,64 @@ def unpack_keypoints(payload: memoryview, num_kp: int) -> tuple[int, np.ndarray,
     return slot, value, jacobian, receipt
 
 
-def pack_frame(frame_id: int, image: bytes, batch_size: int, render_ms: float, receipt: int = 0) -> bytes:
-    return pack(KIND_FRAME, frame_id, FRAME_PREFIX.pack(min(batch_size, 0xFFFF), render_ms, receipt) + image)
+def _identity_grid(height: int, width: int) -> np.ndarray:
+    """[h, w, 2] float32 (x, y): the deformation of "nothing moves" (engines/protocol.py identity_motion)."""
+    y, x = np.meshgrid(np.linspace(-1.0, 1.0, height, dtype=np.float32),
+                       np.linspace(-1.0, 1.0, width, dtype=np.float32), indexing="ij")
+    return np.stack([x, y], axis=-1)
 
 
-def unpack_frame(payload: memoryview) -> tuple[int, float, int, bytes]:
-    """(batch size, server render ms, receipt, image bytes)."""
+def pack_motion(deformation: np.ndarray | None, occlusion: np.ndarray | None) -> bytes:
+    """The motion part of a FRAME: deformation [h,w,2] (or [1,h,w,2]) and occlusion [h,w] (or [1,1,h,w]), both
+    finite; None for none."""
+    if deformation is None or occlusion is None:
+        return MOTION_PREFIX.pack(0, 0)
+    deformation = np.asarray(deformation, dtype=np.float32)
+    height, width = deformation.shape[-3:-1]
+    if not (1 <= height <= MAX_MOTION_SIDE and 1 <= width <= MAX_MOTION_SIDE):
+        raise ValueError(f"a {height}x{width} motion field cannot be sent")
+    offset = (deformation.reshape(height, width, 2) - _identity_grid(height, width)) * MOTION_SCALE
+    quantized = np.clip(np.rint(offset), -32767, 32767).astype("<i2")
+    occlusion = np.asarray(occlusion, dtype=np.float32).reshape(height, width)
+    levels = np.clip(np.rint(occlusion * 255.0), 0, 255).astype(np.uint8)
+    return MOTION_PREFIX.pack(height, width) + quantized.tobytes() + levels.tobytes()
+
+
+def unpack_motion(payload: memoryview, offset: int = 0):
+    """((deformation [h,w,2], occlusion [h,w]) float32 or None when none was sent, offset after it);
+    ProtocolError for a field size out of range or a payload too short for it. Every value is in range by
+    construction (int16 offsets, uint8 levels)."""
+    if len(payload) < offset + MOTION_PREFIX.size:
+        raise ProtocolError("frame message too short for its motion")
+    height, width = MOTION_PREFIX.unpack_from(payload, offset)
+    offset += MOTION_PREFIX.size
+    if (height, width) == (0, 0):
+        return None, offset
+    if not (1 <= height <= MAX_MOTION_SIDE and 1 <= width <= MAX_MOTION_SIDE):
+        raise ProtocolError(f"frame with a {height}x{width} motion field (1..{MAX_MOTION_SIDE} per side)")
+    count = height * width
+    if len(payload) < offset + count * 5:
+        raise ProtocolError(f"frame message too short for its {height}x{width} motion field")
+    quantized = np.frombuffer(payload, dtype="<i2", count=count * 2, offset=offset).reshape(height, width, 2)
+    levels = np.frombuffer(payload, dtype=np.uint8, count=count, offset=offset + count * 4).reshape(height, width)
+    deformation = quantized.astype(np.float32) / MOTION_SCALE + _identity_grid(height, width)
+    return (deformation, levels.astype(np.float32) / 255.0), offset + count * 5
+
+
+def pack_frame(frame_id: int, image: bytes, batch_size: int, render_ms: float, receipt: int = 0,
+               motion: tuple | None = None) -> bytes:
+    """A FRAME message; `motion` = (deformation, occlusion) of the frame (None: none, the client assumes rest)."""
+    return pack(KIND_FRAME, frame_id, FRAME_PREFIX.pack(min(batch_size, 0xFFFF), render_ms, receipt)
+                + pack_motion(*(motion or (None, None))) + image)
+
+
+def unpack_frame(payload: memoryview) -> tuple[int, float, int, bytes, tuple | None]:
+    """(batch size, server render ms, receipt, image bytes, (deformation [h,w,2], occlusion [h,w]) or None)."""
     if len(payload) < FRAME_PREFIX.size:
         raise ProtocolError("frame message too short")
     batch, render_ms, receipt = FRAME_PREFIX.unpack_from(payload)
-    return batch, render_ms, receipt, bytes(payload[FRAME_PREFIX.size:])
+    motion, offset = unpack_motion(payload, FRAME_PREFIX.size)
+    return batch, render_ms, receipt, bytes(payload[offset:]), motion
 
 
 def pack_detector_chunk(index: int, chunk: bytes, receipt: int) -> bytes:

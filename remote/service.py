@@ -104,8 +104,9 @@ class RenderService:
         return self.engine.encode(to_model_input(rgb, size, self.engine.device))
 
     def render_batch(self, requests: list) -> list:
-        """[(state, value, jacobian, fmt, quality)] -> [(image bytes, batch size, render ms)]; image None for a
-        frame that came out non-finite."""
+        """[(state, value, jacobian, fmt, quality)] -> [(image bytes, batch size, render ms, (deformation,
+        occlusion))]; image None for a frame that came out non-finite. The motion goes along so that the client
+        can composite the frame into the avatar's photo (it holds the photo; the server only has the square)."""
         from engines.batch import render_batch
         from engines.keypoints import Keypoints
 
@@ -114,18 +115,21 @@ class RenderService:
         device = self.engine.device
         kps = [Keypoints(torch.from_numpy(v).to(device), torch.from_numpy(j).to(device))
                for _, v, j, _, _ in requests]
-        frames = render_batch(self.engine, [r[0] for r in requests], kps).image
-        frames = frames.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        rendered = render_batch(self.engine, [r[0] for r in requests], kps)
+        frames = rendered.image.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        deformations = rendered.deformation.float().cpu().numpy()
+        occlusions = rendered.occlusion.float().cpu().numpy()
         render_ms = (time.perf_counter() - start) * 1000.0
         self.batches[len(requests)] += 1
         self.frames += len(requests)
         out = []
-        for frame, (_, _, _, fmt, quality) in zip(frames, requests):
-            if not np.isfinite(frame).all():  # never sent: a NaN frame would arrive as a black one
-                out.append((None, len(requests), render_ms))
+        for frame, deformation, occlusion, (_, _, _, fmt, quality) in zip(frames, deformations, occlusions,
+                                                                          requests):
+            if not (np.isfinite(frame).all() and np.isfinite(deformation).all() and np.isfinite(occlusion).all()):
+                out.append((None, len(requests), render_ms, None))  # never sent: NaN would arrive as black
                 continue
             rgb = frame if fmt == "png16" else (frame * 255.0 + 0.5).astype(np.uint8)
-            out.append((P.encode_image(rgb, fmt, quality), len(requests), render_ms))
+            out.append((P.encode_image(rgb, fmt, quality), len(requests), render_ms, (deformation, occlusion)))
         return out
 
     @property
@@ -167,12 +171,13 @@ class RenderService:
 
         async def answer(frame_id: int, request) -> None:
             try:
-                image, batch, render_ms = await render(request)
+                image, batch, render_ms, motion = await render(request)
                 if image is None:
                     await out.text(P.error_message("render produced non-finite values; frame not sent", "render",
                                                    id=frame_id))
                 else:
-                    await out.binary(lambda receipt: P.pack_frame(frame_id, image, batch, render_ms, receipt))
+                    await out.binary(lambda receipt: P.pack_frame(frame_id, image, batch, render_ms, receipt,
+                                                                  motion))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the client hears why; the server goes on

@@ -151,7 +151,15 @@ def test_offline_render_through_main(capsys, avatar, driving_folder, tmp_path):
     assert "Calibrated" in err  # first frame = neutral pose, like FOMM's demo
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
-    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (256, 256)
+    # composited into the avatar's photo at the canvas size (--vcam-size, 1280x720 by default)
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (1280, 720)
+    cap.release()
+    square = tmp_path / "square.mp4"
+    code, err = run_main(capsys, ["--avatar", avatar, "--driving", driving_folder, "--output", square,
+                                  "--deterministic-weights", "--device", "cpu", "--no-preview", "--composite", "off"])
+    assert code == 0, err
+    cap = cv2.VideoCapture(str(square))
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (256, 256)  # as before
     cap.release()
 
 

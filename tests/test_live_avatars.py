@@ -258,3 +258,93 @@ def test_exif_orientation_is_applied_with_one_decode(tmp_path):
     top, bottom = out[5, 20].astype(int), out[35, 20].astype(int)
     assert top[0] > 200 and top[2] < 60, top          # red (RGB)
     assert bottom[2] > 200 and bottom[0] < 60, bottom  # blue
+
+
+# --- any photo is an avatar: the square around the face, the photo kept on the output canvas ---------------------
+KNOWN_FACE = (175, 65, 97, 97)  # the astronaut's face in scikit-image's 512-px picture: brows to chin, measured by eye
+
+
+def _scene(tmp_path, face_side=300, at=(900, 380)):
+    """The astronaut, small and off-centre, in a 1280x720 picture of a room (a gradient with some texture)."""
+    from skimage.data import astronaut
+    rng = np.random.default_rng(0)
+    room = (np.linspace(40, 200, 1280)[None, :, None] + rng.normal(0, 6, (720, 1280, 3))).clip(0, 255)
+    room = room.astype(np.uint8)
+    x, y = at
+    room[y:y + face_side, x:x + face_side] = cv2.resize(astronaut(), (face_side, face_side),
+                                                        interpolation=cv2.INTER_AREA)
+    scale = face_side / 512
+    fx, fy, fw, fh = KNOWN_FACE
+    face = (x + fx * scale, y + fy * scale, fw * scale)
+    return _write(tmp_path / "room.png", cv2.cvtColor(room, cv2.COLOR_RGB2BGR)), face
+
+
+def test_a_small_off_centre_face_gets_the_square_around_it(tmp_path):
+    from engines.framing import Canvas
+    from live.pipeline.avatars import FaceFraming, load_avatar_image
+    path, (fx, fy, side) = _scene(tmp_path)
+    loaded = load_avatar_image(path, 256, canvas=Canvas(1280, 720), framing=FaceFraming())
+    assert loaded.face_found and loaded.notice is None
+    x0, y0, x1, y1 = loaded.photo.layout.crop_rect  # the canvas is the photo's own size here
+    assert (x0 + x1) / 2 == pytest.approx(fx + side / 2, abs=0.15 * side)
+    assert (y0 + y1) / 2 == pytest.approx(fy + side / 2, abs=0.15 * side)
+    assert x1 - x0 == pytest.approx(1.8 * side, rel=0.25), "the head fills the square like the vox crops"
+    assert np.array_equal(loaded.photo.backdrop, load_avatar_image(path, 256, canvas=Canvas(1280, 720)).photo.backdrop)
+    # without a canvas (--composite off) the model gets the same square, cut from the file
+    alone = load_avatar_image(path, 256, framing=FaceFraming())
+    assert alone.photo is None and np.abs(alone.crop.astype(int) - loaded.crop.astype(int)).mean() < 2
+    # --crop-scale frames it tighter or wider
+    wide = load_avatar_image(path, 256, canvas=Canvas(1280, 720), framing=FaceFraming(scale=2.5))
+    assert wide.photo.layout.crop_rect[2] - wide.photo.layout.crop_rect[0] > 1.3 * (x1 - x0)
+
+
+def test_a_photo_without_a_face_animates_its_centre_square_with_a_notice(tmp_path):
+    from engines.framing import Canvas
+    from live.pipeline.avatar_set import load_avatars
+    from live.pipeline.avatars import FaceFraming
+    path = _write(tmp_path / "wall.png", np.tile(np.linspace(0, 255, 200, dtype=np.uint8)[None, :, None], (120, 1, 3)))
+    notices = []
+    [avatar] = load_avatars(path, 64, on_skip=notices.append, canvas=Canvas(320, 240), framing=FaceFraming())
+    assert avatar.face_found is False and len(notices) == 1 and "no face found in wall.png" in notices[0]
+    # today's centre square (cut from the photo at its canvas size: the same square, resampled once more)
+    assert np.abs(avatar.image.astype(int) - load_avatar(path, 64).astype(int)).mean() < 1.5
+    assert avatar.photo.layout.crop_rect == (64.0, 24.0, 256.0, 216.0)  # 320x192 on the canvas: its centre
+
+
+def test_an_avatar_framed_like_the_crop_keeps_working_as_before(tmp_path):
+    from skimage.data import astronaut
+    from engines.framing import Canvas
+    from live.pipeline.avatars import FaceFraming, load_avatar_image
+    fx, fy, fw, _ = KNOWN_FACE
+    side = int(1.8 * fw)
+    cx, cy = fx + fw // 2, fy + fw // 2
+    face = cv2.resize(astronaut()[cy - side // 2:cy + side // 2, cx - side // 2:cx + side // 2], (256, 256),
+                      interpolation=cv2.INTER_AREA)
+    path = _write(tmp_path / "face.png", cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    for canvas in (None, Canvas(1280, 720)):
+        loaded = load_avatar_image(path, 256, canvas=canvas, framing=FaceFraming())
+        assert loaded.face_found and np.array_equal(loaded.crop, load_avatar(path, 256)), "the whole square"
+    layout = loaded.photo.layout
+    assert layout.region() == layout.photo_rect == (280, 0, 1000, 720) and not any(layout.feathered_sides())
+
+
+@pytest.mark.parametrize("mode, rect", [("fit", (160, 0, 1120, 720)), ("fill", (0, 0, 1280, 720))])
+def test_the_photo_is_kept_at_its_size_on_the_canvas_never_larger(tmp_path, mode, rect):
+    from engines.framing import Canvas
+    from live.pipeline.avatars import load_avatar_image
+    big = np.random.default_rng(1).integers(0, 256, (3000, 4000, 3), np.uint8)
+    path = _write(tmp_path / "big.png", big)
+    loaded = load_avatar_image(path, 256, canvas=Canvas(1280, 720, mode))
+    assert loaded.photo.backdrop.shape == (720, 1280, 3) and loaded.photo.layout.photo_rect == rect
+    x0, y0, x1, y1 = loaded.photo.layout.crop_rect
+    assert all(float(v).is_integer() for v in (x0, y0, x1 - x0)), "the square lies on whole canvas pixels"
+
+
+def test_a_transparent_photo_is_put_over_white_on_the_canvas(tmp_path):
+    from engines.framing import Canvas
+    from live.pipeline.avatars import load_avatar_image
+    bgra = np.zeros((60, 80, 4), np.uint8)
+    bgra[..., 2], bgra[:, :40, 3] = 255, 255  # red, the right half transparent
+    loaded = load_avatar_image(_write(tmp_path / "cut.png", bgra), 32, canvas=Canvas(160, 120))
+    backdrop = loaded.photo.backdrop
+    assert tuple(backdrop[60, 20]) == (255, 0, 0) and tuple(backdrop[60, 140]) == (255, 255, 255)

@@ -324,3 +324,17 @@ def test_a_fifo_as_token_file_fails_the_check_instead_of_hanging(fake_server, tm
     thread.join(10)
     assert checks, "the doctor hung on a FIFO given as --token-file"
     assert checks[0].status == "FAIL" and "FIFO" in checks[0].text and "\n" not in checks[0].text
+
+
+def test_the_avatar_check_says_which_output_mode_runs_and_which_photos_have_no_face(tmp_path):
+    import cv2
+    from skimage.data import astronaut
+
+    folder = tmp_path / "avatars"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    check = D.check_avatar(args_for("--avatar", folder))
+    assert check.status == "ok" and "composite on" in check.text and "1280x720" in check.text
+    cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 128, np.uint8))
+    check = D.check_avatar(args_for("--avatar", folder, "--composite", "off"))
+    assert check.status == "warn" and "composite off" in check.text and "no face found in wall.png" in check.text

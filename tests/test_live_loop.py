@@ -320,7 +320,8 @@ def test_preview_gets_camera_box_output_hud_and_its_keys_are_applied():
     camera_shape, box, output_shape, hud, status = preview.shown[0]
     assert camera_shape == (48, 64, 3) and output_shape == (SIZE, SIZE, 3) and box.size == 48
     assert hud and hud[0].startswith("FPS") and "press C" in status
-    assert hud[-1] == "engine fake"  # which engine (backend and precision) renders
+    assert hud[-2] == "engine fake"  # which engine (backend and precision) renders
+    assert hud[-1].startswith("composite off")  # and what the sinks get
     assert preview.shown[2][3] == [], "h hides the HUD"
 
 
@@ -332,6 +333,17 @@ def test_compose_puts_camera_and_avatar_side_by_side():
     assert (image[100:200, 400:500] == 255).all(), "avatar panel on the right"
     assert image[120, 58:64, 1].max() == 255, "crop box (left edge x=30 -> 60 at 2x) drawn in green"
     assert image[120, 70:250].max() == 0, "inside the box the camera picture is untouched"
+
+
+def test_compose_keeps_the_output_shape_and_outlines_the_animated_square():
+    camera = np.zeros((120, 160, 3), np.uint8)
+    output = np.full((360, 640, 3), 255, np.uint8)  # a composited canvas, 16:9
+    framing = preview_module.Framing(np.zeros((SIZE, SIZE, 3), np.uint8), 50.0, (320.0, 60.0, 480.0, 220.0))
+    image = compose(camera, CropBox(80, 60, 100), output, panel_height=240, framing=framing)
+    assert image.shape == (240 + STATUS_HEIGHT, 320 + 427, 3), "the output panel keeps the canvas' shape"
+    left = 320 + 213  # x = 320 at 240/360 scale
+    assert image[100, left - 1:left + 2].min() < 255, "the animated square is outlined"
+    assert (image[100, 320 + 300:320 + 310] == 255).all()
 
 
 # --- non-finite engine output never reaches a sink ------------------------------------------------------------------
@@ -681,3 +693,107 @@ def test_the_status_line_keeps_saying_the_render_server_is_away():
     engine.status_text = None
     p._notice_until = 0.0
     assert "UNREACHABLE" not in p.status
+
+
+# --- compositing: the render goes back into the avatar's own photo on the canvas ---------------------------------
+def photo_avatar(name: str, seed: int, canvas):
+    """An avatar with its own photo (a textured 150x100 picture, framed without a face search: centre square)."""
+    from live.pipeline.avatars import frame_avatar
+    photo = np.random.default_rng(seed).integers(0, 256, (100, 150, 3), np.uint8)
+    loaded = frame_avatar(photo, SIZE, canvas=canvas)
+    return Avatar(name, loaded.crop, photo=loaded.photo)
+
+
+def composite_pipeline(avatars, canvas, *, keys=None, options=None, tracker=None):
+    engine = FakeEngine()
+    messages = []
+    pipeline = LivePipeline(engine, AvatarSet(avatars, engine), sinks=[ListSink()],
+                            tracker=tracker or FaceTracker(tracking=False, out_size=SIZE),
+                            key_sources=[keys] if keys else [], options=options or PipelineOptions(),
+                            log=messages.append, composite=canvas)
+    pipeline.messages = messages
+    return pipeline
+
+
+def test_composited_the_sinks_get_the_canvas_the_photo_at_rest_and_only_the_square_moves():
+    from engines.framing import Canvas
+    canvas = Canvas(96, 64)
+    avatar = photo_avatar("p.png", 0, canvas)
+    p = composite_pipeline([avatar], canvas, keys=ScriptedKeys({3: ["c"]}))
+    p.run(frames([100, 110, 120, 130, 150, 90]))
+    sent = p.sinks[0].frames
+    assert len(sent) == 6 and all(f.shape == (64, 96, 3) for f in sent), "the canvas, sent as it is"
+    backdrop = avatar.photo.backdrop
+    assert all(np.array_equal(f, backdrop) for f in sent[:3]), "before calibration: the photo itself"
+    x0, y0, x1, y1 = avatar.photo.layout.region()
+    outside = np.ones((64, 96), bool)
+    outside[y0:y1, x0:x1] = False
+    assert all(np.array_equal(f[outside], backdrop[outside]) for f in sent), "only the square ever changes"
+    assert not np.array_equal(sent[4], sent[3]) and not np.array_equal(sent[5], sent[4]), "it follows the driving"
+    assert "composite" in p.timings.stage_ms
+    assert p.output_mode().startswith("composite 96x64 fit")
+
+
+def test_composited_each_avatar_keeps_its_own_photo_when_switching():
+    from engines.framing import Canvas
+    canvas = Canvas(96, 64)
+    first, second = photo_avatar("a.png", 1, canvas), photo_avatar("b.png", 2, canvas)
+    p = composite_pipeline([first, second], canvas, keys=ScriptedKeys({2: ["2"], 4: ["1"]}))
+    p.run(frames([100] * 6))
+    sent = p.sinks[0].frames
+    assert np.array_equal(sent[0], first.photo.backdrop) and np.array_equal(sent[2], second.photo.backdrop)
+    assert np.array_equal(sent[4], first.photo.backdrop)
+
+
+def test_composited_a_snapshot_is_a_crop_sized_avatar_on_the_canvas(tmp_path):
+    from engines.framing import Canvas
+    from live.pipeline.avatars import crop_sized_photo
+    canvas = Canvas(96, 64)
+    p = composite_pipeline([photo_avatar("p.png", 0, canvas)], canvas, keys=ScriptedKeys({1: ["k"]}),
+                           options=PipelineOptions(snapshot_folder=tmp_path))
+    p.run(frames([100] * 3))
+    snapshot = p.avatars.current
+    assert p.avatars.index == 1 and snapshot.photo is not None
+    assert np.array_equal(p.sinks[0].frames[-1], crop_sized_photo(snapshot.image, canvas).backdrop)
+    assert snapshot.photo.layout.region() == (16, 0, 80, 64), "the square itself, fitted on the canvas"
+
+
+def test_composited_passthrough_sends_the_whole_camera_picture():
+    from engines.framing import Canvas
+    canvas = Canvas(96, 64)
+    p = composite_pipeline([photo_avatar("p.png", 0, canvas)], canvas, keys=ScriptedKeys({0: ["o"]}))
+    p.run(frames([100] * 2, shape=(48, 64)))
+    assert p.sinks[0].frames[-1].shape == (48, 64, 3)  # the sinks place it on their canvas
+
+
+class ScriptedFaces:
+    """A face detector that sees a face on the calls `script(call)` says."""
+
+    def __init__(self, script):
+        self.script, self.calls = script, 0
+
+    def __call__(self, frame):
+        self.calls += 1
+        return [(16.0, 8.0, 32.0, 32.0)] if self.script(self.calls - 1) else []
+
+
+def test_face_lost_the_avatar_glides_to_rest_says_so_and_glides_back():
+    from calibration.face_loss import GLIDE_S, LOST_AFTER_S
+    # the detector runs on every 3rd frame; the face is gone on frames 30..89 (2 s at 30 fps)
+    detector = ScriptedFaces(lambda call: not 10 <= call < 30)
+    tracker = FaceTracker(tracking=True, detector=detector, out_size=SIZE)
+    statuses = []
+    p = make_pipeline(options=PipelineOptions(calibrate_first_frame=True))
+    p.tracker = tracker
+    p.sinks[0].send = lambda frame, sent=p.sinks[0].frames: (sent.append(frame.copy()),
+                                                               statuses.append(p.status))
+    p.run(frames([100] + [140] * 149))
+    levels = [float(f.mean()) for f in p.sinks[0].frames]
+    driven, rest = levels[20], levels[0]
+    assert driven > rest + 10, "the driving frames move the avatar"
+    glide_frames = GLIDE_S * 30
+    steps = np.abs(np.diff(levels[1:]))  # after the calibration frame itself
+    assert steps.max() <= 1.5 * (driven - rest) / glide_frames + 1.0, "no jump when the face goes or comes back"
+    gone = 30 + int((LOST_AFTER_S + GLIDE_S) * 30) + 2
+    assert levels[gone] == pytest.approx(rest, abs=0.5) and any("no face" in s for s in statuses[gone:90])
+    assert levels[-1] == pytest.approx(driven, abs=0.5) and "no face" not in statuses[-1]

@@ -57,6 +57,21 @@ def test_canvas_downscale_and_odd_sizes():
         assert out.shape == (99, 321, 3), mode
 
 
+def test_a_sink_places_frames_into_one_buffer_per_frame_size():
+    from live.devices.sinks import CanvasBuffer
+    for mode in CANVAS_MODES:
+        canvas = CanvasBuffer(1280, 720, mode)
+        first, second = _avatar(256), _avatar(256)
+        second[:] = (1, 2, 3)
+        out = canvas.place(first)
+        assert np.array_equal(out, place_on_canvas(first, 1280, 720, mode))
+        again = canvas.place(second)
+        assert again is out and np.array_equal(again, place_on_canvas(second, 1280, 720, mode)), mode
+        assert np.array_equal(canvas.place(_avatar(100)), place_on_canvas(_avatar(100), 1280, 720, mode))
+    full = np.zeros((720, 1280, 3), np.uint8)
+    assert np.shares_memory(CanvasBuffer(1280, 720).place(full), full), "a frame of the canvas' size goes as it is"
+
+
 def test_canvas_bad_input():
     with pytest.raises(ValueError, match="unknown canvas mode"):
         place_on_canvas(_avatar(), 10, 10, mode="zoom")

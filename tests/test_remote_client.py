@@ -242,3 +242,39 @@ def test_run_live_with_a_fifo_as_token_file_exits_2_at_once(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "FIFO" in errors[0] and "Traceback" not in result.stderr
+
+
+# --- the frame's motion comes along: the client composites the same frame a local engine would --------------------
+def test_remote_and_local_composite_the_same_frame(fake, digest, tmp_path):
+    from engines.composite import Compositor
+    from engines.framing import Canvas
+    from engines.image import to_model_input
+    from engines.keypoints import Keypoints
+    from live.pipeline.avatars import FaceFraming, frame_avatar
+    from remote.service import RenderService
+    from skimage.data import astronaut
+
+    service = RenderService({"backend": "torch", "deterministic_weights": True})  # the server's own render path
+    loaded = frame_avatar(astronaut()[..., ::-1].copy(), 256, canvas=Canvas(480, 320), framing=FaceFraming())
+    avatar = to_model_input(loaded.crop)
+    state = service.engine.encode(avatar)
+    kp = Keypoints(state.kp.value + torch.tensor([0.04, -0.03]), state.kp.jacobian.clone())
+    [(image, batch, render_ms, motion)] = service.render_batch(
+        [(state, kp.value.numpy(), kp.jacobian.numpy(), "png16", 90)])  # 16-bit: the image arrives as sent
+    server = fake(welcome(digest, align_corners=True),
+                  frame=lambda i: [P.pack_frame(i, image, batch, render_ms, 7, motion)])
+    client = engine(server.url, tmp_path, fmt="png16")
+    remote_frame = client.render(client.encode(avatar), kp)
+    local_frame = service.engine.render(state, kp)
+    assert remote_frame.fresh and client.align_corners is True
+    assert (remote_frame.deformation - local_frame.deformation).abs().max() < 1e-4  # int16 offsets: 1/8192
+    pictures = []
+    for frame in (local_frame, remote_frame):
+        compositor = Compositor((480, 320), 256, align_corners=True)
+        plate = compositor.plate("a", loaded.photo.backdrop, loaded.photo.layout, loaded.crop)
+        pictures.append(compositor.compose(plate, frame).astype(int))
+    difference = np.abs(pictures[0] - pictures[1])
+    # the same picture up to the wire's rounding (occlusion in 1/255 steps, the field in 1/8192)
+    assert difference.max() <= 3 and difference.mean() < 0.05
+    assert not np.array_equal(pictures[0], loaded.photo.backdrop), "the frame moved the face"
+    client.close()

@@ -280,3 +280,39 @@ def test_a_token_saved_with_a_byte_order_mark_is_the_token(tmp_path):
     path = tmp_path / "token"
     path.write_bytes("\ufeffcorrect-horse-battery\r\n".encode("utf-8"))
     assert P.read_token(path) == "correct-horse-battery"
+
+
+# --- the frame's motion: the deformation and occlusion the client composites with ---------------------------------
+def test_a_frames_motion_round_trips_within_its_quantization():
+    from engines.protocol import identity_motion
+    identity, _ = identity_motion(1)
+    generator = torch.Generator().manual_seed(0)
+    deformation = (identity + 0.3 * torch.randn(1, 64, 64, 2, generator=generator))[0].numpy()
+    occlusion = torch.rand(64, 64, generator=generator).numpy()
+    message = P.pack_frame(5, b"jpeg bytes", 2, 12.5, 99, (deformation, occlusion))
+    kind, ident, payload = P.unpack(message)
+    batch, render_ms, receipt, image, (got_deformation, got_occlusion) = P.unpack_frame(payload)
+    assert (kind, ident, batch, render_ms, receipt, image) == (P.KIND_FRAME, 5, 2, 12.5, 99, b"jpeg bytes")
+    assert np.abs(got_deformation - deformation).max() <= 0.5 / P.MOTION_SCALE + 1e-6
+    assert np.abs(got_occlusion - occlusion).max() <= 0.5 / 255 + 1e-6
+    assert len(message) - len(P.pack_frame(5, b"jpeg bytes", 2, 12.5, 99)) == 64 * 64 * 5  # 20 KB for vox
+    # beyond +-4 the offsets are clipped (a field that far out samples the border anyway), never wrapped
+    far = identity[0].numpy() + 100.0
+    got, _ = P.unpack_frame(P.unpack(P.pack_frame(1, b"x", 1, 1.0, 1, (far, occlusion)))[2])[4]
+    assert np.all(got > identity[0].numpy() + 3.9) and np.all(got < identity[0].numpy() + 4.0)
+
+
+def test_a_frame_without_motion_says_none():
+    assert P.unpack_frame(P.unpack(P.pack_frame(1, b"img", 1, 1.0, 1))[2])[3:] == (b"img", None)
+
+
+@pytest.mark.parametrize("motion, match", [
+    (b"\x00\x00\x40\x00", "0x64 motion field"),                 # one side empty
+    (b"\x01\x01\x01\x01", "257x257 motion field"),              # larger than any model's field
+    (b"\x40\x00\x40\x00" + b"\x00" * 100, "too short"),         # 64 x 64 declared, 100 bytes sent
+    (b"\x40", "too short"),                                     # half a header
+])
+def test_a_malformed_motion_is_a_protocol_error(motion, match):
+    payload = P.FRAME_PREFIX.pack(1, 1.0, 1) + motion
+    with pytest.raises(P.ProtocolError, match=match):
+        P.unpack_frame(memoryview(payload))

@@ -213,8 +213,11 @@ def test_switching_avatars_on_one_connection(server, cache, clip, deterministic_
     local_states = [deterministic_engine.encode(to_model_input(a, 256)) for a in avatars]
     kp = engine.detect(to_model_input(clip[5], 256))
     for i in (0, 1, 0):  # keys 1, 2, 1: the uploaded encodings are selected per frame
-        frame = engine.render(states[i], kp).image
-        assert (frame - deterministic_engine.render(local_states[i], kp).image).abs().max().item() <= 1e-4
+        frame, local = engine.render(states[i], kp), deterministic_engine.render(local_states[i], kp)
+        assert (frame.image - local.image).abs().max().item() <= 1e-4
+        # and its motion, for compositing on the client: within the wire's steps (1/8192, 1/255)
+        assert (frame.deformation - local.deformation).abs().max().item() <= 1e-4
+        assert (frame.occlusion - local.occlusion).abs().max().item() <= 0.5 / 255 + 1e-6
     engine.close()
 
 

@@ -46,6 +46,10 @@ class SwitchingEngine(EngineBase):
         return self.current.weights_id
 
     @property
+    def align_corners(self) -> bool:
+        return self.current.align_corners
+
+    @property
     def precision(self) -> str:
         return self.current.precision
 

@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def avatar_options(args) -> dict:
+    """How the avatars are loaded for these flags (live/pipeline/avatars.py loading_options)."""
+    from live.pipeline.avatars import loading_options
+
+    return loading_options(composite=getattr(args, "composite", "on") == "on", canvas_size=args.vcam_size,
+                           canvas_mode=args.vcam_mode, crop_scale=args.crop_scale)
+
+
 class Session:
     """Everything one run opens, built in an order that reports cheap mistakes before slow work: avatar images,
     driving source, weights + engine, avatar encodings, sinks."""
@@ -112,7 +120,7 @@ class Session:
 
         args = self.args
         # Cheap checks first: a typo in --avatar or a missing camera driver should not cost a model download/load.
-        avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=self.log)
+        avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=self.log, **avatar_options(args))
         with ExitStack() as stack:
             w, h = args.camera_size or (None, None)
             spec = args.driving if args.driving is not None else self._camera().index
@@ -218,7 +226,7 @@ class Session:
 
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
-            avatar_list = load_avatars(args.avatar, engine.image_size)
+            avatar_list = load_avatars(args.avatar, engine.image_size, **avatar_options(args))
         # a folder's avatars are encoded up front (those keys 1-9 reach): seconds on a CPU
         with step(self.log, f"encoding {len(avatar_list)} avatars") if len(avatar_list) > 1 else nullcontext():
             avatars = AvatarSet(avatar_list, engine)
@@ -255,7 +263,8 @@ class Session:
         # landmarks in the background (the video goes on); an offline render waits for them before its first frame.
         return LivePipeline(engine, avatars, sinks=sinks, tracker=tracker, neutral=neutral, smoother=smoother,
                             preview=preview, landmarks_factory=landmarks, landmarks_in_background=not self.offline,
-                            options=options, log=lambda message: self.log(message))
+                            options=options, log=lambda message: self.log(message),
+                            composite=avatar_options(args)["canvas"])
 
     def _refuse_own_output(self, sinks) -> None:
         """The virtual camera pyvirtualcam picked (the first free loopback device) must not be the webcam."""

@@ -267,13 +267,25 @@ def check_avatar(args) -> Check:
     from engines.config import VOX_256
     from engines.errors import UserError
     from live.pipeline.avatar_set import load_avatars
+    from live.pipeline.avatars import loading_options
     if args.avatar is None:
         return skip("avatar", "none given (--avatar PATH)")
+    options = loading_options(composite=args.composite == "on", canvas_size=args.vcam_size,
+                              canvas_mode=args.vcam_mode, crop_scale=args.crop_scale)
     try:
-        avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=lambda message: None)
+        avatars = load_avatars(args.avatar, VOX_256.image_size, on_skip=lambda message: None, **options)
     except UserError as exc:
         return fail("avatar", str(exc))
-    return ok("avatar", f"{args.avatar}: {len(avatars)} image{'s' if len(avatars) != 1 else ''}")
+    canvas = options["canvas"]
+    mode = (f"composite on: each photo at {canvas.width}x{canvas.height} ({canvas.mode}), the face animated in it"
+            if canvas is not None else f"composite off: the {VOX_256.image_size}-px square alone")
+    faceless = [a.name for a in avatars if a.face_found is False]
+    text = f"{args.avatar}: {len(avatars)} image{'s' if len(avatars) != 1 else ''}; {mode}"
+    if faceless:
+        return warn("avatar", f"{text}; no face found in {', '.join(faceless[:3])}"
+                              f"{' and more' if len(faceless) > 3 else ''}: the centre square is animated (a photo "
+                              "with the face upright and clearly visible works best)")
+    return ok("avatar", text)
 
 
 CHECKS = (check_versions, check_camera, check_virtual_camera, check_display, check_weights, check_cache,

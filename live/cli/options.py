@@ -75,7 +75,11 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vcam-backend", metavar="NAME",
                    help="pyvirtualcam backend: v4l2loopback, obs or unitycapture (default: the OS's first)")
     g.add_argument("--vcam-mode", choices=("fit", "fill"), default="fit",
-                   help="square avatar on the camera canvas: fit (borders) or fill (crop); default fit")
+                   help="the avatar's photo (or square) on the --vcam-size canvas: fit (borders) or fill (crop); "
+                        "default fit")
+    g.add_argument("--composite", choices=("on", "off"), default="on",
+                   help="on (default): the avatar's own photo at --vcam-size, the face animated in place, sharper "
+                        "than the model's 256 px; off: the model's square alone (placed on the canvas), as before")
     g.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
                    help="preview window with camera, crop box, avatar and HUD (default: on where a display "
                         "exists)")
@@ -131,8 +135,8 @@ def add_crop_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-track", action="store_true", help="no face tracking: fixed centre crop, moved by keys")
     # below 0.5 the crop is inside the face
     g.add_argument("--crop-scale", type=number(float, low=0.5, high=8.0), default=None, metavar="F",
-                   help=f"crop side as a multiple of the detected face size (0.5..8; default "
-                        f"{TrackerSettings.scale:g}: whole head)")
+                   help=f"crop side as a multiple of the detected face size, in the webcam and in the avatar "
+                        f"photo (0.5..8; default {TrackerSettings.scale:g}: whole head)")
     g.add_argument("--mirror", action="store_true", help="mirror the camera image")
 
 

@@ -1,7 +1,9 @@
 """Where the animated avatar goes: a virtual camera, a video file, nowhere, or several of these at once.
 
 Every sink takes uint8 RGB HxWx3 frames through ``send`` and is finished with ``close`` (also a context manager,
-and close() is safe to call twice). Sinks with a fixed output size place the square avatar on a canvas first.
+and close() is safe to call twice). Sinks with a fixed output size place a frame of another size (the square
+avatar without compositing, the camera in passthrough) on a canvas first, into a buffer each sink allocates once
+per frame size; a frame of the canvas' own size (the composited avatar) is sent as it is.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.framing import CANVAS_COLOR, CANVAS_MODES, canvas_placement
 from engines.terminal_text import printable
 from live.errors import SinkError, UserError
 from live.signals import signals_deferred
 
-CANVAS_MODES = ("fit", "fill")
-DEFAULT_CANVAS_COLOR = (32, 32, 32)  # RGB dark grey: calmer than black bars, reads as "background" in calls
+DEFAULT_CANVAS_COLOR = CANVAS_COLOR  # RGB dark grey: calmer than black bars, reads as "background" in calls
 
 
 def _check_rgb(frame: np.ndarray) -> None:
@@ -32,44 +34,65 @@ def _check_rgb(frame: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 HxWx3 RGB frame, got shape {shape} dtype {dtype}")
 
 
-def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    h, w = frame.shape[:2]
-    if (w, h) == (width, height):
-        return frame
-    # AREA to shrink (no aliasing); LINEAR to enlarge: every frame goes through here, cubic costs too much at 720p.
-    interp = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
-    return cv2.resize(frame, (width, height), interpolation=interp)
-
-
 def place_on_canvas(frame: np.ndarray, width: int, height: int, mode: str = "fit",
                     color=DEFAULT_CANVAS_COLOR) -> np.ndarray:
-    """Fit an RGB frame into width x height.
+    """Fit an RGB frame into width x height (a new array).
 
     fit: largest size that fits, centred, borders in `color`; fill: scale to cover, centre-crop.
     """
-    _check_rgb(frame)
-    if mode not in CANVAS_MODES:
-        raise ValueError(f"unknown canvas mode {mode!r} (use one of {', '.join(CANVAS_MODES)})")
-    if width <= 0 or height <= 0:
-        raise ValueError(f"canvas size must be positive, got {width}x{height}")
-    h, w = frame.shape[:2]
-    if (w, h) == (width, height):
-        return np.ascontiguousarray(frame)
-    if mode == "fit":
-        scale = min(width / w, height / h)
-        new_w, new_h = min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale)))
-    else:
-        scale = max(width / w, height / h)
-        new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
-    scaled = _resize(frame, new_w, new_h)
-    if mode == "fill":
-        top, left = (new_h - height) // 2, (new_w - width) // 2
-        return np.ascontiguousarray(scaled[top:top + height, left:left + width])
-    canvas = np.empty((height, width, 3), np.uint8)
-    canvas[:] = color
-    top, left = (height - new_h) // 2, (width - new_w) // 2
-    canvas[top:top + new_h, left:left + new_w] = scaled
-    return canvas
+    return CanvasBuffer(width, height, mode, color).place(frame)
+
+
+class CanvasBuffer:
+    """place_on_canvas into memory allocated once per frame size: the canvas, and the resized picture (what a sink
+    sending 30 frames a second must not allocate each time). The canvas returned is this buffer: valid until the
+    next place()."""
+
+    def __init__(self, width: int, height: int, mode: str = "fit", color=DEFAULT_CANVAS_COLOR):
+        if mode not in CANVAS_MODES:
+            raise ValueError(f"unknown canvas mode {mode!r} (use one of {', '.join(CANVAS_MODES)})")
+        if width <= 0 or height <= 0:
+            raise ValueError(f"canvas size must be positive, got {width}x{height}")
+        self.width, self.height, self.mode, self.color = int(width), int(height), mode, color
+        self._canvas: np.ndarray | None = None
+        self._scaled: np.ndarray | None = None
+        self._source: tuple[int, int] | None = None   # the frame size the buffers are laid out for
+        self._at = (0, 0, 0, 0)                       # fit: where the picture goes; fill: what of it is shown
+
+    def place(self, frame: np.ndarray) -> np.ndarray:
+        _check_rgb(frame)
+        h, w = frame.shape[:2]
+        if (w, h) == (self.width, self.height):
+            return np.ascontiguousarray(frame)
+        if self._source != (w, h):
+            self._layout(w, h)
+        new_h, new_w = self._scaled.shape[:2]
+        if (new_w, new_h) == (w, h):
+            scaled = frame
+        else:
+            # AREA to shrink (no aliasing); LINEAR to enlarge: every frame comes here, cubic costs too much at 720p
+            interp = cv2.INTER_AREA if new_w * new_h < w * h else cv2.INTER_LINEAR
+            scaled = cv2.resize(frame, (new_w, new_h), dst=self._scaled, interpolation=interp)
+        left, top, right, bottom = self._at
+        if self.mode == "fill":
+            np.copyto(self._canvas, scaled[top:bottom, left:right])
+        else:
+            self._canvas[top:bottom, left:right] = scaled
+        return self._canvas
+
+    def _layout(self, w: int, h: int) -> None:
+        _, (new_w, new_h) = canvas_placement(w, h, self.width, self.height, self.mode)
+        self._source = (w, h)
+        self._scaled = np.empty((new_h, new_w, 3), np.uint8)
+        if self._canvas is None:
+            self._canvas = np.empty((self.height, self.width, 3), np.uint8)
+        if self.mode == "fill":
+            top, left = (new_h - self.height) // 2, (new_w - self.width) // 2
+            self._at = (left, top, left + self.width, top + self.height)
+        else:
+            self._canvas[:] = self.color  # the borders stay: each frame only covers the picture's place
+            top, left = (self.height - new_h) // 2, (self.width - new_w) // 2
+            self._at = (left, top, left + new_w, top + new_h)
 
 
 class Sink:
@@ -136,6 +159,7 @@ class VirtualCameraSink(Sink):
             raise SinkError(f"invalid virtual camera format {width}x{height} @ {fps} fps: all must be positive")
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         self.mode, self.color, self.pace = mode, color, pace
+        self._canvas = CanvasBuffer(self.width, self.height, mode, color)
         self._cam = None
         self._device_name = device or "virtual camera"
         try:
@@ -170,7 +194,7 @@ class VirtualCameraSink(Sink):
     def send(self, frame_rgb: np.ndarray) -> None:
         if self._cam is None:
             raise RuntimeError("VirtualCameraSink.send() after close()")
-        canvas = place_on_canvas(frame_rgb, self.width, self.height, self.mode, self.color)
+        canvas = self._canvas.place(frame_rgb)
         try:
             self._cam.send(canvas)
         except Exception as e:  # noqa: BLE001
@@ -346,6 +370,7 @@ class VideoFileSink(Sink):
             self._discard()
             raise SinkError(f"cannot write video file {self.path}: no usable video encoder ({e})") from None
         self._container, self._stream, self.size = container, stream, (width, height)
+        self._canvas = CanvasBuffer(width, height, self.mode, self.color)
         if self._audio_from is not None:
             from live.audio.track import AudioTrack
             try:
@@ -360,8 +385,7 @@ class VideoFileSink(Sink):
         if self._container is None:
             self._open(frame_rgb.shape[1], frame_rgb.shape[0])
         import av
-        canvas = place_on_canvas(frame_rgb, self.size[0], self.size[1], self.mode, self.color)
-        frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(self._canvas.place(frame_rgb), format="rgb24")
         frame.pts = self.frames_sent
         try:
             for packet in self._stream.encode(frame):

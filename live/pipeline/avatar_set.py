@@ -11,22 +11,30 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.framing import Canvas
 from engines.image import to_model_input
-from live.pipeline.avatars import load_avatar_images
+from live.pipeline.avatars import AvatarPhoto, FaceFraming, load_avatar_images
 
 
 @dataclass
 class Avatar:
     name: str
-    image: np.ndarray               # uint8 RGB [S, S, 3]: what is shown "at rest" and what the engine encodes
+    image: np.ndarray               # uint8 RGB [S, S, 3]: the model's square, what the engine encodes (and what
+                                    # is shown "at rest" without compositing)
     state: object = field(default=None, repr=False)  # engine SourceState, filled by AvatarSet on first use
+    photo: AvatarPhoto | None = field(default=None, repr=False)  # its own photo on the output canvas (compositing;
+                                    # None: the square is the whole photo, e.g. a snapshot)
+    face_found: bool | None = None  # whether the square was cut around a face found in the photo (None: not looked)
 
 
-def load_avatars(path, size: int, on_skip=None) -> list[Avatar]:
+def load_avatars(path, size: int, on_skip=None, *, canvas: Canvas | None = None,
+                 framing: FaceFraming | None = None) -> list[Avatar]:
     """Avatars from a file or a folder (images in name order); raises AvatarError (one line) for a missing or
     unreadable file, so the app can check `--avatar` before the slow model load. Unreadable files in a folder are
-    skipped, each with a notice through `on_skip(text)` (see avatars.load_avatar_images)."""
-    return [Avatar(Path(p).name, image) for p, image in load_avatar_images(path, size, on_skip)]
+    skipped, each with a notice through `on_skip(text)` (see avatars.load_avatar_images). `framing`: cut the
+    model's square around the face found in each photo; `canvas`: keep each photo on that output canvas too."""
+    return [Avatar(Path(p).name, loaded.crop, photo=loaded.photo, face_found=loaded.face_found)
+            for p, loaded in load_avatar_images(path, size, on_skip, canvas=canvas, framing=framing)]
 
 
 class AvatarSet:

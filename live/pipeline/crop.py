@@ -52,6 +52,14 @@ class HaarFaceDetector:
         return [tuple(float(v) / factor for v in face) for face in faces]
 
 
+def face_square(face, scale: float, offset_y: float = 0.0) -> CropBox:
+    """The model's square for a detected face (x, y, w, h): `scale` times its side, centred on it, moved down by
+    `offset_y` face sides. Shared by the webcam crop and the avatar photo, so both frame a head alike."""
+    x, y, fw, fh = face
+    side = max(fw, fh)
+    return CropBox(x + fw / 2.0, y + fh / 2.0 + offset_y * side, side * scale)
+
+
 @dataclass
 class TrackerSettings:
     scale: float = 1.8          # crop side / detected face side: the whole head plus a little neck, like vox crops
@@ -162,9 +170,7 @@ class FaceTracker:
         return min(faces, key=lambda f: math.hypot(f[0] + f[2] / 2 - t.cx, f[1] + f[3] / 2 - t.cy))
 
     def _face_to_box(self, face) -> CropBox:
-        x, y, fw, fh = face
-        side = max(fw, fh)
-        return CropBox(x + fw / 2.0, y + fh / 2.0 + self.settings.offset_y * side, side * self.settings.scale)
+        return face_square(face, self.settings.scale, self.settings.offset_y)
 
     def _retarget(self, box: CropBox) -> None:
         """Accept a detection as the new target only if it moved beyond the dead-zone (detector jitter is a few

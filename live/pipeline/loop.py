@@ -1,6 +1,7 @@
 """LivePipeline: one driving frame in, one avatar frame out to every sink.
 
-    capture -> (mirror) -> face crop -> detect -> smooth -> calibrate/normalise -> render -> sinks (+ preview)
+    capture -> (mirror) -> face crop -> detect -> smooth -> calibrate/normalise -> (face lost: glide to rest)
+            -> render -> composite -> sinks (+ preview)
 
 `LivePipeline.step` is that data path and nothing else. What decides the neutral pose (key C, auto-calibration,
 best-frame mode, the saved file) lives in `calibration.control.CalibrationController`; what a key does is one
@@ -11,6 +12,10 @@ the engine turns into NaN/inf is never sent either (the avatar at rest again, an
 Frames come from a *feed*: `live_feed` for cameras (newest frame only, bounded latency) or `file_feed` (every
 frame in order, for offline rendering). The pipeline owns its sinks and preview and closes them however the run
 ends.
+Compositing (`composite=Canvas(...)`, run_live.py's default): the rendered square goes back into the avatar's own
+photo at the canvas size (engines/composite.py), so the sinks get the canvas as it is; the avatar at rest is its
+photo. Without it the sinks get the model's square, as they always did. When the webcam shows no face for more
+than a moment the avatar glides to its rest pose and the status line says so (calibration/face_loss.py).
 """
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ import cv2
 import numpy as np
 import torch
 
+from calibration.face_loss import FaceLossGlide
 from calibration.neutral_pose import NeutralPose
+from engines.composite import Compositor
+from engines.framing import Canvas
 from engines.image import to_model_input, to_uint8_image
 from engines.keypoints import Keypoints
-from engines.protocol import Engine
+from engines.protocol import Engine, RenderedFrame
 from live.pipeline.avatar_set import Avatar, AvatarSet
+from live.pipeline.avatars import crop_sized_photo
 from calibration.control import CalibrationController
 from live.devices.capture import CapturedFrame
 from live.pipeline.crop import FaceTracker
@@ -118,7 +127,9 @@ class RunStats:
 
 
 def _finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    """Whether every value is finite, asked of the device once (not once per tensor: each answer is a sync)."""
+    checks = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack([c.to(checks[0].device) for c in checks]).all())
 
 
 class LivePipeline:
@@ -128,7 +139,8 @@ class LivePipeline:
                  neutral: NeutralPose | None = None, smoother=None, preview=None,
                  key_sources: Iterable[Callable[[], list[str]]] = (), landmarks_factory=None,
                  landmarks_in_background: bool = True, options: PipelineOptions | None = None,
-                 log: Callable[[str], None] = print, timings: Timings | None = None):
+                 log: Callable[[str], None] = print, timings: Timings | None = None,
+                 composite: Canvas | None = None):
         self.engine = engine
         self.avatars = avatars
         self.sinks = list(sinks)
@@ -146,6 +158,12 @@ class LivePipeline:
         self._nonfinite_reported = False
         self._closed = False
         self._last_crop: np.ndarray | None = None  # the model's view of the latest frame, for key k
+        # the output canvas the animation is composited on (None: the model's square goes to the sinks as it is)
+        self.canvas = composite
+        self.compositor = None if composite is None else Compositor(
+            composite.size, engine.image_size, device=engine.device, align_corners=engine.align_corners)
+        self.glide = FaceLossGlide()
+        self._passthrough_rgb: np.ndarray | None = None
         self.calibration = CalibrationController(
             neutral or NeutralPose(), config_hash=engine.config_hash, smoother=smoother,
             path=self.options.calibration_path, camera_id=self.options.camera_id,
@@ -211,10 +229,13 @@ class LivePipeline:
 
     @property
     def status(self) -> str:
-        """The preview's status line: what the engine must keep saying (render server unreachable) first, then a
-        recent notice, else the calibration state and the avatar."""
+        """The preview's status line: what the engine must keep saying (render server unreachable) first, that no
+        face is in view while the avatar rests for it, then a recent notice, else the calibration state and the
+        avatar."""
         persistent = self.engine.status()
         parts = [persistent] if persistent else []
+        if self.glide.face_lost and not self.options.passthrough:  # said for as long as it lasts
+            parts.append("no face: the avatar rests until you are back in view")
         if self._notice and time.monotonic() < self._notice_until:
             return " | ".join([*parts, self._notice])
         if self.options.passthrough:
@@ -253,6 +274,7 @@ class LivePipeline:
             return
         avatar = self.avatars.current
         notice = self.calibration.avatar_changed(avatar)
+        self.glide.reset()  # its rest pose is another avatar's
         self.notify((what or f"avatar {self.avatars.index + 1}: {avatar.name}") + (f" ({notice})" if notice else ""))
 
     def snapshot_avatar(self, _=None) -> None:
@@ -316,7 +338,9 @@ class LivePipeline:
         crop_rgb, box = self._crop(image)
         avatar = self.avatars.current
         if self.options.passthrough:
-            output, fresh = crop_rgb, True
+            # composited: the whole camera picture (the sinks place it on their canvas); else the square, as ever
+            output = crop_rgb if self.compositor is None else self._camera_rgb(image)
+            fresh = True
         else:
             output, fresh = self._animate(frame, crop_rgb, avatar)
         self._send(output)
@@ -325,6 +349,13 @@ class LivePipeline:
         self.stats.calibrations = self.calibration.calibrations
         self._show(image, box, output)
         return output
+
+    def _camera_rgb(self, image: np.ndarray) -> np.ndarray:
+        """The camera picture in RGB, into a buffer kept while the camera's size stays (no frame-sized allocation
+        per frame)."""
+        if self._passthrough_rgb is None or self._passthrough_rgb.shape != image.shape:
+            self._passthrough_rgb = np.empty_like(image)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=self._passthrough_rgb)
 
     def _capture(self, frame: CapturedFrame) -> np.ndarray:
         return cv2.flip(frame.image, 1) if self.options.mirror else frame.image
@@ -340,17 +371,44 @@ class LivePipeline:
         kp = self._detect(crop_rgb)
         if not _finite(kp.value, kp.jacobian):  # before the smoother: one NaN would poison its history
             return self._at_rest(avatar, "the keypoint detector returned NaN/inf"), False
+        clock = self._clock(frame)
         with self.timings.stage("normalize"):
-            kp = self.calibration.smooth(kp, self._clock(frame))
+            kp = self.calibration.smooth(kp, clock)
             kp_avatar = self.calibration.neutralise(kp, crop_rgb, avatar)
+            if kp_avatar is not None:
+                kp_avatar = self._follow_face(kp_avatar, avatar, clock)
         if kp_avatar is None:
-            return avatar.image, False  # at rest until calibrated
+            return self._composite(avatar, None), False  # at rest until calibrated
         with self.timings.stage("render"):
             rendered = self.engine.render(avatar.state, kp_avatar)
-        if not _finite(rendered.image):
+        if not _finite(rendered.image, rendered.deformation, rendered.occlusion):
             return self._at_rest(avatar, "the renderer returned NaN/inf"), False
         self._nonfinite_reported = False  # a good frame again: a later failure is news worth a notice
-        return to_uint8_image(rendered.image), rendered.fresh
+        return self._composite(avatar, rendered), rendered.fresh
+
+    def _follow_face(self, kp_avatar: Keypoints, avatar: Avatar, clock: float) -> Keypoints:
+        """The face-loss glide: the face tracker's verdict decides whether these keypoints drive the avatar or it
+        settles at rest (its own keypoints). Nothing looks for faces with tracking off: then they always drive."""
+        face = self.tracker.face_found if self.tracker.tracking else None
+        returning = self.glide.returning
+        kp_avatar = self.glide(kp_avatar, avatar.state.kp, face, clock)
+        if self.glide.returning and not returning:
+            self.calibration.reset_smoothing()  # its history is of whatever the crop showed meanwhile
+        return kp_avatar
+
+    def _composite(self, avatar: Avatar, rendered: RenderedFrame | None) -> np.ndarray:
+        """The frame the sinks get: the render (None: the avatar at rest) composited into the avatar's photo on
+        the canvas, or without compositing the model's square itself."""
+        if self.compositor is None:
+            return avatar.image if rendered is None else to_uint8_image(rendered.image)
+        with self.timings.stage("composite"):
+            plate = self._plate(avatar)
+            return self.compositor.rest(plate) if rendered is None else self.compositor.compose(plate, rendered)
+
+    def _plate(self, avatar: Avatar):
+        if avatar.photo is None:  # the square is all there is (a snapshot): placed on the canvas and animated whole
+            avatar.photo = crop_sized_photo(avatar.image, self.canvas)
+        return self.compositor.plate(id(avatar), avatar.photo.backdrop, avatar.photo.layout, avatar.image)
 
     def _detect(self, crop_rgb: np.ndarray) -> Keypoints:
         with self.timings.stage("detect"):
@@ -365,7 +423,7 @@ class LivePipeline:
         if not self._nonfinite_reported:
             self._nonfinite_reported = True
             self.notify(f"{why} on this frame ({self.engine.name}): showing the avatar at rest")
-        return avatar.image
+        return self._composite(avatar, None)
 
     def _send(self, output: np.ndarray) -> None:
         with self.timings.stage("sinks"):
@@ -380,15 +438,28 @@ class LivePipeline:
 
     def _show(self, image: np.ndarray, box, output: np.ndarray) -> None:
         if self.preview is not None:  # its keys are read by poll_keys, with every other key source
-            hud = [*self.timings.lines(), f"engine {self.engine.name}", *(line() for line in self.hud_extras)] if self.options.show_hud else ()
+            hud = ([*self.timings.lines(), f"engine {self.engine.name}", self.output_mode(),
+                    *(line() for line in self.hud_extras)] if self.options.show_hud else ())
             self.preview.show(image, box, output, hud_lines=hud, status=self.status, framing=self._framing())
 
+    def output_mode(self) -> str:
+        """What the sinks get, for the HUD: the composite on its canvas, or the model's square."""
+        if self.canvas is None:
+            size = self.engine.image_size
+            return f"composite off: the {size}x{size} square"
+        photo = self.avatars.current.photo
+        side = "" if photo is None else f", face square {photo.layout.crop.sx * self.engine.image_size:.0f} px"
+        return f"composite {self.canvas.width}x{self.canvas.height} {self.canvas.mode}{side}"
+
     def _framing(self) -> Framing | None:
-        """The framing guide for the preview (never for the sinks); no score in passthrough (nothing detected)."""
+        """The framing guide for the preview (never for the sinks); no score in passthrough (nothing detected).
+        Composited, it also marks where the animated square lies in the output."""
         if not self.options.framing:
             return None
         score = None if self.options.passthrough else self.calibration.match
-        return Framing(self.avatars.current.image, score)
+        photo = self.avatars.current.photo
+        region = None if self.canvas is None or photo is None or self.options.passthrough else photo.layout.crop_rect
+        return Framing(self.avatars.current.image, score, region)
 
     # --- running --------------------------------------------------------------------------------------------
     def run(self, feed: Iterable[CapturedFrame | None], *, max_frames: int | None = None,

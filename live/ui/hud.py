@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 LATENCY_HISTORY = 2000  # frames whose latency recent_latencies() can return (over a minute at 30 fps)
-STAGES = ("wait", "crop", "detect", "normalize", "render", "rtt", "sinks")  # rtt: --remote round trip
+STAGES = ("wait", "crop", "detect", "normalize", "render", "rtt", "composite", "sinks")  # rtt: --remote round trip
 OVERLAPPING = frozenset({"wait", "rtt"})  # not inside the capture->sent time of the frame they are recorded in
 
 

@@ -1,7 +1,9 @@
 """Preview window: the webcam with the crop box next to the avatar output, plus HUD and a status line.
 
 The framing guide (key g) blends the avatar's image into the crop box and shows the pose match score, so the face
-can be lined up with the avatar before calibrating. It is drawn here only: what the sinks get never contains it.
+can be lined up with the avatar before calibrating; when the output is composited into the avatar's photo it also
+outlines where the animated square lies in it. It is drawn here only: what the sinks get never contains it. The
+output panel keeps the output's own shape (the square, or the canvas of a composited photo).
 
 Only ever opened where a display exists: without one, cv2.imshow aborts the whole process (no exception to catch),
 so the caller checks live.ui.display first. `compose()` builds the picture without any window (tests, screenshots).
@@ -28,6 +30,7 @@ class Framing:
 
     avatar_rgb: np.ndarray
     score: float | None = None  # 0..100 (calibration.best_frame), None while not measured
+    region: tuple[float, float, float, float] | None = None  # the animated square in the output's pixels
 
 
 def compose(camera_bgr: np.ndarray, box: CropBox | None, output_rgb: np.ndarray, *, hud_lines=(),
@@ -44,7 +47,13 @@ def compose(camera_bgr: np.ndarray, box: CropBox | None, output_rgb: np.ndarray,
         cv2.rectangle(camera, (int(x0 * scale), int(y0 * scale)), (int(x1 * scale) - 1, int(y1 * scale) - 1),
                       (0, 255, 0), 2)
     output = cv2.cvtColor(output_rgb, cv2.COLOR_RGB2BGR)
-    output = cv2.resize(output, (panel_height, panel_height), interpolation=cv2.INTER_LINEAR)
+    out_h, out_w = output.shape[:2]
+    out_scale = panel_height / out_h
+    output = cv2.resize(output, (max(1, int(round(out_w * out_scale))), panel_height),
+                        interpolation=cv2.INTER_AREA if out_scale < 1 else cv2.INTER_LINEAR)
+    if framing is not None and framing.region is not None:
+        x0, y0, x1, y1 = (int(round(v * out_scale)) for v in framing.region)
+        cv2.rectangle(output, (x0, y0), (x1 - 1, y1 - 1), (0, 200, 255), 1, cv2.LINE_AA)
     top = np.hstack([camera, output])
     bar = np.zeros((STATUS_HEIGHT, top.shape[1], 3), np.uint8)
     if status:
