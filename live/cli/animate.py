@@ -5,8 +5,9 @@
 A thin entry to the offline mode of `run_live.py --driving clip.mp4 --output out.mp4` (live/cli/app.py Session):
 the same flags where they apply, the same pipeline, checks, recording sink and signal handling (docs/recording.md),
 with FOMM's demo defaults where the two differ: no face tracking (the whole frame, centre-cropped to a square, as
-FOMM's demo feeds its pre-cropped clips), no keypoint smoothing, and the plain eager torch engine (`--backend torch`,
-fp32: the reference; any other backend can be chosen). As in the demo, the first driving frame is the neutral pose
+FOMM's demo feeds its pre-cropped clips), no keypoint smoothing, the model's own square as the output (256x256,
+`--composite off`), and the plain eager torch engine (`--backend torch`, fp32: the reference; any other backend
+can be chosen). As in the demo, the first driving frame is the neutral pose
 and motion is relative to it (`--absolute` for the demo's absolute mode). Saved preferences are not read.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from live.signals import run_command
 
 # Where this command's defaults differ from run_live.py's: FOMM's demo. Flags not declared here keep run_live.py's
 # defaults (no virtual camera and no preview in an offline render).
-FOMM_DEMO_DEFAULTS = {"backend": "torch", "no_track": True, "no_smoothing": True}
+# FOMM's demo writes the model's own square (256x256 for vox): no compositing into the photo
+FOMM_DEMO_DEFAULTS = {"backend": "torch", "no_track": True, "no_smoothing": True, "composite": "off"}
 
 
 def build_parser() -> argparse.ArgumentParser:
