@@ -285,3 +285,20 @@ def test_an_unknown_device_without_a_server_says_so(pactl_here):
         find_device("live avatar mic", "output")
     with pytest.raises(AudioError, match="no default audio input device.*no audio server is running"):
         find_device(None, "input")
+
+
+def test_the_terminal_hud_shows_the_audio_delay_like_the_preview(monkeypatch, tmp_path):
+    """Live runs without a preview window print the HUD every few seconds: with the same extra lines."""
+    from live.cli import app
+    p = make_pipeline()
+    p.run(frames([100] * 2))
+    p.hud_extras.append(lambda: "audio delay  120 ms (target  120)")
+    monkeypatch.setattr(app, "TERMINAL_HUD_S", 0.0)
+    session = app.Session(build_parser().parse_args(["--avatar", str(tmp_path / "a.png")]),
+                          log=(printed := []).append)
+    session._terminal_hud(p)(2)
+    (line,) = printed
+    assert line.startswith("2 frames | ") and "latency" in line and "audio delay  120 ms (target  120)" in line
+    p.options.show_hud = False  # h hides the HUD: in the terminal too
+    session._terminal_hud(p)(3)
+    assert "audio delay" not in printed[-1]

@@ -490,7 +490,9 @@ class Session:
             nonlocal next_at
             if time.monotonic() >= next_at:
                 next_at = time.monotonic() + TERMINAL_HUD_S
-                hud = " | ".join(pipeline.timings.lines()) if pipeline.show_hud else ""
+                # the preview window's HUD lines, less the engine name the greeting gave: the audio delay too
+                hud = " | ".join([*pipeline.timings.lines(), *(line() for line in pipeline.hud_extras)]
+                                 ) if pipeline.show_hud else ""
                 self.log(" | ".join(part for part in (f"{frames} frames", hud, pipeline.status) if part))
         return update
 
