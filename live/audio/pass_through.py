@@ -34,8 +34,12 @@ from live.errors import UserError
 
 LATENCY_WINDOW_S = 3.0       # the running median of the video latency looks this far back
 TARGET_UPDATE_S = 0.1        # how often the output callback reads the video latency
-DEVICE_LATENCY_S = 0.06      # asked of PortAudio per stream: low, but safe on a busy machine
+OUTPUT_LATENCY_S = 0.06      # asked of PortAudio for the output: low (it is part of the delay), safe when busy
+# The microphone's buffer costs no delay (its callback gets each block as soon as it is full) but is what a busy
+# machine eats into while the callback waits for the CPU: a long one loses no sound where a short one dropped it.
+INPUT_BUFFER_S = 0.5
 BLOCK_S = 0.01               # callback period
+DRAIN_MARGIN_S = 0.05        # closing: beyond the delay line's rest and the output buffer, before the output stops
 MAX_OFFSET_MS = 2000.0
 VIRTUAL_MIC_SINK = "live_avatar_mic"
 VIRTUAL_MIC_DESCRIPTION = "live avatar mic"
@@ -406,7 +410,7 @@ class AudioPassThrough:
             with _pulse_target(self.source, "input"):
                 instream = sd.InputStream(device=self.source.index, channels=1, samplerate=self.source.rate,
                                           dtype="float32", blocksize=round(self.source.rate * BLOCK_S),
-                                          latency=DEVICE_LATENCY_S, callback=self._on_input,
+                                          latency=INPUT_BUFFER_S, callback=self._on_input,
                                           finished_callback=lambda: self._finished(self.source))
             self._streams.append(instream)
             opening = f"output {self.target}"
@@ -414,7 +418,7 @@ class AudioPassThrough:
             with _pulse_target(self.target, "output"):
                 outstream = sd.OutputStream(device=self.target.index, channels=channels,
                                             samplerate=self.target.rate, dtype="float32",
-                                            blocksize=round(self.target.rate * BLOCK_S), latency=DEVICE_LATENCY_S,
+                                            blocksize=round(self.target.rate * BLOCK_S), latency=OUTPUT_LATENCY_S,
                                             callback=self._on_output,
                                             finished_callback=lambda: self._finished(self.target))
             self._streams.append(outstream)
@@ -436,14 +440,33 @@ class AudioPassThrough:
         return self
 
     def close(self) -> None:
+        """Stop. The microphone stops first; what the delay line still holds (the last words before quitting, up
+        to the delay) plays out through the output before it stops, unless a device has failed. Idempotent."""
         self._closing = True
         streams, self._streams = self._streams, []
-        for stream in streams:
-            try:
-                stream.abort()  # not stop(): nothing left to drain into a call that is ending
-                stream.close()
-            except Exception:  # noqa: BLE001 - a device that went away may fail to close too
-                pass
+        try:
+            if len(streams) == 2 and self.stopped_reason is None and self.line is not None:
+                self._drain(*streams)
+        finally:
+            for stream in streams:
+                try:
+                    stream.abort()  # at once; the drain above has played what mattered
+                    stream.close()
+                except Exception:  # noqa: BLE001 - a device that went away may fail to close too
+                    pass
+
+    def _drain(self, instream, outstream) -> None:
+        try:
+            instream.abort()
+        except Exception:  # noqa: BLE001 - the output still plays what was captured
+            pass
+        self.line.end_input()
+        # bounded: the line holds at most its max_delay; an output that stopped calling back is not waited for
+        deadline = time.monotonic() + min(self.line.unplayed(), self.line.max_delay) + DRAIN_MARGIN_S
+        while self.line.unplayed() > 0 and time.monotonic() < deadline and outstream.active:
+            time.sleep(BLOCK_S)
+        if outstream.active:
+            time.sleep(min(float(outstream.latency), 1.0) + DRAIN_MARGIN_S)  # PortAudio's buffer plays out too
 
     def __enter__(self):
         return self.start()
