@@ -21,7 +21,9 @@ class Lockstep:
 
     def __init__(self, signal):
         self.signal, self.now = signal, 0.0
+        self.captured = 0           # input samples the fake microphone has captured
         self.delivered = 0          # input samples handed to the input callback
+        self.hold = 0               # steps the input callback is held back for (a busy machine), then gets it all
         self.played = []            # output blocks
         self.streams = []
         self._thread = None
@@ -62,11 +64,16 @@ class Lockstep:
                 if not stream.active:
                     continue
                 if stream.input:
-                    block = self.signal[self.delivered:self.delivered + BLOCK]
-                    if len(block) < BLOCK:
-                        block = np.zeros(BLOCK, np.float32)
-                    stream.callback(block[:, None], BLOCK, None, status)
-                    self.delivered += BLOCK
+                    self.captured += BLOCK
+                    if self.hold:
+                        self.hold -= 1
+                        continue
+                    while self.delivered < self.captured and stream.active:
+                        block = self.signal[self.delivered:self.delivered + BLOCK]
+                        if len(block) < BLOCK:
+                            block = np.zeros(BLOCK, np.float32)
+                        stream.callback(block[:, None], BLOCK, None, status)
+                        self.delivered += BLOCK
                 else:
                     out = np.zeros((BLOCK, stream.channels), np.float32)
                     stream.callback(out, BLOCK, None, status)
@@ -128,3 +135,21 @@ def test_a_failed_device_is_not_drained(lockstep):
     passthrough.close()
     assert time.monotonic() - began < 0.05, "closing waits for nothing when the output is gone"
     assert not any(s.active for s in lockstep.streams)
+
+
+def test_closing_waits_for_what_the_microphone_captured_but_a_busy_machine_had_not_delivered(lockstep):
+    passthrough = start_pass_through(lockstep, latency_ms=300.0)  # the line holds 230 ms: 120 ms late is no gap
+    while lockstep.now < 1.0:
+        time.sleep(0.01)
+    lockstep.hold = 12  # the input callback waits 120 ms for the CPU: the close comes in the middle of it
+    while lockstep.hold > 6:
+        time.sleep(0.001)
+    said = lockstep.signal[:lockstep.captured]  # captured before the close
+    passthrough.close()
+    lockstep.join()
+    heard = np.concatenate(lockstep.played)
+    last = said[-int(0.12 * RATE):]
+    assert lockstep.delivered >= len(said), "the held blocks were taken before the microphone stopped"
+    assert passthrough.line.underruns == 0
+    assert np.abs(last).max() > 0.1, "the test needs a burst in the tail"
+    assert np.correlate(heard, last, mode="valid").max() > 0.98 * np.dot(last, last), "and they came out"

@@ -18,6 +18,7 @@ device; PULSE_SINK / PULSE_SOURCE pick the one), so `--audio-out "live avatar mi
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
 import statistics
@@ -39,7 +40,9 @@ OUTPUT_LATENCY_S = 0.06      # asked of PortAudio for the output: low (it is par
 # machine eats into while the callback waits for the CPU: a long one loses no sound where a short one dropped it.
 INPUT_BUFFER_S = 0.5
 BLOCK_S = 0.01               # callback period
-DRAIN_MARGIN_S = 0.05        # closing: beyond the delay line's rest and the output buffer, before the output stops
+DRAIN_MARGIN_S = 0.05        # closing: after the output buffer has played, before the output stops
+DRAIN_SLACK_S = 0.5          # closing: how much longer than real time the last blocks may take on a busy machine
+PACE_WINDOW = 200            # input blocks (2 s) over which the microphone's delivery pace is known
 MAX_OFFSET_MS = 2000.0
 VIRTUAL_MIC_SINK = "live_avatar_mic"
 VIRTUAL_MIC_DESCRIPTION = "live avatar mic"
@@ -399,6 +402,10 @@ class AudioPassThrough:
         self._failure: str | None = None
         self._next_update = 0.0
         self._streams = []
+        self._heard = 0  # microphone samples delivered so far
+        # per input block: when it came less the time its samples span since the start - the earliest of these
+        # is the moment sample 0 was captured, as far as the deliveries tell (any one may have been late)
+        self._paces: collections.deque[float] = collections.deque(maxlen=PACE_WINDOW)
         self.line: DelayLine | None = None
 
     # --- life cycle ------------------------------------------------------------------------------------------
@@ -456,13 +463,21 @@ class AudioPassThrough:
                     pass
 
     def _drain(self, instream, outstream) -> None:
+        # what the microphone captured up to now, its callback may not have had yet (a busy machine delays it):
+        # take it first, then stop the microphone
+        now = self.clock()
+        if self._paces:
+            captured = (now - min(self._paces)) * instream.samplerate - instream.blocksize  # less the block filling
+            deadline = time.monotonic() + INPUT_BUFFER_S + DRAIN_SLACK_S
+            while self._heard < captured and time.monotonic() < deadline and instream.active:
+                time.sleep(BLOCK_S)
         try:
             instream.abort()
         except Exception:  # noqa: BLE001 - the output still plays what was captured
             pass
         self.line.end_input()
         # bounded: the line holds at most its max_delay; an output that stopped calling back is not waited for
-        deadline = time.monotonic() + min(self.line.unplayed(), self.line.max_delay) + DRAIN_MARGIN_S
+        deadline = time.monotonic() + min(self.line.unplayed(), self.line.max_delay) + DRAIN_SLACK_S
         while self.line.unplayed() > 0 and time.monotonic() < deadline and outstream.active:
             time.sleep(BLOCK_S)
         if outstream.active:
@@ -509,7 +524,10 @@ class AudioPassThrough:
         try:
             if status.input_overflow:
                 self.input_overflows += 1
-            self.line.write(indata, self.clock())
+            now = self.clock()
+            self.line.write(indata, now)
+            self._heard += frames
+            self._paces.append(now - self._heard / self.line.in_rate)
         except Exception as e:  # noqa: BLE001 - reported by _finished, outside the real-time thread
             self._failure = shown(f"{type(e).__name__}: {e}", limit=300)
             raise portaudio().CallbackAbort from None
