@@ -466,8 +466,9 @@ class AudioPassThrough:
         # what the microphone captured up to now, its callback may not have had yet (a busy machine delays it):
         # take it first, then stop the microphone
         now = self.clock()
-        if self._paces:
-            captured = (now - min(self._paces)) * instream.samplerate - instream.blocksize  # less the block filling
+        paces = self._paces.copy()  # one C call: the input callback may append meanwhile
+        if paces:
+            captured = (now - min(paces)) * instream.samplerate - instream.blocksize  # less the block filling
             deadline = time.monotonic() + INPUT_BUFFER_S + DRAIN_SLACK_S
             while self._heard < captured and time.monotonic() < deadline and instream.active:
                 time.sleep(BLOCK_S)
