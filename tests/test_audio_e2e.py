@@ -408,7 +408,10 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
               f"at speeds up to {max(abs(r['speed']) for r in rows):.0%}); {len(settled)} settled: video latency "
               f"median + {OFFSET_MS:g} ms = {np.mean([r['target'] for r in settled]):.0f} ms, audio delay measured "
               f"{np.mean([r['measured'] for r in settled]):.0f} ms, error mean {errors.mean():+.1f} ms, worst "
-              f"{errors[np.argmax(np.abs(errors))]:+.1f} ms")
+              f"{errors[np.argmax(np.abs(errors))]:+.1f} ms (of which heard - in use "
+              f"{[r['measured'] - r['in_use'] for r in settled][int(np.argmax(np.abs(errors)))]:+.1f} ms, at "
+              f"{settled[int(np.argmax(np.abs(errors)))]['when'] - audio_start:.2f} s); glitches at "
+              f"{[round(u - audio_start, 2) for u in glitch_times]} s")
     print(report)
     assert np.abs(errors).max() <= TOLERANCE_MS, report
     assert np.mean([r["target"] for r in settled]) > OFFSET_MS + 1000 * SINK_S, "the target includes the latency"
