@@ -366,13 +366,14 @@ def test_the_microphone_reaches_the_virtual_mic_delayed_by_the_measured_video_la
         if cl[li] < 0.8 * energy:
             continue  # played after the recording ended
         when = recording.captured_at(li + len(b))
+        due = float(np.interp(when, times, targets)) / 1000.0
         # steady state: the delay has settled, and no underrun or overflow (a busy machine starving the audio
-        # threads: the sound has a gap there) just now; nor a gap in the test's own recording
-        steady = (when > audio_start + 3.0 and all(not -0.2 <= when - u < 1.0 for u in glitch_times)
+        # threads: the sound has a gap there) from a second before the burst until its copy is out; nor a gap in
+        # the test's own recording
+        steady = (when > audio_start + 3.0 and all(not when - 1.0 < u <= when + due + 0.2 for u in glitch_times)
                   and all(abs(when - u) > 1.0 for u in recording.overflows))
         if not steady or when > closed - INPUT_MARGIN_S:
             continue  # still settling, or it came after the microphone stopped
-        due = float(np.interp(when, times, targets)) / 1000.0
         assert len(right) - li > (due + 0.35) * RATE, "the recording ends before the copy is due"
         score, offset, speed = best_copy(right[li:li + int((due + 0.3) * RATE)], b)
         if score < 0.6:
