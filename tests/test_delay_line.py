@@ -162,3 +162,19 @@ def test_input_delivered_late_plays_at_the_same_delay_after_the_gap():
     assert line.underruns >= 1
     assert abs(measured_lag(out, signal, int(1.3 * RATE), int(0.3 * RATE)) - 0.05) <= 1.5 / RATE
     assert np.abs(np.diff(out)).max() <= 1.1 * (1 + line.max_speed) * np.abs(np.diff(signal)).max(), "no click"
+
+
+def test_after_the_input_ends_the_rest_plays_at_the_normal_speed_then_silence():
+    signal = band_noise(2.0)
+    line = DelayLine(1, RATE)
+    out, _ = drive(line, signal, lambda t: 0.2)
+    assert line.unplayed() == pytest.approx(0.2 - BLOCK / RATE, abs=1.5 / RATE)  # the delay less the block read
+    line.end_input()
+    tail = np.concatenate([line.read(BLOCK)[:, 0] for _ in range(40)])  # 0.4 s more, no input
+    heard = np.concatenate([out, tail])
+    assert line.unplayed() == 0 and line.underruns == 0, "the end of the input is not a glitch"
+    # the last 0.2 s written came out, at the delay the line had (not sped up or slowed down: no pitch change)
+    ideal = delayed_input(signal, 0.2, len(heard))
+    played = slice(len(out), len(out) + int(0.19 * RATE) - 2)
+    assert np.abs(heard[played] - ideal[played]).max() < 0.06 * np.abs(signal).max()
+    assert not tail[int(0.19 * RATE):].any(), "then silence"

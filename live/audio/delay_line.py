@@ -11,6 +11,10 @@ When the read head catches up with the write head (the input stalled) the output
 again the head restarts at the target delay (in step with the clock: audio that arrives late is played late by
 the same delay, never twice) and fades in, so an underrun is a gap, not a click or a lasting shift.
 
+When the input ends for good (`end_input`: the pass-through is closing) the output goes on at the normal speed
+until everything written has played - the last words before quitting come out too - and then is silent;
+`unplayed()` says how much is left.
+
 Pure numpy and thread-safe (one lock around the ring), so the audio callbacks can call it and tests can drive it
 with known signals; `now` arguments are the callers' clock in seconds, used to place the write head between two
 input callbacks (without them the write head is where the last block ended).
@@ -49,6 +53,7 @@ class DelayLine:
         self._speed = 0.0
         self._gain = 0.0             # fade-in gain, ramps to 1
         self._last_delay: float | None = None
+        self._ended = False          # end_input(): no more input, play out what is there
         self.target: float | None = None  # seconds; None: silence until a target is known
         self.underruns = 0
 
@@ -56,6 +61,16 @@ class DelayLine:
     def set_target(self, seconds: float | None) -> None:
         """The delay to glide to (clipped to 0 .. max_delay); None outputs silence."""
         self.target = None if seconds is None else min(max(float(seconds), 0.0), self.max_delay)
+
+    def end_input(self) -> None:
+        """No more input comes: play what was written at the normal speed, then silence (not an underrun)."""
+        with self._lock:
+            self._ended = True
+
+    def unplayed(self) -> float:
+        """Seconds of input written but not played yet (0 while silent)."""
+        with self._lock:
+            return 0.0 if self._read is None else max(0.0, (self._written - self._read) / self.in_rate)
 
     # --- the two ends --------------------------------------------------------------------------------------
     def write(self, block: np.ndarray, now: float | None = None) -> None:
@@ -105,7 +120,9 @@ class DelayLine:
                 self._start(head, target)
             self._last_delay = (head - self._read) / self.in_rate
             error = self._last_delay - target  # > 0: too much delay, read faster
-            wanted = float(np.clip(error / self.time_constant, -self.max_speed, self.max_speed))
+            # after the input ended the delay shrinks as the rest plays: at the normal speed, not slowed down
+            wanted = 0.0 if self._ended else float(np.clip(error / self.time_constant, -self.max_speed,
+                                                           self.max_speed))
             limit = self.max_speed * frames / self.out_rate / self.speed_ramp if self.speed_ramp > 0 else np.inf
             speed = self._speed + float(np.clip(wanted - self._speed, -limit, limit))
             # the speed changes linearly across the block: the pitch glides instead of stepping
@@ -125,7 +142,7 @@ class DelayLine:
             else:
                 self._gain = 0.0  # fade in when the sound comes
             if good < frames:  # underrun: silence, and restart at the target delay once new audio comes
-                self.underruns += 1
+                self.underruns += not self._ended  # the end of the input is not a glitch
                 self._resume_after = self._written
                 self._read = self._last_delay = None
                 return out
@@ -136,7 +153,7 @@ class DelayLine:
     def _head(self, now: float | None) -> float:
         """The write head now: where the last block ended, moved on by the time since it was written (at most
         half a second: an input that stopped must not look like one that goes on)."""
-        if now is None or self._written_at is None:
+        if now is None or self._written_at is None or self._ended:
             return float(self._written)
         return self._written + min(max(now - self._written_at, 0.0), 0.5) * self.in_rate
 

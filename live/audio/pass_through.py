@@ -18,6 +18,7 @@ device; PULSE_SINK / PULSE_SOURCE pick the one), so `--audio-out "live avatar mi
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
 import statistics
@@ -29,13 +30,21 @@ from dataclasses import dataclass
 from typing import Callable
 
 from live.audio.delay_line import DelayLine
+from engines.terminal_text import printable
 from live.errors import UserError
 
 LATENCY_WINDOW_S = 3.0       # the running median of the video latency looks this far back
 TARGET_UPDATE_S = 0.1        # how often the output callback reads the video latency
-DEVICE_LATENCY_S = 0.06      # asked of PortAudio per stream: low, but safe on a busy machine
+OUTPUT_LATENCY_S = 0.06      # asked of PortAudio for the output: low (it is part of the delay), safe when busy
+# The microphone's buffer costs no delay (its callback gets each block as soon as it is full) but is what a busy
+# machine eats into while the callback waits for the CPU: a long one loses no sound where a short one dropped it.
+INPUT_BUFFER_S = 0.5
 BLOCK_S = 0.01               # callback period
+DRAIN_MARGIN_S = 0.05        # closing: after the output buffer has played, before the output stops
+DRAIN_SLACK_S = 0.5          # closing: how much longer than real time the last blocks may take on a busy machine
+PACE_WINDOW = 200            # input blocks (2 s) over which the microphone's delivery pace is known
 MAX_OFFSET_MS = 2000.0
+NAME_LIMIT = 120             # characters of a device name shown: longer than a terminal line is not a name
 VIRTUAL_MIC_SINK = "live_avatar_mic"
 VIRTUAL_MIC_DESCRIPTION = "live avatar mic"
 VIRTUAL_MIC_SOURCE = "live_avatar_mic_source"
@@ -53,8 +62,8 @@ def portaudio():
     except ImportError:
         raise AudioError("audio needs the sounddevice package: pip install -r requirements.txt") from None
     except OSError as e:  # the wheel has no PortAudio on Linux
-        raise AudioError(f"audio needs the PortAudio library ({e}): on Debian/Ubuntu apt install libportaudio2 "
-                         "libasound2-plugins") from None
+        raise AudioError(f"audio needs the PortAudio library ({printable(e, NAME_LIMIT)}): on Debian/Ubuntu apt "
+                         "install libportaudio2 libasound2-plugins") from None
     return sounddevice
 
 
@@ -62,7 +71,7 @@ def portaudio():
 @dataclass(frozen=True)
 class AudioDevice:
     index: int            # PortAudio device index
-    name: str             # what the user sees
+    name: str             # what the user sees (engines.terminal_text.printable)
     channels: int         # of the direction it is used in
     rate: float           # its default sample rate
     pulse: str | None = None  # PulseAudio/PipeWire sink or source opened through PortAudio's "pulse" device
@@ -72,7 +81,9 @@ class AudioDevice:
 
 
 def _portaudio_devices(sd) -> list[dict]:
-    return [dict(d, index=i) for i, d in enumerate(sd.query_devices())]
+    """PortAudio's devices, each with its index and its name as shown (names come from drivers: never raw)."""
+    return [dict(d, index=i, name=printable(d.get("name", ""), NAME_LIMIT))
+            for i, d in enumerate(sd.query_devices())]
 
 
 def _channels(device: dict, kind: str) -> int:
@@ -83,14 +94,32 @@ def _pactl(*argv: str, timeout: float = 5.0) -> subprocess.CompletedProcess | No
     if shutil.which("pactl") is None:
         return None
     try:
-        return subprocess.run(["pactl", *argv], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(["pactl", *argv], capture_output=True, text=True, errors="replace", timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
 
 
+def _said(done: subprocess.CompletedProcess | None) -> str:
+    """What pactl said when it failed, as one line (it prints two: "Connection failure: ..." and the call that
+    failed)."""
+    if done is None:
+        return "no answer"
+    lines = [line for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
+    return printable(lines[0], NAME_LIMIT) if lines else f"exit status {done.returncode}"
+
+
+def server_down() -> str | None:
+    """Why no PulseAudio/PipeWire server answers (pactl's own words), or None: one answers, or this system has
+    no pactl to ask (Windows, macOS, or a Linux without pulseaudio-utils)."""
+    if shutil.which("pactl") is None:
+        return None
+    done = _pactl("info")
+    return None if done is not None and done.returncode == 0 else _said(done)
+
+
 def pulse_devices(kind: str) -> list[tuple[str, str]]:
-    """(name, description) of the PulseAudio/PipeWire sinks (kind "output") or sources ("input"); [] without a
-    server or pactl."""
+    """(name, description) of the PulseAudio/PipeWire sinks (kind "output") or sources ("input"), as shown; []
+    without a server or pactl."""
     done = _pactl("list", "sinks" if kind == "output" else "sources")
     if done is None or done.returncode != 0:
         return []
@@ -98,86 +127,134 @@ def pulse_devices(kind: str) -> list[tuple[str, str]]:
     for line in done.stdout.splitlines():
         line = line.strip()
         if line.startswith("Name:"):
-            name = line.split(":", 1)[1].strip()
+            name = printable(line.split(":", 1)[1], NAME_LIMIT)
         elif line.startswith("Description:") and name is not None:
-            found.append((name, line.split(":", 1)[1].strip()))
+            found.append((name, printable(line.split(":", 1)[1], NAME_LIMIT)))
             name = None
     return found
 
 
-def _match(spec: str, names: list[str]) -> list[int]:
-    """Indices of `names` equal to `spec` (case-insensitive), else of those that contain it."""
+def _exact(spec: str, names: list[str]) -> list[int]:
+    """Indices of `names` equal to `spec`, any case."""
     key = spec.casefold()
-    exact = [i for i, n in enumerate(names) if n.casefold() == key]
-    return exact or [i for i, n in enumerate(names) if key in n.casefold()]
+    return [i for i, n in enumerate(names) if n.casefold() == key]
+
+
+def _partial(spec: str, names: list[str]) -> list[int]:
+    """Indices of `names` that contain `spec`, any case."""
+    key = spec.casefold()
+    return [i for i, n in enumerate(names) if key in n.casefold()]
+
+
+def _ambiguous(flag: str, spec: str, kind: str, candidates: list[str]) -> AudioError:
+    listed = ", ".join(candidates[:6]) + (f" and {len(candidates) - 6} more" if len(candidates) > 6 else "")
+    return AudioError(f"{flag} {spec!r} matches {len(candidates)} audio {kind} devices: {listed}; give more of the "
+                      "name, or the index (see --list-audio)")
+
+
+def _one_card(flag: str, spec: str, kind: str, hits: list[dict], preferred_api) -> dict:
+    """The device among PortAudio `hits` (all matching `spec` equally well). The same card appears once per host
+    API (Windows: MME - which cuts names at 31 characters -, DirectSound, WASAPI): hits on different APIs are
+    one card, and the default device's API wins, else the first API. Two hits on one API are two devices: the
+    name is ambiguous."""
+    apis = sorted({d["hostapi"] for d in hits}, key=lambda api: (api != preferred_api, api))
+    same_api = [d for d in hits if d["hostapi"] == apis[0]]
+    if len(same_api) > 1:
+        raise _ambiguous(flag, spec, kind, [f'{d["index"]} "{d["name"]}"' for d in same_api])
+    return same_api[0]
 
 
 def find_device(spec: str | int | None, kind: str) -> AudioDevice:
     """The input ("input") or output ("output") device named by `spec`: None (the system default), an index or a
-    name. Raises AudioError (one line)."""
+    name (whole, else part of it; any case). A name that fits several devices is refused, like a camera's.
+    Raises AudioError (one line)."""
     sd = portaudio()
     devices = _portaudio_devices(sd)
     flag = "--audio-in" if kind == "input" else "--audio-out"
     usable = [d for d in devices if _channels(d, kind) > 0]
     default = sd.default.device[0 if kind == "input" else 1]
+    if isinstance(spec, str) and not spec.strip():
+        raise AudioError(f"{flag} needs a device name or index (see --list-audio)")
     if spec is None or (isinstance(spec, str) and spec.strip().lstrip("-").isdigit()):
         index = default if spec is None else int(spec)
         if index is None or index < 0:
-            raise AudioError(f"no default audio {kind} device; name one with {flag} (see --list-audio)")
+            raise AudioError(f"no default audio {kind} device; name one with {flag} (see --list-audio)"
+                             + _no_server_hint())
         chosen = next((d for d in devices if d["index"] == index), None)
         if chosen is None or _channels(chosen, kind) == 0:
             raise AudioError(f"{flag} {spec}: no audio {kind} device with that index (see --list-audio)")
         return AudioDevice(index, chosen["name"], _channels(chosen, kind), float(chosen["default_samplerate"]))
-    hits = [usable[i] for i in _match(spec, [d["name"] for d in usable])]
-    if hits:
-        # the same card appears once per host API (Windows: MME, DirectSound, WASAPI): the default device's wins
-        preferred_api = devices[default]["hostapi"] if default is not None and 0 <= default < len(devices) else None
-        hits.sort(key=lambda d: d["hostapi"] != preferred_api)
-        d = hits[0]
-        return AudioDevice(d["index"], d["name"], _channels(d, kind), float(d["default_samplerate"]))
+    spec = spec.strip()
+    preferred_api = devices[default]["hostapi"] if default is not None and 0 <= default < len(devices) else None
+    names = [d["name"] for d in usable]
     pulse = pulse_devices(kind)
-    matches = _match(spec, [desc for _, desc in pulse]) or _match(spec, [name for name, _ in pulse])
-    bridge = next((d for d in usable if d["name"] == "pulse"), None)
-    if matches and bridge is not None:
-        name, desc = pulse[matches[0]]
-        return AudioDevice(bridge["index"], desc, min(_channels(bridge, kind), 2),
-                           float(bridge["default_samplerate"]), pulse=name)
-    hint = ""
-    if matches:
-        hint = ("; it is a PulseAudio/PipeWire device, but PortAudio has no 'pulse' device to reach it: "
-                "apt install libasound2-plugins")
-    raise AudioError(f"{flag} {spec!r}: no audio {kind} device of that name{hint} (see --list-audio)")
+    # an exact name anywhere wins over a part of a name anywhere; PortAudio's own devices before PulseAudio's
+    for match in (_exact, _partial):
+        hits = [usable[i] for i in match(spec, names)]
+        if hits:
+            d = _one_card(flag, spec, kind, hits, preferred_api)
+            return AudioDevice(d["index"], d["name"], _channels(d, kind), float(d["default_samplerate"]))
+        found = sorted(set(match(spec, [desc for _, desc in pulse]) + match(spec, [name for name, _ in pulse])))
+        if len(found) > 1:
+            raise _ambiguous(flag, spec, kind, [f'"{pulse[i][1]}"' for i in found])
+        if found:
+            name, desc = pulse[found[0]]
+            bridge = next((d for d in usable if d["name"] == "pulse"), None)
+            if bridge is None:
+                raise AudioError(f"{flag} {spec!r} is a PulseAudio/PipeWire device, but PortAudio has no 'pulse' "
+                                 "device to reach it: apt install libasound2-plugins")
+            return AudioDevice(bridge["index"], desc, min(_channels(bridge, kind), 2),
+                               float(bridge["default_samplerate"]), pulse=name)
+    raise AudioError(f"{flag} {spec!r}: no audio {kind} device of that name (see --list-audio)" + _no_server_hint())
+
+
+NO_SERVER = ("no audio server is running: start PulseAudio (pulseaudio --start) or PipeWire (systemctl --user start "
+             "pipewire pipewire-pulse)")
+
+
+def _no_server_hint() -> str:
+    down = server_down()
+    return f"; {NO_SERVER} (pactl: {down})" if down else ""
 
 
 def list_devices() -> str:
-    """The devices --audio-in / --audio-out accept, as text for the terminal."""
+    """The devices --audio-in / --audio-out accept, as text for the terminal. Raises AudioError when there are
+    none (no sound card and no audio server): a header alone would say nothing."""
     sd = portaudio()
     default_in, default_out = sd.default.device
     apis = sd.query_hostapis()
+    devices = _portaudio_devices(sd)
+    pulse = {kind: pulse_devices(kind) for kind in ("output", "input")}
+    down = server_down()
+    if not devices and not any(pulse.values()):
+        raise AudioError(f"no audio devices: {NO_SERVER} (pactl: {down})" if down else
+                         "no audio devices: PortAudio finds no sound card and no audio server (Linux: start "
+                         "PulseAudio or PipeWire; docs/audio.md)")
     lines = ["audio devices (index, name, host API, input/output channels, default rate):"]
-    for d in _portaudio_devices(sd):
+    for d in devices:
         marks = [m for m, i in (("default input", default_in), ("default output", default_out)) if i == d["index"]]
-        lines.append(f"  {d['index']:3d}  {d['name']}  [{apis[d['hostapi']]['name']}]  in {d['max_input_channels']}"
-                     f" / out {d['max_output_channels']}  {d['default_samplerate']:.0f} Hz"
-                     + (f"  ({', '.join(marks)})" if marks else ""))
+        api = printable(apis[d['hostapi']]['name'], NAME_LIMIT)
+        lines.append(f"  {d['index']:3d}  {d['name']}  [{api}]  "
+                     f"in {d['max_input_channels']} / out {d['max_output_channels']}  "
+                     f"{d['default_samplerate']:.0f} Hz" + (f"  ({', '.join(marks)})" if marks else ""))
     for kind, title in (("output", "sinks, for --audio-out"), ("input", "sources, for --audio-in")):
-        found = pulse_devices(kind)
-        if found:
+        if pulse[kind]:
             lines.append(f"PulseAudio/PipeWire {title} (by name or description):")
-            lines += [f"  {desc}  ({name})" for name, desc in found]
+            lines += [f"  {desc}  ({name})" for name, desc in pulse[kind]]
+    if down:
+        lines.append(f"note: {NO_SERVER} (pactl: {down}); its devices are not listed")
     return "\n".join(lines)
 
 
 def setup_virtual_mic() -> str:
     """Create the "live avatar mic" null sink (and a microphone made from its monitor) with pactl; returns what to
-    tell the user. Raises AudioError where there is no PulseAudio/PipeWire server."""
+    tell the user. Raises AudioError (one line) where there is no PulseAudio/PipeWire server or pactl fails."""
     if shutil.which("pactl") is None:
         raise AudioError("--audio-setup needs pactl (PulseAudio or PipeWire's pipewire-pulse): apt install "
                          "pulseaudio-utils; on Windows and macOS see docs/audio.md")
-    info = _pactl("info")
-    if info is None or info.returncode != 0:
-        raise AudioError("--audio-setup: no PulseAudio/PipeWire server answers pactl "
-                         f"({(info.stderr.strip() if info else '') or 'not running'})")
+    down = server_down()
+    if down:
+        raise AudioError(f"--audio-setup: {NO_SERVER}, then run --audio-setup again (pactl: {down})")
     if VIRTUAL_MIC_SINK in [name for name, _ in pulse_devices("output")]:
         created = f'the sink "{VIRTUAL_MIC_DESCRIPTION}" exists already'
     else:
@@ -191,8 +268,8 @@ def setup_virtual_mic() -> str:
             if done is None or done.returncode != 0:
                 for module in _our_modules():
                     _pactl("unload-module", module)
-                raise AudioError(f"pactl load-module {argv[0]} failed: "
-                                 f"{(done.stderr.strip() if done else '') or 'no answer'}")
+                raise AudioError(f"--audio-setup: pactl load-module {argv[0]} failed, nothing was changed "
+                                 f"(pactl: {_said(done)})")
         created = f'created the sink "{VIRTUAL_MIC_DESCRIPTION}"'
     microphones = [f'"Monitor of {VIRTUAL_MIC_DESCRIPTION}"']
     if VIRTUAL_MIC_SOURCE in [name for name, _ in pulse_devices("input")]:
@@ -231,7 +308,7 @@ class _ExitAction(argparse.Action):
         try:
             text = self.run()
         except UserError as e:
-            parser.exit(2, f"error: {e}\n")
+            parser.exit(2, f"error: {printable(e, 2000)}\n")  # one line, whatever a device called itself
         print(text, flush=True)
         parser.exit(0)
 
@@ -328,6 +405,10 @@ class AudioPassThrough:
         self._failure: str | None = None
         self._next_update = 0.0
         self._streams = []
+        self._heard = 0  # microphone samples delivered so far
+        # per input block: when it came less the time its samples span since the start - the earliest of these
+        # is the moment sample 0 was captured, as far as the deliveries tell (any one may have been late)
+        self._paces: collections.deque[float] = collections.deque(maxlen=PACE_WINDOW)
         self.line: DelayLine | None = None
 
     # --- life cycle ------------------------------------------------------------------------------------------
@@ -339,7 +420,7 @@ class AudioPassThrough:
             with _pulse_target(self.source, "input"):
                 instream = sd.InputStream(device=self.source.index, channels=1, samplerate=self.source.rate,
                                           dtype="float32", blocksize=round(self.source.rate * BLOCK_S),
-                                          latency=DEVICE_LATENCY_S, callback=self._on_input,
+                                          latency=INPUT_BUFFER_S, callback=self._on_input,
                                           finished_callback=lambda: self._finished(self.source))
             self._streams.append(instream)
             opening = f"output {self.target}"
@@ -347,13 +428,13 @@ class AudioPassThrough:
             with _pulse_target(self.target, "output"):
                 outstream = sd.OutputStream(device=self.target.index, channels=channels,
                                             samplerate=self.target.rate, dtype="float32",
-                                            blocksize=round(self.target.rate * BLOCK_S), latency=DEVICE_LATENCY_S,
+                                            blocksize=round(self.target.rate * BLOCK_S), latency=OUTPUT_LATENCY_S,
                                             callback=self._on_output,
                                             finished_callback=lambda: self._finished(self.target))
             self._streams.append(outstream)
         except Exception as e:  # noqa: BLE001 - sd.PortAudioError, ValueError for impossible formats
             self.close()
-            raise AudioError(f"cannot open audio {opening}: {e}".replace("\n", " ")) from None
+            raise AudioError(f"cannot open audio {opening}: {printable(e, 300)}") from None
         self.line = DelayLine(1, instream.samplerate, outstream.samplerate)
         # PortAudio's output latency is what its buffer holds; its input latency is the capture buffer's size, but
         # a capture callback gets each block as soon as it is full: one block of latency, not the whole buffer
@@ -365,18 +446,46 @@ class AudioPassThrough:
             outstream.start()
         except Exception as e:  # noqa: BLE001
             self.close()
-            raise AudioError(f"cannot start audio: {e}".replace("\n", " ")) from None
+            raise AudioError(f"cannot start audio: {printable(e, 300)}") from None
         return self
 
     def close(self) -> None:
+        """Stop. The microphone stops first; what the delay line still holds (the last words before quitting, up
+        to the delay) plays out through the output before it stops, unless a device has failed. Idempotent."""
         self._closing = True
         streams, self._streams = self._streams, []
-        for stream in streams:
-            try:
-                stream.abort()  # not stop(): nothing left to drain into a call that is ending
-                stream.close()
-            except Exception:  # noqa: BLE001 - a device that went away may fail to close too
-                pass
+        try:
+            if len(streams) == 2 and self.stopped_reason is None and self.line is not None:
+                self._drain(*streams)
+        finally:
+            for stream in streams:
+                try:
+                    stream.abort()  # at once; the drain above has played what mattered
+                    stream.close()
+                except Exception:  # noqa: BLE001 - a device that went away may fail to close too
+                    pass
+
+    def _drain(self, instream, outstream) -> None:
+        # what the microphone captured up to now, its callback may not have had yet (a busy machine delays it):
+        # take it first, then stop the microphone
+        now = self.clock()
+        paces = self._paces.copy()  # one C call: the input callback may append meanwhile
+        if paces:
+            captured = (now - min(paces)) * instream.samplerate - instream.blocksize  # less the block filling
+            deadline = time.monotonic() + INPUT_BUFFER_S + DRAIN_SLACK_S
+            while self._heard < captured and time.monotonic() < deadline and instream.active:
+                time.sleep(BLOCK_S)
+        try:
+            instream.abort()
+        except Exception:  # noqa: BLE001 - the output still plays what was captured
+            pass
+        self.line.end_input()
+        # bounded: the line holds at most its max_delay; an output that stopped calling back is not waited for
+        deadline = time.monotonic() + min(self.line.unplayed(), self.line.max_delay) + DRAIN_SLACK_S
+        while self.line.unplayed() > 0 and time.monotonic() < deadline and outstream.active:
+            time.sleep(BLOCK_S)
+        if outstream.active:
+            time.sleep(min(float(outstream.latency), 1.0) + DRAIN_MARGIN_S)  # PortAudio's buffer plays out too
 
     def __enter__(self):
         return self.start()
@@ -419,9 +528,12 @@ class AudioPassThrough:
         try:
             if status.input_overflow:
                 self.input_overflows += 1
-            self.line.write(indata, self.clock())
+            now = self.clock()
+            self.line.write(indata, now)
+            self._heard += frames
+            self._paces.append(now - self._heard / self.line.in_rate)
         except Exception as e:  # noqa: BLE001 - reported by _finished, outside the real-time thread
-            self._failure = f"{type(e).__name__}: {e}"
+            self._failure = printable(f"{type(e).__name__}: {e}", 300)
             raise portaudio().CallbackAbort from None
 
     def _on_output(self, outdata, frames, time_info, status):
@@ -436,7 +548,7 @@ class AudioPassThrough:
             outdata[:] = block  # mono to every output channel
         except Exception as e:  # noqa: BLE001
             outdata.fill(0)
-            self._failure = f"{type(e).__name__}: {e}"
+            self._failure = printable(f"{type(e).__name__}: {e}", 300)
             raise portaudio().CallbackAbort from None
 
     def _update_target(self) -> None:

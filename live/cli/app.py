@@ -390,7 +390,9 @@ class Session:
             if time.monotonic() >= next_at:
                 # the framing guide's score (key g) is for lining up a face: printed more often while it is on
                 next_at = time.monotonic() + (FRAMING_HUD_S if pipeline.options.framing else TERMINAL_HUD_S)
-                hud = " | ".join(pipeline.timings.lines()) if pipeline.show_hud else ""
+                # the preview window's HUD lines, less the engine name the greeting gave: the audio delay too
+                hud = " | ".join([*pipeline.timings.lines(), *(line() for line in pipeline.hud_extras)]
+                                 ) if pipeline.show_hud else ""
                 self.log(" | ".join(part for part in (f"{frames} frames", hud, pipeline.status) if part))
         return update
 

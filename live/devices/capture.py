@@ -106,6 +106,10 @@ class _OpenCVSource(FrameSource):
     @staticmethod
     def _open_capture(factory, target):
         """The opened capture, or None (released) when OpenCV cannot open `target`."""
+        # OpenCV's FFmpeg reader gives up after 4096 packets of other streams in a row: a clip whose sound goes on
+        # for minutes after the picture lost its last frames. A file ends (EOF) anyway, so a large bound costs
+        # at most reading the file. Read once per process, at the first frame: set before any capture opens.
+        os.environ.setdefault("OPENCV_FFMPEG_READ_ATTEMPTS", str(1 << 22))
         with _quiet_opencv():
             cap = factory(target)
             opened = cap is not None and cap.isOpened()
