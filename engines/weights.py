@@ -22,24 +22,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engines.checkpoint import KNOWN_CHECKPOINTS as PUBLISHED
+from engines.checkpoint import DEFAULT_URL, KNOWN_CHECKPOINTS
 from engines.storage import CACHE_ENV, sha256_file
 from engines.storage import cache_root as cache_dir
 from engines.errors import WeightsError
 
-DEFAULT_URL = ("https://github.com/graphemecluster/first-order-model-demo/releases/download/checkpoints/"
-               "vox-cpk.pth.tar")
+__all__ = ["DEFAULT_URL", "KNOWN_CHECKPOINTS", "cached_checkpoint", "cached_path", "resolve_checkpoint"]
 OFFICIAL_SOURCE = "https://drive.google.com/drive/folders/1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH"
 URL_ENV = "LIVE_AVATAR_WEIGHTS_URL"
 MARKER_SUFFIX = ".sha256-ok"
-
-KNOWN_CHECKPOINTS = {
-    "vox-cpk": {
-        "filename": "vox-cpk.pth.tar",
-        **PUBLISHED["vox-cpk.pth.tar"],  # sha256 and size, kept in one place
-        "url": DEFAULT_URL,
-    },
-}
 
 _CHUNK = 1 << 20
 
@@ -151,12 +142,17 @@ def _download(url: str, part: Path, size: int | None, progress: bool, timeout: f
         raise fail(f"the connection closed after {got} of {size} bytes; run again to resume")
 
 
+def cached_path(name: str = "vox-cpk", *, cache=None) -> Path:
+    """Where the known checkpoint `name` lives in the cache (downloaded there on first use)."""
+    folder = Path(cache).expanduser() if cache is not None else cache_dir()
+    return folder / KNOWN_CHECKPOINTS[name]["filename"]
+
+
 def cached_checkpoint(name: str = "vox-cpk", *, cache=None, verify: bool = True) -> tuple[Path, str | None]:
     """(where the known checkpoint `name` lives in the cache, None if it is there and verified, else why not:
     "not downloaded yet" or what is wrong with it). Never downloads or deletes (`live-avatar doctor`)."""
     entry = KNOWN_CHECKPOINTS[name]
-    folder = Path(cache).expanduser() if cache is not None else cache_dir()
-    target = folder / entry["filename"]
+    target = cached_path(name, cache=cache)
     if not target.is_file():
         return target, "not downloaded yet"
     return target, _cached_problem(target, entry["sha256"].lower(), entry.get("size"), verify, progress=False)

@@ -8,13 +8,15 @@ current engine encoded (the OpenVINO engines all do: one eager encoder, the same
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
-from ..protocol import EngineBase
+from ..protocol import EngineBase, EngineReport
 
 
 class SwitchingEngine(EngineBase):
     """Engine protocol, delegated to the current engine; `between_frames()` applies an offered switch and returns
-    its notice (or None); `close()` stops the background job and closes every engine it held."""
+    its notice (or None); `close()` stops the background job (killing its child process, joining its thread) and
+    closes every engine it held. The job is the SwitchingEngine's own: set once by the code that made both."""
 
     def __init__(self, engine):
         self.current = engine
@@ -45,14 +47,6 @@ class SwitchingEngine(EngineBase):
     def weights_id(self) -> str:
         return self.current.weights_id
 
-    @property
-    def precision(self) -> str:
-        return self.current.precision
-
-    @property
-    def details(self) -> dict:
-        return self.current.details
-
     def detect(self, image):
         return self.current.detect(image)
 
@@ -68,8 +62,17 @@ class SwitchingEngine(EngineBase):
     def status(self) -> str | None:
         return self.current.status()
 
+    def report(self) -> EngineReport:
+        """The current engine's report; until a switch, with the background check's state and any verdict."""
+        report = self.current.report()
+        if self.job is None or self.switches:
+            return report
+        verdict = self.job.result.verdict() if self.job.result is not None else report.gate
+        return replace(report, gate=verdict, int8_check=self.job.status())
+
     def close(self) -> None:
-        """Stop the background job (waiting for its thread), then close the engines."""
+        """Stop the background job (its child killed, its thread joined: well under a second), then close the
+        engines."""
         if self.job is not None:
             self.job.cancel()
         with self._lock:
