@@ -241,7 +241,7 @@ def cpu_world(monkeypatch, deterministic_engine):
 
     def setup(capabilities, ov=OV_OK):
         monkeypatch.setattr(backends, "openvino_status", lambda: ov)
-        monkeypatch.setattr(backends, "cpu_capabilities", lambda store=None: capabilities)
+        monkeypatch.setattr(backends, "cpu_capabilities", lambda store=None, progress=None: capabilities)
     return setup
 
 
@@ -379,6 +379,39 @@ def test_the_background_check_runs_in_a_child_and_switches_between_frames(int8_w
     # stored by the child: the next start takes int8 at once
     again, notices = backends.create_engine(deterministic_weights=True, cache_dir=cache_dir)
     assert again.name == "openvino-int8" and again.report().gate.earlier
+
+
+EXIT_DURING_CHECK = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from engines.backends import create_engine, int8_gate, openvino_backend
+int8_gate.REALTIME_MS = 0.0                        # every CPU is 'slower than real time' here
+openvino_backend.DEFAULT_CALIBRATION_SAMPLES = 4   # the module's cached int8 IR
+engine, notices = create_engine(deterministic_weights=True, cache_dir={cache!r}, progress=lambda line: None)
+assert engine.report().int8_check == "running in the background", notices
+time.sleep(float(sys.argv[1]))
+print("exiting while the check is", engine.job.state, flush=True)
+"""  # and exits without closing the engine: the atexit hook must stop the check
+
+
+@pytest.mark.slow
+def test_a_program_that_exits_while_the_int8_check_runs_never_aborts(ov_engines, cache_dir, tmp_path):
+    """Ten programs in a row that exit at different moments of the background check (the child importing,
+    calibrating, gating; the parent building the int8 engine), without closing the engine: exit status 0 every
+    time, never 134 ('terminate called without an active exception')."""
+    from tests.conftest import REPO
+
+    ov_engines("int8")
+    script = EXIT_DURING_CHECK.format(repo=str(REPO), cache=str(cache_dir))
+    states = []
+    for delay in (0, 0.3, 1, 2, 3, 5, 8, 12, 16, 20):
+        shutil.rmtree(tmp_path / "decisions", ignore_errors=True)  # no verdict: the check starts every time
+        done = subprocess.run([sys.executable, "-c", script, str(delay)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "LIVE_AVATAR_CACHE": str(tmp_path)})
+        assert done.returncode == 0, (delay, done.returncode, done.stderr[-2000:])
+        assert "terminate called" not in done.stderr
+        states.append(done.stdout.strip().rsplit(" ", 1)[-1])
+    assert len(states) == 10 and "calibrating" in states, states
 
 
 def test_fp16_is_refused_with_a_notice(ov_engines):

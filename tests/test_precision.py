@@ -129,10 +129,8 @@ def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_fram
         assert release.wait(10)
         return GateResult(50.0, 0.999)
 
-    job = Int8Upgrade(switching, check=check, build=lambda: int8_engine)
-    switching.job = job
     pipeline = make_pipeline(switching, options=PipelineOptions(calibrate_first_frame=True))
-    job.start()
+    job = switching.attach(Int8Upgrade(switching, check=check, build=lambda: int8_engine))
     assert checking.wait(10)
     assert switching.report().int8_check == "running in the background"
     feed = frames([100, 110, 120, 130, 140, 150, 160, 170])
@@ -170,8 +168,8 @@ def test_a_failed_gate_keeps_the_float_engine_and_names_the_figures():
 
     def never():
         raise AssertionError("a rejected int8 renderer is not built")
-    job = Int8Upgrade(switching, check=lambda cancel: GateResult(31.2, 0.91), build=never)
-    switching.job = job.run_here()
+    job = switching.attach(Int8Upgrade(switching, check=lambda cancel: GateResult(31.2, 0.91), build=never),
+                           start=False).run_here()
     notice = switching.between_frames()
     assert job.state == "failed" and switching.current is before
     assert "rejected" in notice and "PSNR 31.2 dB" in notice and "SSIM 0.9100" in notice
@@ -206,7 +204,7 @@ def test_closing_the_engine_kills_the_check_at_once_and_caches_nothing(sleeper):
         return run_child(sleeper, {"sleep": 60, "answer": True}, cancel)
 
     switching = SwitchingEngine(FakeEngine())
-    switching.job = Int8Upgrade(switching, check=check, build=lambda: FakeEngine()).start()
+    switching.attach(Int8Upgrade(switching, check=check, build=lambda: FakeEngine()))
     time.sleep(1.0)  # the child is running (importing, then sleeping)
     assert switching.job.running
     started = time.perf_counter()

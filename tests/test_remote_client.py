@@ -226,3 +226,26 @@ def test_run_live_offline_against_a_server_that_errors_on_every_frame_exits_2(fa
     assert len(errors) == 1 and "out of memory" in errors[0] and "\x1b" not in result.stderr
     assert "Traceback" not in result.stderr
     assert time.monotonic() - start < 60   # not 30 s per frame
+
+
+def test_the_client_detects_like_a_local_run_would(fake, digest, tmp_path):
+    """--remote on a machine without a GPU (the point of --remote): its keypoints come from the detector a local run
+    would pick (OpenVINO on a CPU), equal to the eager detector's; its report says so, with the server's engine as
+    the welcome described it (cleaned of escape codes)."""
+    pytest.importorskip("openvino")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: its detector runs there")
+    server = fake(welcome(digest, summary="\x1b[31mOpenVINO on the CPU, bf16\x1b[0m", precision="bf16"))
+    client = engine(server.url, tmp_path)
+    try:
+        report = client.report()
+        assert report.backend == "remote" and report.fact("detector_backend") == "openvino on cpu"
+        assert report.renderer == "bf16" and report.fact("server_summary") == "OpenVINO on the CPU, bf16"
+        image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(4))
+        with torch.inference_mode():
+            eager_value, _ = client.kp_detector(image)
+        value = client.detect(image).value
+        tolerance = 1e-4 if report.detector == "fp32" else 0.02  # bf16 only where measured no shakier
+        assert float((value - eager_value).abs().max()) <= tolerance
+    finally:
+        client.close()

@@ -56,10 +56,10 @@ def openvino_status() -> tuple[bool, str]:
     return probe()
 
 
-def cpu_capabilities(store=None):
+def cpu_capabilities(store=None, progress=None):
     """What the CPU offers OpenVINO (bf16 measured against f32)."""
     from .openvino_backend import probe_cpu
-    return probe_cpu(store=store)
+    return probe_cpu(store=store, progress=progress)
 
 
 def torch_bf16(store=None):
@@ -147,7 +147,7 @@ def create_engine(*, backend: str = "auto", device: str = "auto", checkpoint=Non
     weights = Weights(checkpoint=checkpoint, deterministic_weights=deterministic_weights, align_corners=align_corners,
                       progress=say)
     settings = Settings(cache_dir=cache_dir, warm_up=warm_up, calibration_images=calibration_images, progress=say,
-                        store=store, cpu_capabilities=lambda: cpu_capabilities(store),
+                        store=store, cpu_capabilities=lambda: cpu_capabilities(store, say),
                         torch_bf16=lambda: torch_bf16(store))
     int8 = Int8Context(weights, settings, request, int8_check)
     chosen = plan(request, survey(weights, store, int8.passed_before))

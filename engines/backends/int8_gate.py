@@ -91,14 +91,10 @@ def measure_gate(reference, candidate, images=None, frames: int = HELD_OUT_FRAME
 def decision_fields(base, images, calibration: str) -> dict:
     import openvino as ov
 
-    try:
-        import nncf
-        nncf_version = nncf.__version__
-    except Exception:  # noqa: BLE001
-        nncf_version = "none"
-    from .openvino_int8 import calibration_id
+    from .openvino_int8 import calibration_id, nncf_version
 
-    return {**cpu_identity(), "weights": weights_digest(base), "openvino": ov.__version__, "nncf": nncf_version,
+    return {**cpu_identity(), "weights": weights_digest(base), "openvino": ov.__version__,
+            "nncf": nncf_version() or "none",
             "calibration": calibration, "held_out": f"{calibration_id(images, HELD_OUT_FRAMES)}:{HELD_OUT_SEED}",
             "gate": [GATE_PSNR_DB, GATE_SSIM]}
 
@@ -122,12 +118,10 @@ def save_gate(store: DecisionStore, fields: dict, result: GateResult) -> None:
 
 
 def nncf_problem() -> str | None:
-    """Why the int8 renderer cannot be built here (nncf does not import), or None."""
-    try:
-        import nncf  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - a broken install only means: no int8
-        return f"the int8 renderer needs nncf ({describe_error(error)})"
-    return None
+    """Why the int8 renderer cannot be built here (nncf is not installed), or None."""
+    from .openvino_int8 import nncf_version
+
+    return None if nncf_version() is not None else "the int8 renderer needs nncf, which is not installed"
 
 
 def cached_verdict(base, images, calibration: str, store: DecisionStore) -> GateResult | None:
@@ -249,7 +243,7 @@ def consider_int8(float_engine, base, *, build_int8: Callable, images=None, cali
         if job.state != "passed":
             float_engine.amend_report(gate=job.result.verdict() if job.result else None)
         return switching.current, [job.notice]
-    switching.job = Int8Upgrade(switching, check=background, build=lambda: build_int8()[0], why=why).start()
+    switching.attach(Int8Upgrade(switching, check=background, build=lambda: build_int8()[0], why=why))
     return switching, [f"{float_engine.name} takes {frame_ms:.0f} ms per frame (real time needs <= "
                        f"{REALTIME_MS:g}): calibrating the int8 renderer on your avatars in the background, frames "
                        "keep coming meanwhile; it takes over only if it passes the quality gate"]

@@ -116,9 +116,10 @@ def bf16_kernel(core) -> str:
     return kernel
 
 
-def probe_cpu(core=None, store: DecisionStore | None = None) -> CpuCapabilities:
+def probe_cpu(core=None, store: DecisionStore | None = None, progress: Progress | None = None) -> CpuCapabilities:
     """What this process's CPU offers OpenVINO: where a bf16 kernel exists, f32 and bf16 are timed
-    (precision.openvino_bf16_probe, ~0.3 s) and the result is cached per CPU, ISA cap and OpenVINO version."""
+    (precision.openvino_bf16_probe, ~0.3 s, announced through `progress`) and the result is cached per CPU, ISA cap
+    and OpenVINO version."""
     import openvino as ov
 
     core = core or ov.Core()
@@ -127,9 +128,12 @@ def probe_cpu(core=None, store: DecisionStore | None = None) -> CpuCapabilities:
     if "BF16" not in capabilities:
         return CpuCapabilities(cpu=name, capabilities=capabilities, amx=False)
     kernel = bf16_kernel(core)
+
+    def measure():
+        return announced(progress or (lambda line: None), "measuring bf16 against fp32 on this CPU (once, cached)",
+                         lambda: openvino_bf16_probe(core, cpu_threads()))
     measurement, cached = cached_measurement(
-        "openvino-bf16", {"device_name": name, "openvino": ov.__version__, "kernel": kernel},
-        lambda: openvino_bf16_probe(core, cpu_threads()), store)
+        "openvino-bf16", {"device_name": name, "openvino": ov.__version__, "kernel": kernel}, measure, store)
     return CpuCapabilities(cpu=name, capabilities=capabilities, amx="amx" in kernel.lower(), kernel=kernel,
                            bf16=measurement, cached=cached)
 
@@ -147,8 +151,8 @@ def runtime_versions(precision: str) -> dict:
 
     found = {"openvino": ov.__version__}
     if precision == "int8":
-        import nncf
-        found["nncf"] = nncf.__version__
+        from .openvino_int8 import nncf_version
+        found["nncf"] = nncf_version() or "none"
     return found
 
 
@@ -537,13 +541,10 @@ def build_openvino_detector(kp_detector: torch.nn.Module, image_size: int, *, ca
 
 
 def _int8_usable(precision: str, target: Target, notices: list) -> str:
-    """int8 needs nncf (its version keys the cache): where it does not import, the CPU's float precision."""
-    if precision != "int8":
+    """int8 needs nncf (its version keys the cache): where it is not installed, the CPU's float precision."""
+    from .openvino_int8 import nncf_version
+
+    if precision != "int8" or nncf_version() is not None:
         return precision
-    try:
-        import nncf  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - a broken nncf must not cost the whole fast path
-        notices.append(f"int8 needs nncf, which cannot be imported ({describe_error(error)}): using "
-                       f"{target.capabilities.default_precision}")
-        return target.capabilities.default_precision
-    return precision
+    notices.append(f"int8 needs nncf, which is not installed: using {target.capabilities.default_precision}")
+    return target.capabilities.default_precision

@@ -20,11 +20,22 @@ class SwitchingEngine(EngineBase):
 
     def __init__(self, engine):
         self.current = engine
-        self.job = None               # the background work that may offer a replacement (int8_gate.Int8Upgrade)
+        self._job = None              # the background work that may offer a replacement (int8_gate.Int8Upgrade)
         self._offer = None
         self._lock = threading.Lock()
         self._retired = []            # engines switched away from: closed with this one
         self.switches = 0
+
+    # --- the background job ---------------------------------------------------------------------------------
+    @property
+    def job(self):
+        return self._job
+
+    def attach(self, job, *, start: bool = True):
+        """Own `job` (it offers its replacement through `offer`): started here unless told otherwise, cancelled and
+        joined by close(). Returns the job."""
+        self._job = job
+        return job.start() if start else job
 
     # --- what the live loop sees ----------------------------------------------------------------------------
     @property
@@ -65,16 +76,16 @@ class SwitchingEngine(EngineBase):
     def report(self) -> EngineReport:
         """The current engine's report; until a switch, with the background check's state and any verdict."""
         report = self.current.report()
-        if self.job is None or self.switches:
+        if self._job is None or self.switches:
             return report
-        verdict = self.job.result.verdict() if self.job.result is not None else report.gate
-        return replace(report, gate=verdict, int8_check=self.job.status())
+        verdict = self._job.result.verdict() if self._job.result is not None else report.gate
+        return replace(report, gate=verdict, int8_check=self._job.status())
 
     def close(self) -> None:
         """Stop the background job (its child killed, its thread joined: well under a second), then close the
         engines."""
-        if self.job is not None:
-            self.job.cancel()
+        if self._job is not None:
+            self._job.cancel()
         with self._lock:
             offer, self._offer = self._offer, None
         for engine in [self.current, *self._retired, *([offer[0]] if offer and offer[0] is not None else [])]:
