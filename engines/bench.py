@@ -286,8 +286,10 @@ def _baseline_frame_ms(base: FOMMEngine) -> float:
 def expected_total(planned: list[Planned], frame_ms: float, args) -> str:
     """The line said before anything is built: rows, and how long building and timing them should take."""
     warm, cold = (sum(p.cost_s[i] for p in planned) for i in (0, 1))
-    # timing: every round runs each row once (the baseline's frame bounds the others') plus the full forward
-    timing = (args.warmup + args.frames) * frame_ms * (len(planned) + 1 + (0 if args.no_full else 1.3)) / 1000.0
+    # timing: every round runs the baseline (plus its full forward, ~1.3 frames) and each row once; the rows took
+    # 0.2-0.9 of the baseline's frame where measured, so half of it each; the accuracy pass is one more round
+    per_round = frame_ms * (1 + (0 if args.no_full else 1.3) + 0.5 * len(planned))
+    timing = (args.warmup + args.frames + 1) * per_round / 1000.0
     return (f"bench: {len(planned) + 1} rows (baseline + {', '.join(p.name for p in planned)}); expected about "
             f"{warm + timing:.0f} s in all ({warm:.0f} s to build the rows, up to {cold:.0f} s with empty caches; "
             f"~{timing:.0f} s of timing: {args.warmup + args.frames} rounds, a baseline frame takes {frame_ms:.0f} "
@@ -297,6 +299,7 @@ def expected_total(planned: list[Planned], frame_ms: float, args) -> str:
 def run(args) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    to_stderr("bench: loading the weights and the frames, timing one baseline frame for the estimate ...")
     torch.manual_seed(0)
     if args.checkpoint:
         base = FOMMEngine.from_checkpoint(args.checkpoint, device=device)
@@ -308,6 +311,7 @@ def run(args) -> dict:
     rows, notices = build_rows(base, args)
 
     # Reference outputs of the baseline on every driving frame.
+    to_stderr(f"bench: accuracy of {len(rows) - 1} rows against the baseline on {len(driving)} frames ...")
     state = base.encode(source)
     kps = [base.detect(driving[i:i + 1]) for i in range(len(driving))]
     references = [base.render(state, kp).image for kp in kps]

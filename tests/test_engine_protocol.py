@@ -81,6 +81,8 @@ def test_every_engine_reports_what_it_is(deterministic_engine):
                                                                                                     False)
     switching = SwitchingEngine(FakeEngine())
     assert switching.report() == switching.current.report()
+    switching.amend_report(startup_s=4.5)  # what the selection learned goes to the engine serving now
+    assert switching.report().startup_s == 4.5 == switching.current.report().startup_s
     report = EngineReport(backend="openvino", device="cpu", detector="fp32", renderer="int8", why="requested",
                           frame_ms=31.4, startup_s=2.5, fell_back=(Fallback("TensorRT backend", "no CUDA GPU"),),
                           gate=GateVerdict(53.1, 0.9989, True, enforced=False), facts=(("threads", 2),))

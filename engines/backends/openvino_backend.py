@@ -45,11 +45,12 @@ import torch
 
 from ..cache import DecisionStore, EntryCache, Lookup
 from ..engine import FOMMEngine
-from ..export import example_inputs, frame_renderer
+from ..export import example_inputs, frame_renderer, input_shapes
 from ..progress import Progress, announced, step
 from ..protocol import EngineReport
 from ..storage import cache_root
 from .common import AcceleratedEngine, describe_error, module_digest, weights_digest
+from .planner import once
 from .precision import (BF16_MIN_SPEEDUP, Bf16Measurement, cached_measurement, cpu_identity, interleaved_minimum,
                         openvino_bf16_probe)
 
@@ -363,15 +364,16 @@ def _source(ir):
     return str(ir) if isinstance(ir, Path) else ir
 
 
-def convert_graph(graph: str, module: torch.nn.Module, inputs: tuple, *, weights: str, config_hash: str,
-                  target: Target, cache_dir: Path, core, progress: Progress | None) -> Lookup:
+def convert_graph(graph: str, module: torch.nn.Module, inputs: Callable[[], tuple], shapes, *, weights: str,
+                  config_hash: str, target: Target, cache_dir: Path, core, progress: Progress | None) -> Lookup:
     """The fp32 IR of one graph ('keypoint_detector' or 'frame_renderer', engines/export.py's two), converted once
-    and cached under `weights` (the digest of what it was converted from) and the target's name."""
+    and cached under `weights` (the digest of what it was converted from), its input `shapes` and the target's
+    name. `inputs()` gives example inputs: asked for only when converting."""
     label = "keypoint detector" if graph == "keypoint_detector" else "renderer"
-    fields = cache_fields(graph=graph, weights=weights, config_hash=config_hash, precision="fp32",
-                          shapes=[t.shape for t in inputs], cpu=target.name, versions=runtime_versions("fp32"))
+    fields = cache_fields(graph=graph, weights=weights, config_hash=config_hash, precision="fp32", shapes=shapes,
+                          cpu=target.name, versions=runtime_versions("fp32"))
     return load_or_convert(cache_dir, fields, label=label, core=core, build=lambda: announced(
-        progress, f"converting the {label} to OpenVINO (once, cached)", lambda: convert(module, inputs)))
+        progress, f"converting the {label} to OpenVINO (once, cached)", lambda: convert(module, inputs())))
 
 
 def quantize_renderer_ir(base: FOMMEngine, fp32_ir, shapes, target: Target, cache_dir: Path, core, *, images,
@@ -479,15 +481,17 @@ def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cac
     precision, why, notices = device_precision(device, precision, target.capabilities)
     precision = _int8_usable(precision, target, notices)
     float_precision = precision if precision != "int8" else target.capabilities.default_precision
-    cache_dir, digest, inputs = Path(cache_dir or default_cache_dir()), weights_digest(base), example_inputs(base)
-    irs = {graph: convert_graph(graph, module, graph_inputs, weights=digest, config_hash=base.config_hash,
-                                target=target, cache_dir=cache_dir, core=core, progress=progress)
-           for graph, module, graph_inputs in (("keypoint_detector", base.kp_detector, inputs[0]),
-                                               ("frame_renderer", frame_renderer(base), inputs[1]))}
+    cache_dir, digest, shapes = Path(cache_dir or default_cache_dir()), weights_digest(base), input_shapes(base.config)
+    inputs = once(lambda: example_inputs(base))  # an avatar encoded: only a conversion needs it
+    irs = {graph: convert_graph(graph, module, lambda i=index: inputs()[i], shapes[index], weights=digest,
+                                config_hash=base.config_hash, target=target, cache_dir=cache_dir, core=core,
+                                progress=progress)
+           for index, (graph, module) in enumerate((("keypoint_detector", base.kp_detector),
+                                                    ("frame_renderer", frame_renderer(base))))}
     calibration = None
     if precision == "int8":
         irs["frame_renderer_int8"], calibration = quantize_renderer_ir(
-            base, irs["frame_renderer"].value, [t.shape for t in inputs[1]], target, cache_dir, core,
+            base, irs["frame_renderer"].value, shapes[1], target, cache_dir, core,
             images=calibration_images, samples=calibration_samples or DEFAULT_CALIBRATION_SAMPLES,
             cancelled=cancelled, progress=progress)
     notices += [notice for lookup in irs.values() for notice in lookup.notices]
@@ -526,9 +530,11 @@ def build_openvino_detector(kp_detector: torch.nn.Module, image_size: int, *, ca
     target = resolve_target(core, device, capabilities, store)
     float_precision, why, _ = device_precision(device, None, target.capabilities)
     cache_dir, digest = Path(cache_dir or default_cache_dir()), module_digest(kp_detector)
-    image = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    ir = convert_graph("keypoint_detector", kp_detector, (image,), weights=digest, config_hash=f"detector-{image_size}",
-                       target=target, cache_dir=cache_dir, core=core, progress=progress)
+    shape = (1, 3, image_size, image_size)
+    ir = convert_graph("keypoint_detector", kp_detector,
+                       lambda: (torch.rand(shape, generator=torch.Generator().manual_seed(0)),), [shape],
+                       weights=digest, config_hash=f"detector-{image_size}", target=target, cache_dir=cache_dir,
+                       core=core, progress=progress)
     compiled_dir, _ = usable_compile_cache(cache_dir / "compiled")
     precision, check = detector_precision(digest, image_size, ir.value, target, float_precision, core, images=None,
                                           compiled_dir=compiled_dir, store=store, progress=progress)

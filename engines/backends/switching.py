@@ -81,6 +81,10 @@ class SwitchingEngine(EngineBase):
         verdict = self._job.result.verdict() if self._job.result is not None else report.gate
         return replace(report, gate=verdict, int8_check=self._job.status())
 
+    def amend_report(self, **changes) -> None:
+        """What the selection learned (fallbacks, start-up time) belongs to the engine serving now."""
+        self.current.amend_report(**changes)
+
     def close(self) -> None:
         """Stop the background job (its child killed, its thread joined: well under a second), then close the
         engines."""
