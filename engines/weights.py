@@ -23,9 +23,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engines.checkpoint import DEFAULT_URL, KNOWN_CHECKPOINTS
-from engines.storage import CACHE_ENV, sha256_file
+from engines.storage import CACHE_ENV, sha256_file, write_atomically
 from engines.storage import cache_root as cache_dir
 from engines.errors import WeightsError
+from engines.files import FileRefused, read_text
 
 __all__ = ["DEFAULT_URL", "KNOWN_CHECKPOINTS", "cached_checkpoint", "cached_path", "resolve_checkpoint"]
 OFFICIAL_SOURCE = "https://drive.google.com/drive/folders/1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH"
@@ -46,8 +47,9 @@ def _marker_text(target: Path, sha256: str) -> str:
 
 
 def _write_marker(target: Path, sha256: str) -> None:
-    try:
-        _marker(target).write_text(_marker_text(target, sha256))
+    try:  # renamed into place: whatever stood there (a FIFO would block a plain write) is replaced
+        write_atomically(_marker(target), _marker_text(target, sha256).encode(), prefix=f".{target.name}.marker.",
+                         mode=0o644)
     except OSError:
         pass  # only a speed-up: without it the next start verifies again
 
@@ -61,9 +63,9 @@ def _cached_problem(target: Path, sha256: str, size: int | None, verify: bool, p
         return None
     marker = _marker(target)
     try:
-        if marker.read_text() == _marker_text(target, sha256):
+        if read_text(marker, 512, what="verification marker") == _marker_text(target, sha256):
             return None
-    except OSError:
+    except (FileRefused, OSError):  # missing, or not a small regular file: verify the checkpoint again
         pass
     digest = sha256_file(target, progress)
     if digest != sha256:

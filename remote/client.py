@@ -37,6 +37,7 @@ from engines.backends.common import describe_error
 from engines.backends.detector import create_detector
 from engines.storage import cache_root
 from engines.errors import UserError
+from engines.files import FileRefused, read_bounded, set_aside
 from engines.image_header import ImageRejected
 from engines.protocol import EngineBase, EngineReport, RenderedFrame, identity_motion
 from remote import protocol as P
@@ -460,12 +461,21 @@ class RemoteEngine(EngineBase):
         return self.cache_dir / f"kp_detector-{digest[:32]}.bin"
 
     def _cached_detector(self, expected: str) -> bytes | None:
+        """The cached weights when they are a regular file of at most the protocol's size with the server's digest;
+        anything else (a FIFO, a symlink to a device, a damaged file) is set aside and fetched again."""
         path = self._cache_path(expected)
-        try:
-            blob = path.read_bytes()
-        except OSError:
+        if not os.path.lexists(path):
             return None
-        return blob if P.digest(blob) == expected else None  # a damaged cache file is fetched again
+        try:
+            blob = read_bounded(path, P.MAX_DETECTOR_BYTES, what="cached detector weights")
+            if P.digest(blob) == expected:
+                return blob
+            problem = "its digest differs from the server's"
+        except FileRefused as exc:
+            problem = str(exc)
+        set_aside(path)
+        self.log(f"notice: cached detector weights unusable ({problem}): set aside, fetching them again")
+        return None
 
     def _fetch_detector(self, expected: str) -> bytes:
         self.log(f"fetching the keypoint detector weights from the server "

@@ -249,3 +249,28 @@ def test_the_client_detects_like_a_local_run_would(fake, digest, tmp_path):
         assert float((value - eager_value).abs().max()) <= tolerance
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "damaged"])
+def test_a_hostile_cached_detector_is_set_aside_and_fetched_again(tmp_path, kind):
+    """The client's cache of the server's detector weights: a FIFO, a symlink to /dev/zero or bytes that do not
+    match the digest are set aside with one notice (then fetched again), never read without bound."""
+    import os
+
+    from remote.client import RemoteEngine
+
+    digest = "ab" * 32
+    client = RemoteEngine.__new__(RemoteEngine)  # only the cache, no connection
+    client.cache_dir, said = tmp_path, []
+    client.log = said.append
+    path = client._cache_path(digest)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_bytes(b"not the weights")
+    assert client._cached_detector(digest) is None
+    (notice,) = said
+    assert "cached detector weights unusable" in notice and "set aside" in notice
+    assert not os.path.lexists(path) and [p for p in tmp_path.iterdir() if ".bad-" in p.name]
