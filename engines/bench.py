@@ -437,7 +437,8 @@ def _openvino_precisions(text: str) -> tuple:
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m engines.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=20, help="timed round-robin rounds (default 20: ~1 min on a 2-core CPU)")
+    parser.add_argument("--frames", type=int, default=20,
+                        help="timed round-robin rounds (default 20: 2-4 min on a 2-core CPU; the estimate is printed)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--checkpoint", help="vox-cpk.pth.tar (default: deterministic weights)")

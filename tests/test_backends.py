@@ -145,7 +145,8 @@ def test_the_loop_records_every_candidate_before_the_one_that_builds():
     trt_skip, cuda_failed = built.fell_back
     assert (trt_skip.candidate, trt_skip.tried) == ("TensorRT backend", False) and "libnvinfer" in trt_skip.reason
     assert cuda_failed.tried and cuda_failed.reason == "RuntimeError: inductor exploded"
-    assert cuda_failed.describe() == "CUDA backend (torch fp16 + torch.compile) failed (RuntimeError: inductor exploded)"
+    assert cuda_failed.describe() == ("CUDA backend (torch fp16 + torch.compile) failed (RuntimeError: inductor "
+                                      "exploded)")
 
 
 def test_the_loop_lets_a_weights_problem_through_instead_of_falling_back():
@@ -243,7 +244,7 @@ def test_auto_on_this_cpu_gives_the_measured_cpu_engine(monkeypatch, determinist
     import engines.backends.builders as builders
 
     monkeypatch.setattr(builders, "load_weights", lambda *args: deterministic_engine)
-    monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))  # tests/test_openvino.py
+    monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))  # see test_openvino
     monkeypatch.setattr(backends, "present_accelerators", lambda ov_ok: ())
     monkeypatch.setattr(backends, "torch_bf16", lambda store=None: Bf16Measurement(f32_ms=50.0, bf16_ms=bf16_ms))
     engine, notices = backends.create_engine(deterministic_weights=True)

@@ -11,7 +11,8 @@
   everything that makes an engine invalid; a second start loads them in seconds.
 
 The cache (engines/cache.py: keys, entry validation, load-or-build, bad entries set aside) is plain Python and tested
-on CPU with fake payloads; the compile/save/load calls need a CUDA GPU with TensorRT (tests/test_gpu.py; what has been run where: README).
+on CPU with fake payloads; the compile/save/load calls need a CUDA GPU with TensorRT (tests/test_gpu.py; what has
+been run where: README).
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def load_or_build(cache_dir: Path, fields: dict, *, build: Callable[[], object],
 
     def on_missing() -> str:  # building takes minutes: say so, and why nothing cached fits
         other = cache.newest_other(f"{prefix}-*", fields)
-        why = f"the cached ones were built for a different {', '.join(other)}" if other else "none cached for this setup"
+        why = (f"the cached ones were built for a different {', '.join(other)}" if other
+               else "none cached for this setup")
         return f"building the TensorRT {label} engine ({why}; this may take minutes)"
 
     found = cache.load_or_build(prefix, fields, label=f"TensorRT {label} engine", build=build,
