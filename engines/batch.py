@@ -25,12 +25,6 @@ def stack_states(states: Sequence[SourceState]) -> SourceState:
                        gaussians=torch.cat([s.gaussians for s in states]))
 
 
-def supports_batch(engine: FOMMEngine) -> bool:
-    """Eager engines take any batch; compiled graphs (TensorRT, torch.compile) are specialised on batch 1."""
-    renderer = getattr(engine, "_renderer", None)
-    return renderer is None or isinstance(renderer, torch.nn.Module)
-
-
 def concat_frames(frames: Sequence[RenderedFrame]) -> RenderedFrame:
     """One RenderedFrame of batch len(frames)."""
     return RenderedFrame(torch.cat([f.image for f in frames]), torch.cat([f.deformation for f in frames]),
@@ -43,7 +37,7 @@ def render_batch(engine: FOMMEngine, states: Sequence[SourceState], kps: Sequenc
     engine.render."""
     if len(states) != len(kps) or not states:
         raise ValueError(f"render_batch needs as many states as keypoints (got {len(states)} and {len(kps)})")
-    if len(states) == 1 or not supports_batch(engine):
+    if len(states) == 1 or not engine.takes_batches:
         return concat_frames([engine.render(s, k) for s, k in zip(states, kps)])
     state = stack_states(states)
     kp = Keypoints(torch.cat([k.value for k in kps]), torch.cat([k.jacobian for k in kps]))

@@ -10,9 +10,13 @@ the original full forward. Emulate other CPU classes on an Intel CPU with AMX by
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_FP16 python -m engines.bench   # AMX hidden (bf16 instructions stay)
     ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m engines.bench        # bf16 hidden too
 `--bounds` adds what each precision reaches on this CPU (GFLOP/s, engines/bounds.py), the frame's GFLOP and how
-many such threads 25 frames/s would need.
+many such threads 25 frames/s would need. `--binding` adds OpenVINO fp32 with the avatar state copied into the
+request every frame (the path before per-avatar binding), to put a ratio on what binding saves.
 The `composite` rows (engines/composite_bench.py; alone with `--composite-only`): what compositing the frame into
 the avatar's photo adds per frame at 1280x720 with a ~500-px face square, and the oracle's sharpness figures.
+
+Progress goes to stderr: first the rows and the expected total (from one baseline frame and each row's usual build
+time), then a line as each row starts and is ready, then the timing rounds; the report goes to stdout.
 
 Per backend: keypoint-detector ms, per-frame (cached-source) renderer ms, and for the eager fp32 baseline also the
 full generator forward ms (the original FOMM path, no caching). Ratios are against the baseline measured in the
@@ -44,6 +48,7 @@ from .cli import ArgumentParser, number, positive
 from .engine import FOMMEngine
 from .keypoints import Keypoints
 from .options import add_engine_arguments
+from .progress import to_stderr
 
 @dataclass
 class Row:
@@ -163,54 +168,56 @@ def _timed(fn, device):
 
 
 
-def openvino_rows(base: FOMMEngine, notices: list, precisions=OPENVINO_PRECISIONS) -> list[Row]:
-    """OpenVINO fp32, bf16 and int8 (renderer) rows; the precision `--backend auto` picks here is marked."""
+@dataclass(frozen=True)
+class Planned:
+    """A row to build: its name, how to build it ((engine, notices), or None when it does not apply here) and what
+    building it costs in seconds with warm and with empty caches (measured on a 2-vCPU machine; for the estimate
+    printed before anything starts)."""
+
+    name: str
+    build: object
+    cost_s: tuple[float, float] = (1.0, 1.0)
+
+
+def openvino_rows(base: FOMMEngine, args) -> list[Planned]:
+    """OpenVINO fp32, bf16 and int8 (renderer) rows; the precision `--backend auto` picks here is marked; with
+    --binding also fp32 with the avatar state copied into the request every frame (the path before binding)."""
     from .backends import cpu_capabilities, openvino_status
+    from .backends.openvino_backend import build_openvino_engine
 
     ok, reason = openvino_status()
     if not ok:
-        notices.append(f"OpenVINO not benchmarked: {reason}")
-        return []
-    from .backends.common import describe_error
-    from .backends.openvino_backend import build_openvino_engine
-
-    capabilities = cpu_capabilities()
-    rows = []
-    for precision in precisions:
-        started = time.perf_counter()
-        try:
-            engine, more = build_openvino_engine(base, precision=precision, capabilities=capabilities)
-        except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
-            notices.append(f"OpenVINO {precision} not benchmarked: {describe_error(error)}")
-            continue
-        label = f"openvino {engine.name}"
-        if precision == "int8":
-            label += f" (+{engine.details['float_precision']} detector)"
-        if precision == capabilities.default_precision:
-            label += " [auto float]"
-        cache = ", ".join(f"{k} {v}" for k, v in engine.details["cache"].items())
-        rows.append(Row(label, engine, note=f"setup {time.perf_counter() - started:.1f} s; cache {cache}"))
-        notices += more
+        return [Planned(f"openvino (not benchmarked: {reason})", lambda: None, (0.0, 0.0))]
+    rows, auto_float = [], cpu_capabilities().default_precision
+    for index, precision in enumerate(args.openvino):
+        # the first OpenVINO row converts both graphs on an empty cache; int8 adds the quantization
+        cost = (5.0, 90.0) if precision == "int8" else (4.0, 35.0 if index == 0 else 4.0)
+        rows.append(Planned(f"openvino {precision}" + (" [auto float]" if precision == auto_float else ""),
+                            lambda p=precision: build_openvino_engine(base, precision=p,
+                                                                      capabilities=cpu_capabilities()), cost))
+    if args.binding:
+        rows.append(Planned("openvino fp32 (copied inputs)", lambda: build_openvino_engine(
+            base, precision="fp32", capabilities=cpu_capabilities(), bind=False), (4.0, 4.0)))
     return rows
 
 
-def auto_row(args, notices: list) -> list[Row]:
-    """The engine `run_live.py --backend auto` gets on this CPU, built the way the app builds it."""
-    from .backends import create_engine
+def label_of(planned: Planned, engine) -> str:
+    """The row's label: the engine's name, the int8 engine's detector precision (from its report) and the
+    planned row's marks ([default], [auto float], copied inputs)."""
+    if planned.name.startswith("auto"):
+        return f"auto -> {engine.name}"
+    report = engine.report()
+    label = f"{planned.name.split(' ')[0]} {engine.name}"
+    if report.renderer == "int8":
+        label += f" (+{report.detector} detector)"
+    marks = [mark for mark in ("[default]", "[auto float]", "(copied inputs)") if mark in planned.name]
+    return " ".join([label, *marks])
 
-    started = time.perf_counter()
-    engine, more = create_engine(backend="auto", device="cpu", checkpoint=args.checkpoint,
-                                 deterministic_weights=args.checkpoint is None, int8_in_background=False)
-    notices += [f"auto: {n}" for n in more]
-    return [Row(f"auto -> {engine.name}", engine, note=f"setup {time.perf_counter() - started:.1f} s")]
 
+def planned_rows(base: FOMMEngine, args) -> list[Planned]:
+    """One planned row per backend available on base.device (the baseline is not among them)."""
+    from .backends import create_engine, cuda_available, tensorrt_status
 
-def build_rows(base: FOMMEngine, args) -> tuple[list[Row], list[str]]:
-    """The baseline row plus one row per backend available on base.device."""
-    from .backends import cuda_available, tensorrt_status
-
-    rows = [Row("torch eager fp32 (baseline)", base)]
-    notices = []
     if base.device.type == "cpu":
         from .backends.cpu_backend import DEFAULT_OPTIONS, CpuOptions, build_cpu_engine
 
@@ -220,39 +227,81 @@ def build_rows(base: FOMMEngine, args) -> tuple[list[Row], list[str]]:
                      CpuOptions("bf16", True, False), CpuOptions("fp32", False, True),
                      CpuOptions("fp32", True, True), CpuOptions("bf16", False, True)]
             variants += [o for o in study if o != DEFAULT_OPTIONS]
-        for options in variants:
-            started = time.perf_counter()
-            engine, more = build_cpu_engine(base, options=options)
-            default = " [default]" if options == DEFAULT_OPTIONS else ""
-            setup = f"setup {time.perf_counter() - started:.0f} s" if options.torch_compile else ""
-            rows.append(Row(f"cpu {engine.name}{default}", engine, note=setup))
-            notices += more
-        rows += openvino_rows(base, notices, args.openvino)
-        rows += auto_row(args, notices)
-        return rows, notices
-    if cuda_available():
-        from .backends.cuda_backend import build_cuda_engine
+        rows = [Planned(f"cpu {options.label}" + (" [default]" if options == DEFAULT_OPTIONS else ""),
+                        lambda o=options: build_cpu_engine(base, options=o), (30.0, 30.0) if options.torch_compile
+                        else (1.0, 1.0)) for options in variants]
+        rows += openvino_rows(base, args)
+        # the engine `run_live.py --backend auto` gets here, built the way the app builds it (int8 checked now)
+        rows.append(Planned("auto", lambda: create_engine(
+            backend="auto", device="cpu", checkpoint=args.checkpoint, deterministic_weights=args.checkpoint is None,
+            int8_check="now", progress=lambda line: None), (8.0, 150.0)))
+        return rows
+    if not cuda_available():
+        return []
+    from .backends.cuda_backend import build_cuda_engine
+    from .backends.tensorrt_backend import build_tensorrt_engine
 
+    rows = [Planned("cuda", lambda: build_cuda_engine(base, precision=args.precision), (60.0, 60.0))]
+    ok, reason = tensorrt_status()
+    trt_precision = args.precision if args.precision != "bf16" else None
+    rows.append(Planned("tensorrt", lambda: build_tensorrt_engine(base, precision=trt_precision), (15.0, 600.0))
+                if ok else Planned(f"tensorrt (not benchmarked: {reason})", lambda: None, (0.0, 0.0)))
+    return rows
+
+
+def build_rows(base: FOMMEngine, args, say=None) -> tuple[list[Row], list[str]]:
+    """The baseline row plus the planned rows, each announced as it starts and ends (`say`, default stderr); the
+    expected total is said before the first one."""
+    from .backends.common import describe_error
+
+    say = say or to_stderr
+    planned = planned_rows(base, args)
+    frame_ms = _baseline_frame_ms(base)
+    say(expected_total(planned, frame_ms, args))
+    rows, notices = [Row("torch eager fp32 (baseline)", base)], []
+    for index, row in enumerate(planned, 1):
         started = time.perf_counter()
-        engine, more = build_cuda_engine(base, precision=args.precision)
-        rows.append(Row(f"cuda {engine.name}", engine, note=f"setup {time.perf_counter() - started:.0f} s"))
-        notices += more
-        ok, reason = tensorrt_status()
-        if ok:
-            from .backends.tensorrt_backend import build_tensorrt_engine
-
-            started = time.perf_counter()
-            engine, more = build_tensorrt_engine(base, precision=args.precision if args.precision != "bf16" else None)
-            rows.append(Row(f"tensorrt {engine.name}", engine, note=f"setup {time.perf_counter() - started:.0f} s"))
-            notices += more
-        else:
-            notices.append(f"TensorRT not benchmarked: {reason}")
+        say(f"bench: row {index}/{len(planned)}: {row.name} ...")
+        try:
+            built = row.build()
+        except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
+            notices.append(f"{row.name} not benchmarked: {describe_error(error)}")
+            say(f"bench: row {index}/{len(planned)}: {row.name} failed ({describe_error(error)})")
+            continue
+        if built is None:
+            notices.append(row.name)
+            continue
+        engine, more = built
+        notices += [f"{row.name}: {n}" for n in more]
+        setup = time.perf_counter() - started
+        rows.append(Row(label_of(row, engine), engine, note=f"setup {setup:.1f} s"))
+        say(f"bench: row {index}/{len(planned)}: {row.name} ready in {setup:.1f} s")
     return rows, notices
+
+
+def _baseline_frame_ms(base: FOMMEngine) -> float:
+    from .backends.common import measure_frame_ms
+
+    return measure_frame_ms(base, 1)
+
+
+def expected_total(planned: list[Planned], frame_ms: float, args) -> str:
+    """The line said before anything is built: rows, and how long building and timing them should take."""
+    warm, cold = (sum(p.cost_s[i] for p in planned) for i in (0, 1))
+    # timing: every round runs the baseline (plus its full forward, ~1.3 frames) and each row once; the rows took
+    # 0.2-0.9 of the baseline's frame where measured, so half of it each; the accuracy pass is one more round
+    per_round = frame_ms * (1 + (0 if args.no_full else 1.3) + 0.5 * len(planned))
+    timing = (args.warmup + args.frames + 1) * per_round / 1000.0
+    return (f"bench: {len(planned) + 1} rows (baseline + {', '.join(p.name for p in planned)}); expected about "
+            f"{warm + timing:.0f} s in all ({warm:.0f} s to build the rows, up to {cold:.0f} s with empty caches; "
+            f"~{timing:.0f} s of timing: {args.warmup + args.frames} rounds, a baseline frame takes {frame_ms:.0f} "
+            "ms)")
 
 
 def run(args) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    to_stderr("bench: loading the weights and the frames, timing one baseline frame for the estimate ...")
     torch.manual_seed(0)
     if args.checkpoint:
         base = FOMMEngine.from_checkpoint(args.checkpoint, device=device)
@@ -264,6 +313,7 @@ def run(args) -> dict:
     rows, notices = build_rows(base, args)
 
     # Reference outputs of the baseline on every driving frame.
+    to_stderr(f"bench: accuracy of {len(rows) - 1} rows against the baseline on {len(driving)} frames ...")
     state = base.encode(source)
     kps = [base.detect(driving[i:i + 1]) for i in range(len(driving))]
     references = [base.render(state, kp).image for kp in kps]
@@ -285,8 +335,12 @@ def run(args) -> dict:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     frames = [driving[i % len(driving)][None].to(device) for i in range(args.warmup + args.frames)]
     engine_states = {id(row): row.engine.encode(source) for row in rows}
+    timing_started = time.perf_counter()
+    to_stderr(f"bench: timing {len(rows)} rows round-robin, {len(frames)} rounds ...")
     for index, frame in enumerate(frames):
         timed = index >= args.warmup
+        if index and index % 5 == 0:
+            to_stderr(f"  bench: round {index}/{len(frames)}, {time.perf_counter() - timing_started:.0f} s so far")
         for row in rows:
             kp, detect_ms = _timed(lambda: row.engine.detect(frame), device)
             _, render_ms = _timed(lambda: row.engine.render(engine_states[id(row)], kp), device)
@@ -300,15 +354,18 @@ def run(args) -> dict:
                 rows[0].full_ms.append(full_ms)
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    to_stderr(f"bench: timing done in {time.perf_counter() - timing_started:.0f} s")
     bounds = None
     if args.bounds and device.type == "cpu":
         from .backends.openvino_backend import cpu_threads
         from .bounds import bounds_report
         bounds = bounds_report(base, cpu_threads())
     from .composite_bench import run as composite_run
+    to_stderr("bench: the composite rows (compositing into the photo, the oracle's figures) ...")
     composite = composite_run(canvas=args.composite_canvas, face=args.composite_face, frames=args.frames,
                               device=device.type)
-    return {"composite": composite, "bounds": bounds, "device": device_name(device), "device_type": device.type, "versions": versions(),
+    return {"composite": composite, "bounds": bounds, "device": device_name(device), "device_type": device.type,
+            "versions": versions(),
             "cpu_flags": cpu_flags() if device.type == "cpu" else None,
             "load_average": [load_before, load] if load else None,
             "weights": weights, "frames": frames_name, "timed_rounds": args.frames, "warmup_rounds": args.warmup,
@@ -316,7 +373,8 @@ def run(args) -> dict:
             "rows": [{"backend": r.name, "detect_ms": statistics.median(r.detect_ms),
                       "render_ms": statistics.median(r.render_ms), "render_min_ms": min(r.render_ms),
                       "full_ms": statistics.median(r.full_ms) if r.full_ms else None,
-                      "kp_max_diff": r.kp_max_diff, "max_diff": r.max_diff, "psnr_db": r.psnr, "note": r.note}
+                      "kp_max_diff": r.kp_max_diff, "max_diff": r.max_diff, "psnr_db": r.psnr, "note": r.note,
+                      "report": r.engine.report().as_dict()}
                      for r in rows]}
 
 
@@ -393,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m engines.bench", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=positive(int), default=20,
-                        help="timed round-robin rounds (default 20: ~1 min on a 2-core CPU)")
+                        help="timed round-robin rounds (default 20: 2-4 min on a 2-core CPU; the estimate is printed)")
     parser.add_argument("--warmup", type=number(int, low=0), default=2, help="untimed rounds first (default 2)")
     # the engine flags of every command; here --device picks where the rows are timed (auto, cpu or cuda) and
     # --precision the GPU backends' (auto = their fp16)
@@ -404,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--openvino", type=_openvino_precisions, default=OPENVINO_PRECISIONS, metavar="LIST",
                         help="CPU: OpenVINO precisions to add as rows, comma-separated from fp32,bf16,int8 "
                              "(default all three; 'none' for no OpenVINO rows)")
+    parser.add_argument("--binding", action="store_true",
+                        help="CPU: add an OpenVINO fp32 row that copies the avatar state into the request every "
+                             "frame (the path before per-avatar binding), to measure what binding saves")
     parser.add_argument("--no-full", action="store_true", help="skip the baseline's full generator forward")
     parser.add_argument("--bounds", action="store_true",
                         help="CPU: GFLOP/s of each precision, GFLOP per frame, threads 25 frames/s needs")

@@ -14,13 +14,24 @@ import torch
 
 from .storage import sha256_file
 
-# Published digests, for optional verification (the file name selects the entry).
+# The one table of published checkpoints: verification (by file name), the download (engines/weights.py), the
+# cached copy the render server defaults to, the doctor. The official files are on Google Drive, which has no stable
+# direct-download link: the URL is a public mirror; the sha256, not the mirror, guarantees the bytes.
+DEFAULT_URL = ("https://github.com/graphemecluster/first-order-model-demo/releases/download/checkpoints/"
+               "vox-cpk.pth.tar")
 KNOWN_CHECKPOINTS = {
-    "vox-cpk.pth.tar": {
+    "vox-cpk": {
+        "filename": "vox-cpk.pth.tar",
         "sha256": "abb41ab1f279f26326c0d6e4d20702de6658364665aa1313daa7a63e89ea2b23",
         "size": 728_766_691,
+        "url": DEFAULT_URL,
     },
 }
+
+
+def known_by_filename(filename: str) -> dict | None:
+    """The published entry whose file is called `filename`, or None."""
+    return next((entry for entry in KNOWN_CHECKPOINTS.values() if entry["filename"] == filename), None)
 NETWORKS = ("kp_detector", "generator")
 
 
@@ -31,7 +42,7 @@ class CheckpointError(Exception):
 def verify_checkpoint(path, expected_sha256: str | None = None, expected_size: int | None = None) -> None:
     """Compare size and sha256 with the expected values, or with the published ones for a known file name."""
     path = Path(path)
-    known = KNOWN_CHECKPOINTS.get(path.name, {})
+    known = known_by_filename(path.name) or {}
     expected_sha256 = expected_sha256 or known.get("sha256")
     expected_size = expected_size if expected_size is not None else known.get("size")
     if expected_sha256 is None:

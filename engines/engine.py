@@ -21,7 +21,7 @@ from .deterministic_weights import load_deterministic_weights
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KeypointDetector
 from .keypoints import Keypoints
-from .protocol import EngineBase, RenderedFrame
+from .protocol import EngineBase, EngineReport, RenderedFrame
 
 
 @dataclass
@@ -72,6 +72,8 @@ class FOMMEngine(EngineBase):
         self.generator.align_corners = align_corners
         self.weights_id = weights_id
         self.name = f"torch-{self.device.type}-fp32"
+        self._report = EngineReport(backend="torch", device=self.device.type, detector="fp32", renderer="fp32",
+                                    why="the eager reference")
 
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -99,6 +101,11 @@ class FOMMEngine(EngineBase):
     @property
     def align_corners(self) -> bool:
         return self.generator.align_corners
+
+    @property
+    def takes_batches(self) -> bool:
+        """Whether `render` takes a batch of states (engines/batch.py): the eager modules take any batch."""
+        return True
 
     @property
     def config_hash(self) -> str:

@@ -55,6 +55,18 @@ def example_inputs(engine: FOMMEngine, source: torch.Tensor | None = None, drivi
     return detector, renderer
 
 
+def input_shapes(config) -> tuple[list[tuple], list[tuple]]:
+    """(detector input shapes, renderer input shapes) from the config alone: the shapes `example_inputs` gives,
+    without encoding an avatar (a second on a small CPU; caches are keyed by shapes every start)."""
+    size, k, generator = config.image_size, config.num_kp, config.generator
+    side = size // 2 ** generator.num_down_blocks
+    channels = min(generator.max_features, generator.block_expansion * 2 ** generator.num_down_blocks)
+    small = int(size * generator.dense_motion.scale_factor)
+    renderer = [(1, channels, side, side), (1, config.num_channels, small, small), (1, k, small, small), (1, k, 2),
+                (1, k, 2, 2), (1, k, 2), (1, k, 2, 2)]
+    return [(1, config.num_channels, size, size)], renderer
+
+
 def frame_renderer(engine: FOMMEngine) -> FrameRenderer:
     return FrameRenderer(engine.generator).eval()
 

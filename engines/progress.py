@@ -6,6 +6,7 @@ default prints to stderr, where a user running a command sees them at once (flus
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Callable, Iterator
 
 Progress = Callable[[str], None]
 HEARTBEAT_S = 15.0  # a conversion or an int8 calibration runs for a minute without any output of its own
+_IMPORTED = time.monotonic()  # the fallback origin of `process_age` where the OS does not say when we started
 
 
 def to_stderr(message: str) -> None:
@@ -47,3 +49,16 @@ def announced(progress: Progress | None, what: str, build: Callable[[], object])
     """`build()` inside `step(progress, what)`: for steps handed around as callables (built on a cache miss only)."""
     with step(progress, what):
         return build()
+
+
+def process_age() -> float:
+    """Seconds since this process started (the interpreter's own start-up and every import included): Linux says
+    it in /proc; elsewhere, since this module was imported (the first import of `engines`, nearly the same)."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic() - _IMPORTED

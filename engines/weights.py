@@ -22,24 +22,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engines.checkpoint import KNOWN_CHECKPOINTS as PUBLISHED
-from engines.storage import CACHE_ENV, sha256_file
+from engines.checkpoint import DEFAULT_URL, KNOWN_CHECKPOINTS
+from engines.storage import CACHE_ENV, sha256_file, write_atomically
 from engines.storage import cache_root as cache_dir
 from engines.errors import WeightsError
+from engines.files import FileRefused, read_text
 
-DEFAULT_URL = ("https://github.com/graphemecluster/first-order-model-demo/releases/download/checkpoints/"
-               "vox-cpk.pth.tar")
+__all__ = ["DEFAULT_URL", "KNOWN_CHECKPOINTS", "cached_checkpoint", "cached_path", "resolve_checkpoint"]
 OFFICIAL_SOURCE = "https://drive.google.com/drive/folders/1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH"
 URL_ENV = "LIVE_AVATAR_WEIGHTS_URL"
 MARKER_SUFFIX = ".sha256-ok"
-
-KNOWN_CHECKPOINTS = {
-    "vox-cpk": {
-        "filename": "vox-cpk.pth.tar",
-        **PUBLISHED["vox-cpk.pth.tar"],  # sha256 and size, kept in one place
-        "url": DEFAULT_URL,
-    },
-}
 
 _CHUNK = 1 << 20
 
@@ -55,8 +47,9 @@ def _marker_text(target: Path, sha256: str) -> str:
 
 
 def _write_marker(target: Path, sha256: str) -> None:
-    try:
-        _marker(target).write_text(_marker_text(target, sha256))
+    try:  # renamed into place: whatever stood there (a FIFO would block a plain write) is replaced
+        write_atomically(_marker(target), _marker_text(target, sha256).encode(), prefix=f".{target.name}.marker.",
+                         mode=0o644)
     except OSError:
         pass  # only a speed-up: without it the next start verifies again
 
@@ -70,9 +63,9 @@ def _cached_problem(target: Path, sha256: str, size: int | None, verify: bool, p
         return None
     marker = _marker(target)
     try:
-        if marker.read_text() == _marker_text(target, sha256):
+        if read_text(marker, 512, what="verification marker") == _marker_text(target, sha256):
             return None
-    except OSError:
+    except (FileRefused, OSError):  # missing, or not a small regular file: verify the checkpoint again
         pass
     digest = sha256_file(target, progress)
     if digest != sha256:
@@ -151,12 +144,17 @@ def _download(url: str, part: Path, size: int | None, progress: bool, timeout: f
         raise fail(f"the connection closed after {got} of {size} bytes; run again to resume")
 
 
+def cached_path(name: str = "vox-cpk", *, cache=None) -> Path:
+    """Where the known checkpoint `name` lives in the cache (downloaded there on first use)."""
+    folder = Path(cache).expanduser() if cache is not None else cache_dir()
+    return folder / KNOWN_CHECKPOINTS[name]["filename"]
+
+
 def cached_checkpoint(name: str = "vox-cpk", *, cache=None, verify: bool = True) -> tuple[Path, str | None]:
     """(where the known checkpoint `name` lives in the cache, None if it is there and verified, else why not:
     "not downloaded yet" or what is wrong with it). Never downloads or deletes (`live-avatar doctor`)."""
     entry = KNOWN_CHECKPOINTS[name]
-    folder = Path(cache).expanduser() if cache is not None else cache_dir()
-    target = folder / entry["filename"]
+    target = cached_path(name, cache=cache)
     if not target.is_file():
         return target, "not downloaded yet"
     return target, _cached_problem(target, entry["sha256"].lower(), entry.get("size"), verify, progress=False)

@@ -5,6 +5,8 @@
 1. local: the same backend in this process, render of one frame (median / p99 ms);
 2. remote, 1 client, 1 frame in flight, alternating with 1. frame by frame: round trip (median / p99), the server's
    own render time of those frames, and what remote adds (round trip - server render: batch wait, JPEG, network);
+   and keypoint detection, which the client runs itself every frame: the client's detector (chosen like a local
+   run's: OpenVINO on a CPU) against the local engine's, alternating;
 3. remote throughput with 1/2/4 concurrent clients (2 frames in flight each), and the batch sizes the server ran.
 The server is `python -m remote.server` started here on 127.0.0.1 (deterministic weights unless --checkpoint:
 the same arithmetic as the real ones). Keypoints are the avatar's own, jittered: no camera, no detection cost.
@@ -97,7 +99,7 @@ def local_engine(args):
     from engines.backends import create_engine
 
     engine, _ = create_engine(backend=args.backend, checkpoint=args.checkpoint,
-                              deterministic_weights=not args.checkpoint)
+                              deterministic_weights=not args.checkpoint, int8_check="off")
     return engine
 
 
@@ -121,7 +123,8 @@ def bench_latency(url, token, args, local) -> dict:
     rng = np.random.default_rng(1)
     engine.render(state, jittered(state.kp, rng))  # warm-up both
     to_uint8_image(local.render(local_state, jittered(state.kp, rng)).image)
-    local_ms, remote_ms, server_ms = [], [], []
+    local_ms, remote_ms, server_ms, local_detect, client_detect = [], [], [], [], []
+    generator = torch.Generator().manual_seed(2)
     for _ in range(args.frames):
         kp = jittered(state.kp, rng)
         start = time.perf_counter()
@@ -131,6 +134,12 @@ def bench_latency(url, token, args, local) -> dict:
         engine.render(state, kp)
         remote_ms.append((time.perf_counter() - start) * 1000.0)
         server_ms.append(engine.server_render_ms)
+        frame = torch.rand(1, 3, local.image_size, local.image_size, generator=generator)
+        for detector, times in ((local.detect, local_detect), (engine.detect, client_detect)):
+            start = time.perf_counter()
+            detector(frame)
+            times.append((time.perf_counter() - start) * 1000.0)
+    detector_backend = engine.report().fact("detector_backend")
     engine.close()
     # what remote adds = round trip - the server's own render of that frame (same process, same moment): robust to
     # the load of other jobs, which hits the local process and the replica differently on a shared machine
@@ -138,7 +147,10 @@ def bench_latency(url, token, args, local) -> dict:
     return {"local": (statistics.median(local_ms), percentile(local_ms, 99)),
             "server": (statistics.median(server_ms), percentile(server_ms, 99)),
             "remote": (statistics.median(remote_ms), percentile(remote_ms, 99)),
-            "added": (statistics.median(added), percentile(added, 99))}
+            "added": (statistics.median(added), percentile(added, 99)),
+            "local_detect": (statistics.median(local_detect), percentile(local_detect, 99)),
+            "client_detect": (statistics.median(client_detect), percentile(client_detect, 99)),
+            "client_detector": detector_backend}
 
 
 def bench_throughput(url, port, token, args, clients: int) -> dict:
@@ -202,6 +214,9 @@ def main(argv=None) -> int:
               f"render {lat['server'][0]:.1f} / {lat['server'][1]:.1f} ms; remote round trip {lat['remote'][0]:.1f} / "
               f"{lat['remote'][1]:.1f} ms; added by remote {lat['added'][0]:+.1f} / {lat['added'][1]:+.1f} ms",
               flush=True)
+        print(f"detect: local {local.name} {lat['local_detect'][0]:.1f} / {lat['local_detect'][1]:.1f} ms; remote "
+              f"client ({lat['client_detector']}) {lat['client_detect'][0]:.1f} / {lat['client_detect'][1]:.1f} ms "
+              f"= {lat['client_detect'][0] / lat['local_detect'][0]:.2f}x local (median / p99)", flush=True)
         rows = []
         for count in clients:
             row = bench_throughput(url, port, token, args, count)
@@ -219,6 +234,9 @@ def main(argv=None) -> int:
           f"{lat['server'][0] / local_ms:.2f}x time | - |")
     print(f"| added by remote (round trip - server render) | {lat['added'][0]:+.1f} / {lat['added'][1]:+.1f} ms | "
           "- | - | - |")
+    print(f"| detect, local engine | {lat['local_detect'][0]:.0f} / {lat['local_detect'][1]:.0f} ms | - | 1.00x | - |")
+    print(f"| detect, remote client ({lat['client_detector']}) | {lat['client_detect'][0]:.0f} / "
+          f"{lat['client_detect'][1]:.0f} ms | - | {lat['client_detect'][0] / lat['local_detect'][0]:.2f}x time | - |")
     for row in rows:
         print(f"| remote, {row['clients']} client(s), 2 in flight each | - | {row['fps']:.2f} | "
               f"{row['fps'] * local_ms / 1000.0:.2f}x fps | {row['batches']} |")

@@ -36,10 +36,12 @@ from engines.config import VOX_256
 from engines.keypoint_detector import KeypointDetector
 from engines.keypoints import Keypoints
 from engines.backends.common import describe_error
+from engines.backends.detector import create_detector
 from engines.storage import cache_root
 from engines.errors import UserError
+from engines.files import FileRefused, read_bounded, set_aside
 from engines.image_header import ImageRejected
-from engines.protocol import EngineBase, RenderedFrame, identity_motion
+from engines.protocol import EngineBase, EngineReport, RenderedFrame, identity_motion
 from remote import protocol as P
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)   # between reconnection attempts; the last one repeats
@@ -84,7 +86,8 @@ class RemoteEngine(EngineBase):
                  align_corners: bool = True, fmt: str = "jpeg", quality: int = 90, max_in_flight: int = 2,
                  connect_timeout: float = 10.0,
                  frame_timeout: float = 30.0, reconnect_wait: float = 0.0, cache_dir=None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, detector_backend: str = "auto",
+                 detector_device: str = "auto"):
         if fmt not in P.FORMATS:
             raise ValueError(f"unknown frame format {fmt!r}")
         self.url = check_url(url)
@@ -122,6 +125,11 @@ class RemoteEngine(EngineBase):
             self.weights_id = self.server["weights_id"]
             self._config_hash = self.server["config_hash"]
             self.kp_detector = self._detector(checkpoint, deterministic_weights)
+            # detection runs here every frame: on the backend a local run would pick for it (OpenVINO on a CPU)
+            self._detect, notices = create_detector(self.kp_detector, self.image_size, backend=detector_backend,
+                                                    device=detector_device, progress=self.log)
+            for notice in notices:
+                self.log(f"notice: {notice}")
         except BaseException:
             self.close()
             raise
@@ -144,10 +152,20 @@ class RemoteEngine(EngineBase):
     def connected(self) -> bool:
         return self._ws is not None
 
-    @torch.inference_mode()
     def detect(self, image: torch.Tensor) -> Keypoints:
-        value, jacobian = self.kp_detector(image.to(self.device, torch.float32))
-        return Keypoints(value, jacobian)
+        return self._detect(image)
+
+    def report(self) -> EngineReport:
+        """backend 'remote': the server's engine, device and precision as its welcome said, the local detector's
+        backend and precision."""
+        detector = self._detect.report
+        return EngineReport(
+            backend="remote", device=f"{self.server['device']} at {urlparse(self.url).hostname}",
+            detector=detector.detector, renderer=str(self.server.get("precision", "?")),
+            why=f"rendered by {self.server['engine']} on the server", fell_back=detector.fell_back,
+            facts=(("server", self.url), ("server_engine", self.server["engine"]),
+                   ("server_summary", self.server.get("summary", "")),
+                   ("detector_backend", f"{detector.backend} on {detector.device}"), *detector.facts))
 
     def encode(self, image: torch.Tensor) -> RemoteState:
         """Upload the avatar ([1,3,S,S] in [0,1], lossless PNG) into a server slot; the server's encoding stays
@@ -477,12 +495,21 @@ class RemoteEngine(EngineBase):
         return self.cache_dir / f"kp_detector-{digest[:32]}.bin"
 
     def _cached_detector(self, expected: str) -> bytes | None:
+        """The cached weights when they are a regular file of at most the protocol's size with the server's digest;
+        anything else (a FIFO, a symlink to a device, a damaged file) is set aside and fetched again."""
         path = self._cache_path(expected)
-        try:
-            blob = path.read_bytes()
-        except OSError:
+        if not os.path.lexists(path):
             return None
-        return blob if P.digest(blob) == expected else None  # a damaged cache file is fetched again
+        try:
+            blob = read_bounded(path, P.MAX_DETECTOR_BYTES, what="cached detector weights")
+            if P.digest(blob) == expected:
+                return blob
+            problem = "its digest differs from the server's"
+        except FileRefused as exc:
+            problem = str(exc)
+        set_aside(path)
+        self.log(f"notice: cached detector weights unusable ({problem}): set aside, fetching them again")
+        return None
 
     def _fetch_detector(self, expected: str) -> bytes:
         self.log(f"fetching the keypoint detector weights from the server "

@@ -363,6 +363,9 @@ def parse_welcome(message: dict) -> dict:
     welcome = {**RENDER_OPTIONS, **message}
     for name in ("engine", "device", "config_hash", "weights_id"):
         welcome[name] = printable(message[name], 120)
+    for name, limit in (("precision", 16), ("summary", 300)):  # optional: what the server's engine report says
+        if name in message:
+            welcome[name] = printable(message[name], limit) if isinstance(message[name], str) else "?"
     return welcome
 
 

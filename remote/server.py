@@ -95,9 +95,9 @@ def _settings(args) -> dict:
                          "(refusing to serve without authentication)")
     checkpoint = None
     if not args.deterministic_weights:
-        from engines.storage import cache_root
-        # default: the file run_live.py downloads and verifies into the cache
-        checkpoint = Path(args.checkpoint) if args.checkpoint else cache_root() / "vox-cpk.pth.tar"
+        from engines.weights import cached_path
+        # default: the file run_live.py downloads and verifies into the cache (engines/checkpoint.py's table)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else cached_path()
         if not checkpoint.is_file():
             raise ValueError(f"checkpoint not found: {checkpoint} (give --checkpoint PATH)")
         checkpoint = str(checkpoint)

@@ -43,7 +43,7 @@ def _make_engine(settings: dict):
                                     checkpoint=settings.get("checkpoint"),
                                     deterministic_weights=bool(settings.get("deterministic_weights")),
                                     align_corners=bool(settings.get("align_corners", True)),
-                                    precision=settings.get("precision"))
+                                    precision=settings.get("precision"), int8_check="off")
     return engine, notices
 
 
@@ -85,7 +85,7 @@ class RenderService:
                 "weights_id": e.weights_id, "detector_digest": self.detector_digest,
                 "detector_bytes": len(self.detector_blob), "align_corners": e.align_corners,
                 "max_in_flight": self.max_in_flight, "max_avatar_bytes": P.MAX_AVATAR_BYTES,
-                "max_avatars": P.MAX_AVATARS}
+                "max_avatars": P.MAX_AVATARS, "precision": e.report().precision, "summary": e.report().summary()}
 
     def health(self) -> dict:
         return {"connections": self.connections, "waiting_hello": self.waiting_hello, "frames": self.frames,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from engines.keypoints import Keypoints
-from engines.protocol import EngineBase, RenderedFrame, identity_motion
+from engines.protocol import EngineBase, EngineReport, RenderedFrame, identity_motion
 
 SIZE = 32
 K = 5
@@ -111,6 +111,8 @@ class FakeEngine(EngineBase):
         self.render_calls = 0
         self.status_text = None  # what status() says (a remote engine while its server is away)
         self.closed = 0
+        self._report = EngineReport(backend="fake", device="cpu", detector="fp32", renderer="fp32",
+                                    why="a test double")
 
     def detect(self, image):
         self.detect_calls += 1

@@ -1,5 +1,6 @@
-"""Backend selection/fallback (probes and builders replaced where a GPU would be needed), the CPU backend's
-parity, and the TensorRT engine cache logic (keys, entry validation, rebuilds) with fake payloads: all on CPU."""
+"""Backend selection: the pure planner's candidate order for each machine (its inputs), the one fallback loop with
+fake builds, create_engine's report on this machine; the CPU backend's parity; the TensorRT engine cache (keys,
+entry validation, rebuilds) with fake payloads: all on CPU."""
 from __future__ import annotations
 
 import json
@@ -8,144 +9,202 @@ import pytest
 import torch
 
 import engines.backends as backends
-from engines.backends import plan
+from engines.backends import Machine, Request, build_first, plan
 from engines.backends import tensorrt_backend as trt
 from engines.backends.common import AcceleratedEngine, weights_digest
 from engines.backends.cpu_backend import DEFAULT_OPTIONS, CpuOptions, build_cpu_engine
+from engines.backends.precision import Bf16Measurement
+from engines.cache import cache_key
 
 TRT_MISSING = (False, "torch_tensorrt cannot be imported (Exception: libnvinfer.so.10: cannot open shared object)")
+OV_MISSING = (False, "openvino cannot be used (ModuleNotFoundError: No module named 'openvino')")
 
 
-# --- selection: the pure plan ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend,device,has_cuda,trt_ok,expected,notice", [
-    # auto picks the fastest available
-    ("auto", "auto", True, True, "tensorrt", None),
-    ("auto", "auto", True, False, "cuda", "libnvinfer"),
-    ("auto", "auto", False, False, "cpu", None),
-    ("auto", "cuda", True, True, "tensorrt", None),
-    # explicit tensorrt falls back and names why
-    ("tensorrt", "auto", True, False, "cuda", "libnvinfer"),
-    ("tensorrt", "auto", False, False, "cpu", "TensorRT backend unavailable"),
-    ("tensorrt", "auto", True, True, "tensorrt", None),
-    # --device cpu forces the CPU whatever the backend
-    ("tensorrt", "cpu", True, True, "cpu", "--device cpu"),
-    ("cuda", "cpu", True, True, "cpu", "--device cpu"),
-    ("auto", "cpu", True, True, "cpu", None),
-    ("torch", "cpu", True, True, "torch-cpu", None),
-    # the rest
-    ("cuda", "auto", True, False, "cuda", None),
-    ("cuda", "auto", False, False, "cpu", "no CUDA GPU"),
-    ("auto", "cuda", False, False, "cpu", "CUDA requested but not available"),
-    ("torch", "auto", True, False, "torch-cuda", None),
-    ("torch", "auto", False, False, "torch-cpu", None),
-    ("cpu", "cuda", True, False, "cpu", "--backend cpu"),
+# --- selection: the pure planner (inputs: what the machine has; output: the candidates in order) ----------------
+def machine(*, cuda=False, trt=TRT_MISSING, ov=OV_MISSING, accelerators=(), remembered=None, int8=False):
+    return Machine(cuda=cuda, tensorrt=trt, openvino=ov, accelerators=accelerators,
+                   remembered_device=lambda primary, contenders: remembered, int8_passed=int8)
+
+
+def order(chosen) -> list[str]:
+    """'backend/device' per candidate, '!' before those ruled out."""
+    return [("!" if c.skip else "") + f"{c.backend}/{c.device}" for c in chosen.candidates]
+
+
+GPU = ["tensorrt/cuda", "cuda/cuda", "torch/cuda"]
+CPU_NO_OV = ["!openvino/cpu", "cpu/cpu", "torch/cpu"]
+CPU_OV = ["openvino/cpu", "cpu/cpu", "torch/cpu"]
+
+
+@pytest.mark.parametrize("backend,device,cuda,trt_ok,ov_ok,expected,reason", [
+    # auto picks the fastest available: TensorRT -> CUDA -> plain torch on a GPU, OpenVINO -> CPU -> torch without
+    ("auto", "auto", True, True, False, GPU, None),
+    ("auto", "auto", True, False, False, ["!tensorrt/cuda", *GPU[1:]], "libnvinfer"),
+    ("auto", "auto", False, False, False, CPU_NO_OV, "No module named 'openvino'"),
+    ("auto", "auto", False, False, True, CPU_OV, None),
+    ("auto", "cuda", True, True, False, GPU, None),
+    ("auto", "cpu", True, True, True, CPU_OV, None),                                  # --device cpu on a CUDA machine
+    # an explicit backend falls back and names why
+    ("tensorrt", "auto", True, False, False, ["!tensorrt/cuda", *GPU[1:]], "libnvinfer"),
+    ("tensorrt", "auto", False, False, True, ["!tensorrt/cuda", *CPU_OV], "no CUDA GPU"),
+    ("tensorrt", "auto", True, True, False, GPU, None),
+    ("cuda", "auto", True, False, False, GPU[1:], None),                              # TensorRT not considered
+    ("cuda", "auto", False, False, True, ["!cuda/cuda", *CPU_OV], "no CUDA GPU"),
+    ("openvino", "auto", True, False, True, CPU_OV, None),                            # runs on the CPU anyway
+    ("openvino", "auto", False, False, False, CPU_NO_OV, "No module named 'openvino'"),
+    ("cpu", "auto", False, False, True, ["cpu/cpu", "torch/cpu"], None),             # explicit eager stays eager
+    ("torch", "auto", True, False, False, ["torch/cuda"], None),
+    ("torch", "auto", False, False, False, ["torch/cpu"], None),
+    # --device cpu forces the CPU whatever the backend; --device cuda without CUDA says so
+    ("tensorrt", "cpu", True, True, True, ["!tensorrt/cuda", *CPU_OV], "--device cpu"),
+    ("cuda", "cpu", True, True, True, ["!cuda/cuda", *CPU_OV], "--device cpu"),
+    ("torch", "cpu", True, True, True, ["torch/cpu"], None),
+    ("auto", "cuda", False, False, True, ["!tensorrt/cuda", *CPU_OV], "no CUDA GPU"),
+    ("torch", "cuda", False, False, True, ["!torch/cuda", "torch/cpu"], "no CUDA GPU"),
+    ("cpu", "cuda", True, False, True, ["!cpu/cuda", "cpu/cpu", "torch/cpu"], "--backend cpu runs on the CPU"),
+    ("openvino", "cuda", True, False, True, ["!openvino/cuda", *CPU_OV], "--device cuda was given"),
 ])
-def test_plan(backend, device, has_cuda, trt_ok, expected, notice):
-    choice, notices = plan(backend, device, has_cuda=has_cuda, tensorrt=(trt_ok, TRT_MISSING[1]) if not trt_ok
-                           else (True, "ok"))
-    assert choice == expected
-    if notice is None:
-        assert notices == []
-    else:
-        assert any(notice in n for n in notices), notices
+def test_plan(backend, device, cuda, trt_ok, ov_ok, expected, reason):
+    chosen = plan(Request(backend, device), machine(cuda=cuda, trt=(True, "ok") if trt_ok else TRT_MISSING,
+                                                    ov=(True, "ok") if ov_ok else OV_MISSING))
+    assert order(chosen) == expected
+    skipped = [c.skip for c in chosen.candidates if c.skip]
+    assert (skipped == []) if reason is None else any(reason in s for s in skipped), skipped
+    assert chosen.race == () and chosen.notes == ()
+
+
+def test_nothing_is_probed_that_the_plan_does_not_reach():
+    def never():
+        raise AssertionError("probed although the plan could not use it")
+    cpu_only = Machine(cuda=never, tensorrt=never, openvino=(True, "ok"), accelerators=never)
+    assert order(plan(Request("auto", "cpu"), cpu_only)) == CPU_OV
+    no_cuda = Machine(cuda=False, tensorrt=never, openvino=(True, "ok"), accelerators=())
+    assert order(plan(Request("tensorrt", "auto"), no_cuda))[0] == "!tensorrt/cuda"
+    calls = []
+    counted = Machine(cuda=lambda: calls.append(1) or True, tensorrt=(True, "ok"))
+    plan(Request(), counted)
+    assert calls == [1], "each probe is asked once"
 
 
 @pytest.mark.parametrize("kwargs", [{"backend": "onnx"}, {"device": "tpu"}, {"precision": "int4"}])
 def test_unknown_names_are_rejected(kwargs):
     with pytest.raises(ValueError, match="unknown"):
+        Request(**kwargs)
+    with pytest.raises(ValueError, match="unknown"):
         backends.create_engine(deterministic_weights=True, **kwargs)
 
 
-# --- selection: create_engine with probes/builders replaced ------------------------------------------------------
-class Recorder:
-    def __init__(self, engine, fail: dict | None = None):
-        self.engine, self.fail, self.calls = engine, fail or {}, []
-
-    def builder(self, name):
-        def build(base, **kwargs):
-            self.calls.append((name, base.device.type if hasattr(base, "device") else None, kwargs))
-            if name in self.fail:
-                raise self.fail[name]
-            return self.engine, [f"{name} built"]
-        return build
+def test_int8_is_an_openvino_cpu_option():
+    forced = plan(Request(precision="int8"), machine(ov=(True, "ok")))
+    assert [c.precision for c in forced.candidates] == ["int8", None, None] and forced.notes == ()
+    elsewhere = plan(Request(precision="int8"), machine(ov=OV_MISSING))
+    assert all(c.precision is None for c in elsewhere.candidates)
+    (note,) = elsewhere.notes
+    assert "int8 is an OpenVINO backend option" in note and "the CPU backend" in note
+    on_gpu = plan(Request(precision="int8"), machine(cuda=True, trt=(True, "ok")))
+    assert all(c.precision is None for c in on_gpu.candidates) and "TensorRT backend" in on_gpu.notes[0]
 
 
-@pytest.fixture
-def fake_world(monkeypatch, deterministic_engine):
-    """create_engine with no real base build, probes and builders under test control."""
-    def setup(*, has_cuda, trt=(True, "ok"), fail=None, trt_probe_allowed=True):
-        recorder = Recorder(object(), fail)
-        monkeypatch.setattr(backends, "cuda_available", lambda: has_cuda)
-        monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))
-
-        def probe():
-            assert trt_probe_allowed, "TensorRT was probed although it could not be used"
-            return trt
-        monkeypatch.setattr(backends, "tensorrt_status", probe)
-        devices = []
-
-        def base(device, checkpoint, deterministic_weights, align_corners):
-            devices.append(device)
-            return deterministic_engine
-        monkeypatch.setattr(backends, "_base_engine", base)
-        for name in ("tensorrt", "cuda", "cpu"):
-            monkeypatch.setattr(backends, f"_build_{name}", recorder.builder(name))
-        recorder.devices = devices
-        return recorder
-    return setup
+def test_a_gate_passed_at_an_earlier_start_puts_the_int8_engine_first():
+    chosen = plan(Request(), machine(ov=(True, "ok"), int8=True))
+    assert order(chosen) == ["openvino/cpu", *CPU_OV]
+    first, second = chosen.candidates[:2]
+    assert (first.precision, second.precision) == ("int8", None) and "earlier start" in first.why
+    assert plan(Request(precision="fp32"), machine(ov=(True, "ok"), int8=True)).candidates[0].precision == "fp32"
+    with_race = plan(Request(), machine(ov=(True, "ok"), accelerators=("gpu",), int8=True))
+    assert [c.precision for c in with_race.candidates] == [None, None, None]  # the race decides first
 
 
-def test_auto_prefers_tensorrt_when_importable_and_cuda_present(fake_world):
-    world = fake_world(has_cuda=True)
-    engine, notices = backends.create_engine(deterministic_weights=True, precision="fp32", cache_dir="/x")
-    assert engine is world.engine
-    assert [c[0] for c in world.calls] == ["tensorrt"]
-    assert world.calls[0][2]["precision"] == "fp32" and world.calls[0][2]["cache_dir"] == "/x"
-    assert world.devices == ["cuda"]
-    assert notices == ["tensorrt built"]
+def test_other_precisions_go_to_every_candidate():
+    chosen = plan(Request(precision="fp16"), machine(cuda=True, trt=(True, "ok")))
+    assert {c.precision for c in chosen.candidates} == {"fp16"}
+    assert plan(Request(precision="auto"), machine()).candidates[1].precision is None
 
 
-def test_auto_without_tensorrt_uses_the_compiled_cuda_backend_and_says_why(fake_world):
-    world = fake_world(has_cuda=True, trt=TRT_MISSING)
-    engine, notices = backends.create_engine(deterministic_weights=True)
-    assert [c[0] for c in world.calls] == ["cuda"] and world.devices == ["cuda"]
-    assert "libnvinfer" in notices[0] and notices[-1] == "cuda built"
+# --- the one fallback loop ---------------------------------------------------------------------------------------
+class Built:
+    def __init__(self, name):
+        self.name, self.amended = name, {}
+
+    def amend_report(self, **changes):
+        self.amended.update(changes)
 
 
-def test_a_failing_tensorrt_build_falls_back_to_cuda_with_a_notice(fake_world):
-    world = fake_world(has_cuda=True, fail={"tensorrt": RuntimeError("engine build failed: out of memory")})
-    engine, notices = backends.create_engine(backend="tensorrt", deterministic_weights=True)
-    assert [c[0] for c in world.calls] == ["tensorrt", "cuda"] and engine is world.engine
-    assert any("TensorRT build failed" in n and "out of memory" in n for n in notices)
+def test_the_loop_records_every_candidate_before_the_one_that_builds():
+    chosen = plan(Request("auto", "auto"), machine(cuda=True, trt=TRT_MISSING))
+    tried = []
+
+    def make(candidate, base):
+        tried.append((candidate.backend, base))
+        if candidate.backend == "cuda":
+            raise RuntimeError("inductor exploded\nlong trace")
+        return Built(candidate.label), [f"{candidate.backend} built"]
+    built = build_first(chosen.candidates, make, lambda candidate: f"weights on {candidate.base_device}")
+    assert tried == [("cuda", "weights on cuda"), ("torch", "weights on cuda")]
+    assert built.engine.name == "plain torch CUDA engine" and built.notices == ("torch built",)
+    trt_skip, cuda_failed = built.fell_back
+    assert (trt_skip.candidate, trt_skip.tried) == ("TensorRT backend", False) and "libnvinfer" in trt_skip.reason
+    assert cuda_failed.tried and cuda_failed.reason == "RuntimeError: inductor exploded"
+    assert cuda_failed.describe() == ("CUDA backend (torch fp16 + torch.compile) failed (RuntimeError: inductor "
+                                      "exploded)")
 
 
-def test_a_failing_cuda_backend_falls_back_to_the_plain_cuda_engine(fake_world, deterministic_engine):
-    fake_world(has_cuda=True, trt=TRT_MISSING, fail={"cuda": RuntimeError("inductor exploded")})
-    engine, notices = backends.create_engine(deterministic_weights=True)
-    assert engine is deterministic_engine
-    assert any("CUDA backend failed" in n and "inductor exploded" in n for n in notices)
+def test_the_loop_lets_a_weights_problem_through_instead_of_falling_back():
+    chosen = plan(Request("auto", "cpu"), machine(ov=(True, "ok")))
+
+    def weights(candidate):
+        raise ValueError("vox.pth.tar: not a PyTorch checkpoint")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        build_first(chosen.candidates, lambda c, base: (Built(c.label), []), weights)
 
 
-def test_device_cpu_forces_the_cpu_without_probing_tensorrt(fake_world):
-    world = fake_world(has_cuda=True, trt_probe_allowed=False)
-    engine, notices = backends.create_engine(backend="tensorrt", device="cpu", deterministic_weights=True)
-    assert [c[0] for c in world.calls] == ["cpu"] and world.devices == ["cpu"]
-    assert any("--device cpu" in n for n in notices)
+def test_the_loop_gives_the_report_the_plan_s_reason_for_the_precision():
+    chosen = plan(Request(), machine(ov=(True, "ok"), int8=True))
+    built = build_first(chosen.candidates, lambda c, base: (Built(c.label), []), lambda c: None)
+    assert "earlier start" in built.engine.amended["why"] and built.fell_back == ()
 
 
-def test_no_cuda_means_cpu_and_tensorrt_is_not_probed(fake_world):
-    world = fake_world(has_cuda=False, trt_probe_allowed=False)
-    engine, notices = backends.create_engine(backend="tensorrt", deterministic_weights=True)
-    assert [c[0] for c in world.calls] == ["cpu"] and world.devices == ["cpu"]
-    assert any("TensorRT backend unavailable" in n and "no CUDA GPU" in n for n in notices)
+def test_a_failing_int8_engine_falls_back_to_the_float_one():
+    chosen = plan(Request(), machine(ov=(True, "ok"), int8=True))
+
+    def make(candidate, base):
+        if candidate.precision == "int8":
+            raise RuntimeError("cached IR unreadable")
+        return Built(f"{candidate.label} {candidate.precision}"), []
+    built = build_first(chosen.candidates, make, lambda c: None)
+    assert built.engine.name == "OpenVINO CPU backend None"
+    (failed,) = built.fell_back
+    assert failed.candidate == "OpenVINO CPU backend with the int8 renderer" and failed.tried
 
 
-def test_torch_backend_is_the_plain_eager_engine(fake_world, deterministic_engine):
-    world = fake_world(has_cuda=False)
+def test_create_engine_on_this_machine_reports_what_it_fell_back_from(monkeypatch, deterministic_engine):
+    """Real probes (no CUDA here): an explicit TensorRT request ends on the CPU, and the report says why."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    import engines.backends.builders as builders
+
+    monkeypatch.setattr(builders, "load_weights", lambda *args: deterministic_engine)  # shared weights: faster
+    monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino left out of this test"))
+    monkeypatch.setattr(backends, "torch_bf16", lambda store=None: Bf16Measurement(f32_ms=50.0, bf16_ms=60.0))
+    engine, notices = backends.create_engine(backend="tensorrt", deterministic_weights=True, warm_up=False)
+    report = engine.report()
+    assert engine.device.type == "cpu" and report.backend == "cpu" and report.renderer == "fp32"
+    assert [(f.candidate, f.tried) for f in report.fell_back] == [("TensorRT backend", False),
+                                                                  ("OpenVINO CPU backend", False)]
+    assert report.fell_back[0].reason == "no CUDA GPU" and report.startup_s is not None
+    assert notices[0].startswith("TensorRT backend unavailable (no CUDA GPU): using the CPU backend")
+    assert notices[-1] == f"backend: {report.summary()}" and "not used: TensorRT backend unavailable" in notices[-1]
+
+
+def test_the_torch_backend_is_the_plain_eager_engine(monkeypatch, deterministic_engine):
+    import engines.backends.builders as builders
+
+    monkeypatch.setattr(builders, "load_weights", lambda *args: deterministic_engine)
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
     engine, notices = backends.create_engine(backend="torch", device="cpu", deterministic_weights=True,
                                              precision="fp16")
-    assert engine is deterministic_engine and world.calls == []
-    assert any("fp32 only" in n for n in notices)
+    assert type(engine).__name__ == "FOMMEngine" and engine.kp_detector is deterministic_engine.kp_detector
+    assert engine.report().backend == "torch" and any("fp32 only" in n for n in notices)
 
 
 def test_checkpoint_is_required_without_deterministic_weights():
@@ -170,15 +229,6 @@ def test_tensorrt_status_without_cuda_says_so(monkeypatch):
     assert trt.tensorrt_status() == (False, "no CUDA GPU is available to this torch build")
 
 
-def test_explicit_tensorrt_on_this_machine_falls_back_with_the_reason(monkeypatch, deterministic_engine):
-    # Real probes (this machine has no CUDA); only the weights are shared to save the build time.
-    monkeypatch.setattr(backends, "_base_engine", lambda *a: deterministic_engine)
-    engine, notices = backends.create_engine(backend="tensorrt", deterministic_weights=True)
-    assert engine.device.type == "cpu"
-    if not torch.cuda.is_available():
-        assert any("TensorRT backend unavailable" in n for n in notices), notices
-
-
 # --- the CPU backend ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def frames():
@@ -191,16 +241,18 @@ def test_auto_on_this_cpu_gives_the_measured_cpu_engine(monkeypatch, determinist
                                                          expected):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: auto would not pick the CPU")
-    from engines.backends.precision import Bf16Measurement
+    import engines.backends.builders as builders
 
-    monkeypatch.setattr(backends, "_base_engine", lambda *a: deterministic_engine)
-    monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))  # tests/test_openvino.py
+    monkeypatch.setattr(builders, "load_weights", lambda *args: deterministic_engine)
+    monkeypatch.setattr(backends, "openvino_status", lambda: (False, "openvino not installed"))  # see test_openvino
     monkeypatch.setattr(backends, "present_accelerators", lambda ov_ok: ())
-    monkeypatch.setattr(backends, "torch_bf16", lambda: Bf16Measurement(f32_ms=50.0, bf16_ms=bf16_ms))
+    monkeypatch.setattr(backends, "torch_bf16", lambda store=None: Bf16Measurement(f32_ms=50.0, bf16_ms=bf16_ms))
     engine, notices = backends.create_engine(deterministic_weights=True)
-    assert notices == []
+    report = engine.report()
     assert isinstance(engine, AcceleratedEngine) and engine.name == f"torch-cpu-{expected}"
-    assert engine.details["precision_reason"].startswith("measured" if expected == "bf16" else "bf16 measured")
+    assert report.backend == "cpu" and report.renderer == expected and report.detector == "fp32"
+    assert report.why.startswith("measured" if expected == "bf16" else "bf16 measured")
+    assert [f.candidate for f in report.fell_back] == ["OpenVINO CPU backend"]
     if expected == "bf16":
         return
     # Same protocol and identity as the eager engine.
@@ -221,7 +273,7 @@ def test_auto_on_this_cpu_gives_the_measured_cpu_engine(monkeypatch, determinist
 def test_cpu_precision_options(deterministic_engine, frames):
     source, driving = frames
     engine, notices = build_cpu_engine(deterministic_engine, precision="fp16", warm_up=False)
-    assert engine.precision == DEFAULT_OPTIONS.precision and "not supported" in notices[0]
+    assert engine.report().precision == DEFAULT_OPTIONS.precision and "not supported" in notices[0]
     bf16, notices = build_cpu_engine(deterministic_engine, options=CpuOptions("bf16", False, False))
     assert notices == [] and bf16.name == "torch-cpu-bf16"
     state = deterministic_engine.encode(source)
@@ -271,9 +323,14 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert trt.default_cache_dir({}) == tmp_path / "home" / ".cache" / "live-avatar" / "trt"
 
 
+def entry(tmp_path, f=None):
+    f = f or fields()
+    return trt.entry_cache(tmp_path).directory(trt.entry_prefix(f), f)
+
+
 def test_cache_key_depends_on_everything_that_invalidates_an_engine():
     base = fields()
-    assert trt.cache_key(base) == trt.cache_key(fields())  # stable
+    assert cache_key(base) == cache_key(fields())  # stable
     variants = [fields(weights="b" * 64), fields(config_hash="fedcba9876543210"), fields(precision="fp32"),
                 fields(graph="keypoint_detector"), fields(shapes=[(1, 256, 32, 32), (1, 10, 2)]),
                 fields(gpu={"gpu": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}),
@@ -281,9 +338,9 @@ def test_cache_key_depends_on_everything_that_invalidates_an_engine():
                                  "cuda": "12.8"}),
                 fields(versions={"tensorrt": "10.9.0", "torch_tensorrt": "2.13.1", "torch": "2.13.0",
                                  "cuda": "12.8"})]
-    keys = {trt.cache_key(v) for v in variants}
-    assert len(keys) == len(variants) and trt.cache_key(base) not in keys
-    assert trt.entry_dir("/c", base).name.startswith("frame_renderer-fp16-")
+    keys = {cache_key(v) for v in variants}
+    assert len(keys) == len(variants) and cache_key(base) not in keys
+    assert entry("/c").name.startswith("frame_renderer-fp16-")
 
 
 class FakeCompiler:
@@ -315,71 +372,31 @@ def test_first_start_builds_and_second_start_loads(tmp_path):
     module, notices = _load_or_build(tmp_path, compiler)
     assert module == {"engine": "compiled", "build": 1} and compiler.builds == 1
     assert len(notices) == 1 and "building the TensorRT renderer engine" in notices[0]
-    entry = trt.entry_dir(tmp_path, fields())
-    assert trt.check_entry(entry, fields()) == ("ok", "cached engine is valid")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]  # no staging leftovers
+    assert "none cached for this setup" in notices[0]
+    assert trt.entry_cache(tmp_path).check(entry(tmp_path), fields())[0] == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [entry(tmp_path).name]  # no staging leftovers
 
     module, notices = _load_or_build(tmp_path, compiler)
     assert module == {"engine": "compiled", "build": 1} and notices == []
     assert compiler.builds == 1 and compiler.loads == 1
 
 
-@pytest.mark.parametrize("damage,word", [
-    ("flip_byte", "checksum"),
-    ("truncate", "bytes"),
-    ("delete_payload", "missing"),
-    ("garbage_meta", "unreadable"),
-    ("meta_without_fields", "unreadable"),
-])
-def test_a_corrupt_entry_is_rebuilt_with_a_notice(tmp_path, damage, word):
+def test_a_corrupt_or_unloadable_entry_is_set_aside_and_rebuilt(tmp_path):
+    """(The kinds of damage: tests/test_cache.py.)"""
     compiler = FakeCompiler()
     _load_or_build(tmp_path, compiler)
-    entry = trt.entry_dir(tmp_path, fields())
-    payload, meta = entry / trt.PAYLOAD, entry / trt.META
-    if damage == "flip_byte":
-        data = bytearray(payload.read_bytes())
-        data[3] ^= 0xFF
-        payload.write_bytes(bytes(data))
-    elif damage == "truncate":
-        payload.write_bytes(payload.read_bytes()[:-5])
-    elif damage == "delete_payload":
-        payload.unlink()
-    elif damage == "garbage_meta":
-        meta.write_text("{not json")
-    else:
-        meta.write_text(json.dumps({"size": 1}))
-    status, reason = trt.check_entry(entry, fields())
-    assert status == "corrupt" and word in reason
-
+    payload = entry(tmp_path) / trt.PAYLOAD
+    payload.write_bytes(payload.read_bytes()[:-5])
     module, notices = _load_or_build(tmp_path, compiler)
     assert compiler.builds == 2 and module["build"] == 2
-    assert any("is corrupt" in n and "rebuilding" in n for n in notices), notices
-    assert trt.check_entry(entry, fields())[0] == "ok"  # repaired
-
-
-def test_an_entry_that_does_not_load_is_rebuilt(tmp_path):
-    compiler = FakeCompiler()
-    _load_or_build(tmp_path, compiler)
+    assert any("TensorRT renderer engine" in n and "unusable" in n and "set aside" in n for n in notices), notices
 
     def broken_load(path):
         raise RuntimeError("TensorRT: engine plan deserialization failed (version mismatch)")
     module, notices = trt.load_or_build(tmp_path, fields(), build=compiler.build, save=compiler.save,
                                         load=broken_load, label="renderer")
-    assert compiler.builds == 2
+    assert compiler.builds == 3
     assert any("does not load" in n and "deserialization failed" in n for n in notices)
-
-
-def test_a_mismatched_entry_is_rebuilt_with_a_notice(tmp_path):
-    compiler = FakeCompiler()
-    _load_or_build(tmp_path, compiler)
-    entry = trt.entry_dir(tmp_path, fields())
-    meta = json.loads((entry / trt.META).read_text())
-    meta["fields"]["gpu"] = "NVIDIA GeForce RTX 3060"  # e.g. a cache folder copied from another machine
-    (entry / trt.META).write_text(json.dumps(meta))
-    assert trt.check_entry(entry, fields()) == ("mismatch", "built for a different gpu")
-    module, notices = _load_or_build(tmp_path, compiler)
-    assert compiler.builds == 2
-    assert any("is mismatch" in n and "different gpu" in n for n in notices), notices
 
 
 def test_a_new_gpu_or_tensorrt_version_builds_beside_the_old_entry_and_says_what_changed(tmp_path):
@@ -504,6 +521,7 @@ def test_the_detector_runs_with_tf32_off_on_every_engine_and_the_setting_is_rest
     monkeypatch.setattr(deterministic_engine, "kp_detector", probe)
     image = torch.rand(1, 3, 256, 256)
     deterministic_engine.detect(image)                                   # the torch backend
-    AcceleratedEngine(deterministic_engine, name="x", detector=probe).detect(image)  # cuda / tensorrt graphs
+    AcceleratedEngine(deterministic_engine, name="x", detector=probe,  # the cuda / tensorrt graphs
+                      report=deterministic_engine.report()).detect(image)
     assert probe.seen == [(False, False), (False, False)]
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, "restored afterwards"

@@ -68,6 +68,45 @@ def test_a_rendered_frame_carries_the_motion_of_the_generator(deterministic_engi
     assert 0.0 <= at_rest.occlusion.min().item() <= at_rest.occlusion.max().item() <= 1.0
 
 
+def test_every_engine_reports_what_it_is(deterministic_engine):
+    from engines.backends.cpu_backend import CpuOptions, build_cpu_engine
+    from engines.backends.switching import SwitchingEngine
+    from engines.protocol import EngineReport, Fallback, GateVerdict
+    from tests.support import FakeEngine
+
+    eager = deterministic_engine.report()
+    assert (eager.backend, eager.device, eager.detector, eager.renderer) == ("torch", "cpu", "fp32", "fp32")
+    bf16, _ = build_cpu_engine(deterministic_engine, options=CpuOptions("bf16"), warm_up=False)
+    assert (bf16.report().backend, bf16.report().renderer, bf16.report().fact("channels_last")) == ("cpu", "bf16",
+                                                                                                    False)
+    switching = SwitchingEngine(FakeEngine())
+    assert switching.report() == switching.current.report()
+    switching.amend_report(startup_s=4.5)  # what the selection learned goes to the engine serving now
+    assert switching.report().startup_s == 4.5 == switching.current.report().startup_s
+    report = EngineReport(backend="openvino", device="cpu", detector="fp32", renderer="int8", why="requested",
+                          frame_ms=31.4, startup_s=2.5, fell_back=(Fallback("TensorRT backend", "no CUDA GPU"),),
+                          gate=GateVerdict(53.1, 0.9989, True, enforced=False), facts=(("threads", 2),))
+    line = report.summary()
+    for part in ("OpenVINO on the CPU, int8 (requested), detector fp32", "31 ms per frame at start",
+                 "built in 2.5 s", "gate passed: PSNR 53.1 dB, SSIM 0.9989", "not enforced",
+                 "not used: TensorRT backend unavailable (no CUDA GPU)"):
+        assert part in line, (part, line)
+    assert report.as_dict()["facts"] == {"threads": 2} and report.precision == "int8"
+
+
+def test_an_engine_s_report_is_replaced_whole_never_edited():
+    import dataclasses
+
+    from tests.support import FakeEngine
+
+    engine = FakeEngine()
+    before = engine.report()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        before.frame_ms = 1.0
+    engine.amend_report(frame_ms=12.5)
+    assert engine.report().frame_ms == 12.5 and before.frame_ms is None
+
+
 def test_the_live_loop_fake_engine_conforms():
     from tests.test_live_loop import FakeEngine, NaNEngine
 

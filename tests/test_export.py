@@ -126,3 +126,12 @@ def test_onnx_runs_in_onnxruntime_and_matches_pytorch(deterministic_engine, inpu
 def test_export_onnx_rejects_an_unknown_graph(deterministic_engine, tmp_path):
     with pytest.raises(ValueError, match="unknown graph"):
         export.export_onnx(deterministic_engine, "generator", tmp_path / "x.onnx")
+
+
+def test_input_shapes_from_the_config_are_the_example_inputs_shapes(deterministic_engine):
+    """Caches are keyed by the graphs' input shapes every start: computed from the config, not by encoding."""
+    from engines.export import example_inputs, input_shapes
+
+    detector, renderer = example_inputs(deterministic_engine)
+    assert input_shapes(deterministic_engine.config) == ([tuple(t.shape) for t in detector],
+                                                         [tuple(t.shape) for t in renderer])

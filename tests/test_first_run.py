@@ -70,12 +70,13 @@ def test_a_cold_openvino_build_prints_a_line_before_it_starts_converting(determi
 
 def test_create_engine_passes_its_progress_lines_on(monkeypatch, deterministic_engine):
     import engines.backends as backends
+    import engines.backends.builders as builders
 
-    monkeypatch.setattr(backends, "_base_engine", lambda *args: deterministic_engine)
+    monkeypatch.setattr(builders, "load_weights", lambda *args: deterministic_engine)
     monkeypatch.setattr(backends, "cuda_available", lambda: False)
     lines = []
     engine, _ = backends.create_engine(backend="torch", deterministic_weights=True, progress=lines.append)
-    assert engine is deterministic_engine
+    assert engine.kp_detector is deterministic_engine.kp_detector
     assert lines[0] == "generating the test weights ..." and "done in" in lines[1]
 
 

@@ -97,6 +97,9 @@ def test_create_engine_auto_picks_a_gpu_backend(monkeypatch, tmp_path):
     engine, notices = create_engine(deterministic_weights=True)
     assert engine.device.type == "cuda"
     assert engine.name.startswith("tensorrt" if _TRT_OK else "torch-cuda"), (engine.name, notices)
+    report = engine.report()
+    assert report.backend == ("tensorrt" if _TRT_OK else "cuda") and report.detector == "fp32"
+    assert [f.candidate for f in report.fell_back] == ([] if _TRT_OK else ["TensorRT backend"])
 
 
 @pytest.mark.gpu
@@ -134,8 +137,8 @@ def test_tensorrt_rebuilds_a_corrupt_cached_engine(cuda_engine, cases, tmp_path)
     payload = renderer_entry / trt.PAYLOAD
     payload.write_bytes(payload.read_bytes()[: payload.stat().st_size // 2])
     engine, notices = trt.build_tensorrt_engine(cuda_engine, cache_dir=tmp_path)
-    assert any("renderer engine" in n and "corrupt" in n for n in notices), notices
-    assert not any("keypoint detector engine" in n and "corrupt" in n for n in notices)
+    assert any("renderer engine" in n and "unusable" in n and "bytes" in n for n in notices), notices
+    assert not any("keypoint detector engine" in n and "unusable" in n for n in notices)
     assert_close_to_eager(engine, cuda_engine, cases, max_diff=FP16_MAX_DIFF, min_psnr=FP16_MIN_PSNR)
 
 

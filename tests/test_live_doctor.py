@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.protocol import RenderedFrame, identity_motion
+from engines.protocol import EngineBase, EngineReport, Fallback, RenderedFrame, identity_motion
 from live.devices import cameras as C
 from live.cli import doctor as D
 from live.cli.app import build_parser, main
@@ -31,11 +31,15 @@ def test_versions_line():
         assert part in check.text
 
 
-class FakeEngine:
+class FakeEngine(EngineBase):
     image_size, device, name = 16, torch.device("cpu"), "fake-fp32"
+    config_hash, weights_id = "fake", "fake"
 
     def __init__(self, delay_s):
         self.delay_s = delay_s
+        self.closed = 0
+        self._report = EngineReport(backend="torch", device="cuda", detector="fp32", renderer="fp32", startup_s=1.5,
+                                    fell_back=(Fallback("TensorRT backend", "no CUDA GPU"),))
 
     def encode(self, image):
         return image
@@ -47,26 +51,61 @@ class FakeEngine:
         time.sleep(self.delay_s)
         return RenderedFrame(state, *identity_motion(1))
 
+    def forward_full(self, source, kp_driving, kp_source=None):
+        raise NotImplementedError
+
+    def close(self):
+        self.closed += 1
+
 
 @pytest.mark.parametrize("delay_s, status", [(0.0, "ok"), (0.15, "warn")])
 def test_engine_line_times_what_auto_picks(monkeypatch, tmp_path, delay_s, status):
     import engines.backends as backends
     monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path))  # no checkpoint cached: generated weights
-    asked = {}
+    asked, made = {}, []
 
     def create_engine(**kwargs):
         asked.update(kwargs)
-        return FakeEngine(delay_s), ["TensorRT not available (no CUDA GPU): using torch CUDA fp16"]
+        made.append(FakeEngine(delay_s))
+        return made[-1], ["notice text is not read"]
     monkeypatch.setattr(backends, "create_engine", create_engine)
     check = D.check_engine(args_for())
     assert check.status == status, check.text
     assert asked["backend"] == "auto" and asked["deterministic_weights"] is True and asked["checkpoint"] is None
+    assert asked["int8_check"] == "off"  # the doctor times the float engine and starts no background work
+    assert made[0].closed == 1  # used as a context manager
     assert "runs fake-fp32 on cpu" in check.text and "generated weights" in check.text
-    assert "TensorRT not available" in check.text
+    # the fallback comes from the engine's report, not from notice text
+    assert "TensorRT backend unavailable (no CUDA GPU)" in check.text and "built in 1.5 s" in check.text
     ms = float(check.text.split(": ")[1].split(" ms per frame")[0])
     assert (ms < 100) if status == "ok" else (140 <= ms < 1000)
     if status == "warn":
         assert "slower than 10 frames/s" in check.text
+
+
+@pytest.mark.slow
+def test_the_doctor_never_aborts_with_an_empty_cache(tmp_path):
+    """`live-avatar doctor` ten times in a row, each without any cached decision (where the int8 check used to
+    start in a thread that the exit then aborted: status 134): it exits 0 or 1 every time. The converted models
+    are kept between the runs (only the decisions matter, and converting costs half a minute each)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    codes = []
+    for run in range(10):
+        shutil.rmtree(tmp_path / "cache" / "decisions", ignore_errors=True)
+        env = {**os.environ, "LIVE_AVATAR_CACHE": str(tmp_path / "cache")}
+        done = subprocess.run([sys.executable, "run_live.py", "doctor", "--deterministic-weights", "--no-vcam",
+                               "--no-preview", "--driving", str(tmp_path / "none.mp4")], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        codes.append(done.returncode)
+        assert done.returncode in (0, 1), (done.returncode, done.stderr[-2000:])
+        assert "terminate called" not in done.stderr
+    assert len(codes) == 10
 
 
 def test_engine_is_not_timed_for_a_remote_run():

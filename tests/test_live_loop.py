@@ -320,7 +320,7 @@ def test_preview_gets_camera_box_output_hud_and_its_keys_are_applied():
     camera_shape, box, output_shape, hud, status = preview.shown[0]
     assert camera_shape == (48, 64, 3) and output_shape == (SIZE, SIZE, 3) and box.size == 48
     assert hud and hud[0].startswith("FPS") and "press C" in status
-    assert hud[-2] == "engine fake"  # which engine (backend and precision) renders
+    assert hud[-2] == "engine fake (fake cpu fp32)"  # which engine renders: its report's backend, device, precision
     assert hud[-1].startswith("composite off")  # and what the sinks get
     assert preview.shown[2][3] == [], "h hides the HUD"
 

@@ -158,6 +158,27 @@ def test_cached_file_without_marker_is_verified_once(server, tmp_path):
     assert (cache / (FILENAME + MARKER_SUFFIX)).exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_hostile_marker_costs_a_verification_never_a_hang(server, tmp_path, kind):
+    """The .sha256-ok marker as a FIFO (a plain read or write would block every start) or a symlink to /dev/zero
+    (would grow without end): the checkpoint is verified again and a real marker replaces it."""
+    import os
+    import threading
+
+    cache = tmp_path
+    (cache / FILENAME).write_bytes(PAYLOAD)
+    marker = cache / (FILENAME + MARKER_SUFFIX)
+    os.mkfifo(marker) if kind == "fifo" else marker.symlink_to("/dev/zero")
+    found = []
+    worker = threading.Thread(target=lambda: found.append(_resolve(cache, f"http://127.0.0.1:{_closed_port()}/x")),
+                              daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "blocked on the marker"
+    assert found == [cache / FILENAME]
+    assert marker.is_file() and not marker.is_symlink() and marker.read_text().startswith(PAYLOAD_SHA)
+
+
 def test_replaced_cached_file_is_verified_again(server, tmp_path):
     base, handler = server
     target = _resolve(tmp_path, f"{base}/vox.bin")

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 import engines.backends as backends
-from engines.backends.precision import Bf16Measurement, DecisionStore, cached_measurement
+from engines.backends import Machine, Request, plan
+from engines.backends.precision import Bf16Measurement, cached_measurement
 from engines.backends.switching import SwitchingEngine
-from engines.protocol import EngineBase
+from engines.cache import DecisionStore
+from engines.protocol import EngineBase, EngineReport
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,25 +32,7 @@ def test_bf16_only_when_clearly_faster(f32, bf16, expected):
         measurement.reason
 
 
-# --- the store ----------------------------------------------------------------------------------------------------
-def test_store_round_trip_mismatch_and_corrupt_files(tmp_path):
-    store = DecisionStore(tmp_path)
-    fields = {"cpu_model": "X", "openvino": "1"}
-    assert store.load("kind", fields) is None
-    assert store.save("kind", fields, {"f32_ms": 1.0, "bf16_ms": 0.5})
-    assert store.load("kind", fields) == {"f32_ms": 1.0, "bf16_ms": 0.5}
-    assert store.load("kind", {**fields, "openvino": "2"}) is None          # another version: not this decision
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
-    path = store.path("kind", fields)
-    record = json.loads(path.read_text())
-    record["fields"]["cpu_model"] = "Y"                                      # a file that lies about its key
-    path.write_text(json.dumps(record))
-    assert store.load("kind", fields) is None
-    for damage in ("{not json", "[]", json.dumps({"fields": record["fields"]})):
-        path.write_text(damage)
-        assert store.load("kind", fields) is None
-
-
+# --- the stored measurement (the store itself: tests/test_cache.py) -------------------------------------------------
 def test_cached_measurement_measures_once_and_again_when_corrupt(tmp_path):
     store = DecisionStore(tmp_path)
     calls = []
@@ -63,7 +47,7 @@ def test_cached_measurement_measures_once_and_again_when_corrupt(tmp_path):
     assert cached and second == first and len(calls) == 1
     (path,) = tmp_path.glob("probe-*.json")
     record = json.loads(path.read_text())
-    record["result"]["bf16_ms"] = -1  # invalid figures are measured again
+    record["result"]["bf16_ms"] = -1  # impossible figures are set aside and measured again
     path.write_text(json.dumps(record))
     _, cached = cached_measurement("probe", {"v": 1}, measure, store)
     assert not cached and len(calls) == 2
@@ -124,6 +108,9 @@ class Tagged(EngineBase):
     def forward_full(self, *args):
         return self.inner.forward_full(*args)
 
+    def report(self):
+        return EngineReport(backend=f"fake-{self.tag}", device="cpu", detector="fp32", renderer=self.tag)
+
 
 def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_frames():
     from engines.backends.int8_gate import GateResult, Int8Upgrade
@@ -135,18 +122,17 @@ def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_fram
     inner = FakeEngine()
     float_engine, int8_engine = Tagged(inner, "float", calls), Tagged(inner, "int8", calls)
     switching = SwitchingEngine(float_engine)
-    release, building = threading.Event(), threading.Event()
+    release, checking = threading.Event(), threading.Event()
 
-    def build(cancelled):  # the calibration: blocks until the test has seen frames served meanwhile
-        building.set()
+    def check(cancel):  # the calibration and gate: blocks until the test has seen frames served meanwhile
+        checking.set()
         assert release.wait(10)
-        return int8_engine
+        return GateResult(50.0, 0.999)
 
-    job = Int8Upgrade(switching, build=build, gate=lambda engine: GateResult(50.0, 0.999), save=lambda r: None)
-    switching.job = job
     pipeline = make_pipeline(switching, options=PipelineOptions(calibrate_first_frame=True))
-    job.start()
-    assert building.wait(10)
+    job = switching.attach(Int8Upgrade(switching, check=check, build=lambda: int8_engine))
+    assert checking.wait(10)
+    assert switching.report().int8_check == "running in the background"
     feed = frames([100, 110, 120, 130, 140, 150, 160, 170])
 
     def frames_with_release():
@@ -170,6 +156,7 @@ def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_fram
     # Frames 0-4 were served while calibrating (the 5th came as it finished), the rest by int8, never back.
     assert tags == ["float"] * 5 + ["int8"] * 3, tags
     assert any("switched to the int8 renderer" in m and "PSNR 50.0 dB" in m for m in pipeline.messages)
+    assert switching.report().renderer == "int8" and switching.report().int8_check is None
 
 
 def test_a_failed_gate_keeps_the_float_engine_and_names_the_figures():
@@ -178,63 +165,133 @@ def test_a_failed_gate_keeps_the_float_engine_and_names_the_figures():
 
     switching = SwitchingEngine(FakeEngine())
     before = switching.current
-    job = Int8Upgrade(switching, build=lambda cancelled: FakeEngine(), gate=lambda engine: GateResult(31.2, 0.91),
-                      save=lambda r: None).run_here()
+
+    def never():
+        raise AssertionError("a rejected int8 renderer is not built")
+    job = switching.attach(Int8Upgrade(switching, check=lambda cancel: GateResult(31.2, 0.91), build=never),
+                           start=False).run_here()
     notice = switching.between_frames()
     assert job.state == "failed" and switching.current is before
     assert "rejected" in notice and "PSNR 31.2 dB" in notice and "SSIM 0.9100" in notice
+    gate = switching.report().gate
+    assert gate is not None and not gate.passed and gate.psnr_db == 31.2
 
 
-def test_closing_the_app_stops_a_running_calibration_and_caches_nothing():
+@pytest.fixture
+def sleeper(tmp_path, monkeypatch):
+    """A child-process job module that takes a minute (like a calibration) unless told to answer at once."""
+    (tmp_path / "slow_job.py").write_text(
+        "import json, sys, time\n"
+        "from engines.backends.background import child_result, child_setup\n"
+        "folder, params = child_setup()\n"
+        "time.sleep(params['sleep'])\n"
+        "if params['answer']: child_result(folder, {'psnr_db': 50.0, 'ssim': 0.99, 'passed': True})\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return "slow_job"
+
+
+def test_closing_the_engine_kills_the_check_at_once_and_caches_nothing(sleeper):
     import time
 
+    from engines.backends.background import run_child
     from engines.backends.int8_gate import Int8Upgrade
-    from engines.backends.openvino_int8 import Cancelled
     from tests.support import FakeEngine
 
-    saved = []
+    children = []
 
-    def build(cancelled):  # like NNCF's calibration loop: checks before every sample
-        while True:
-            if cancelled():
-                raise Cancelled("int8 calibration stopped")
-            time.sleep(0.01)
+    def check(cancel):
+        cancel.on_set(lambda: children.append("killed"))
+        return run_child(sleeper, {"sleep": 60, "answer": True}, cancel)
 
     switching = SwitchingEngine(FakeEngine())
-    job = Int8Upgrade(switching, build=build, gate=lambda engine: None, save=saved.append).start()
-    assert job.running
-    assert job.cancel(timeout=10) and not job.running
-    assert job.state == "stopped" and saved == [] and switching.between_frames() is None
+    switching.attach(Int8Upgrade(switching, check=check, build=lambda: FakeEngine()))
+    time.sleep(1.0)  # the child is running (importing, then sleeping)
+    assert switching.job.running
+    started = time.perf_counter()
+    switching.close()
+    stopped_in = time.perf_counter() - started
+    assert stopped_in < 1.0, f"closing took {stopped_in:.2f} s"
+    assert not switching.job.running and switching.job.state == "stopped" and children == ["killed"]
+    assert switching.between_frames() is None and "stopped before its verdict" in switching.report().int8_check
+
+
+def test_a_child_job_answers_through_its_result_file(sleeper):
+    from engines.backends.background import Cancel, run_child
+
+    assert run_child(sleeper, {"sleep": 0, "answer": True}, Cancel()) == {"psnr_db": 50.0, "ssim": 0.99,
+                                                                           "passed": True}
+    with pytest.raises(RuntimeError, match="without a result"):
+        run_child(sleeper, {"sleep": 0, "answer": False}, Cancel())
+
+
+def test_a_cached_verdict_with_impossible_figures_is_not_trusted(tmp_path):
+    from engines.backends.int8_gate import DECISION_KIND, GateResult, cached_gate, save_gate
+
+    said = []
+    store = DecisionStore(tmp_path, notify=said.append)
+    fields = {"weights": "a" * 64}
+    save_gate(store, fields, GateResult(45.0, 0.99))
+    assert cached_gate(store, fields) == GateResult(45.0, 0.99)
+    path = store.path(DECISION_KIND, fields)
+    for result in ({"psnr_db": -12.0, "ssim": 0.99, "passed": False}, {"psnr_db": 45.0, "ssim": 7.5, "passed": True},
+                   {"psnr_db": 20.0, "ssim": 0.5, "passed": True}, {"psnr_db": "50", "ssim": 0.99, "passed": True}):
+        save_gate(store, fields, GateResult(45.0, 0.99))
+        record = json.loads(path.read_text())
+        record["result"] = result
+        path.write_text(json.dumps(record))
+        assert cached_gate(store, fields) is None, result  # int8 is checked again, not skipped for ever
+    assert len(said) == 4 and all("impossible values" in n for n in said)
+    save_gate(store, fields, GateResult(float("inf"), 1.0))  # identical frames: a real, perfect verdict
+    assert cached_gate(store, fields).passed
 
 
 # --- devices: OpenVINO GPU / NPU and Apple MPS, faked -------------------------------------------------------------
-TRT = (False, "no CUDA GPU")
+def on(accelerators, remembered=None) -> Machine:
+    """A machine without CUDA, with OpenVINO and the given accelerators."""
+    return Machine(cuda=False, openvino=(True, "ok"), accelerators=accelerators,
+                   remembered_device=lambda primary, contenders: remembered)
 
 
-@pytest.mark.parametrize("backend,device,accelerators,expected,notice", [
-    ("auto", "gpu", ("gpu",), "openvino-gpu", None),
-    ("openvino", "npu", ("npu",), "openvino-npu", None),
-    ("auto", "gpu", (), "openvino", "no OpenVINO Intel GPU device here"),
-    ("auto", "npu", ("gpu",), "openvino", "no OpenVINO NPU device here"),
-    ("cpu", "gpu", ("gpu",), "cpu", "runs through OpenVINO"),
-    ("auto", "mps", ("mps",), "mps", None),
-    ("torch", "mps", ("mps",), "torch-mps", None),
-    ("auto", "mps", (), "openvino", "MPS (Apple GPU) not available"),
-    ("auto", "auto", ("gpu", "mps"), "openvino", None),  # auto: the CPU first, the accelerators as candidates
+def order(chosen) -> list[str]:
+    return [("!" if c.skip else "") + f"{c.backend}/{c.device}" for c in chosen.candidates]
+
+
+CPU = ["openvino/cpu", "cpu/cpu", "torch/cpu"]
+
+
+@pytest.mark.parametrize("backend,device,accelerators,expected,reason", [
+    ("auto", "gpu", ("gpu",), ["openvino/gpu", *CPU], None),
+    ("openvino", "npu", ("npu",), ["openvino/npu", *CPU], None),
+    ("auto", "gpu", (), ["!openvino/gpu", *CPU], "no OpenVINO Intel GPU device here"),
+    ("auto", "npu", ("gpu",), ["!openvino/npu", *CPU], "no OpenVINO NPU device here"),
+    ("cpu", "gpu", ("gpu",), ["!openvino/gpu", "cpu/cpu", "torch/cpu"], "runs through OpenVINO"),
+    ("auto", "mps", ("mps",), ["mps/mps", *CPU], None),
+    ("torch", "mps", ("mps",), ["torch/mps", "torch/cpu"], None),
+    ("auto", "mps", (), ["!mps/mps", *CPU], "no Apple GPU (MPS) here"),
+    ("auto", "auto", ("gpu", "mps"), CPU, None),  # auto: the CPU chain, the accelerators race it
 ])
-def test_plan_for_accelerator_devices(backend, device, accelerators, expected, notice):
-    choice, notices = backends.plan(backend, device, has_cuda=False, tensorrt=TRT, openvino=(True, "ok"),
-                                    accelerators=accelerators)
-    assert choice == expected
-    assert (notices == []) if notice is None else any(notice in n for n in notices), notices
+def test_plan_for_accelerator_devices(backend, device, accelerators, expected, reason):
+    chosen = plan(Request(backend, device), on(accelerators))
+    assert order(chosen) == expected
+    skipped = [c.skip for c in chosen.candidates if c.skip]
+    assert (skipped == []) if reason is None else any(reason in s for s in skipped), skipped
 
 
-def test_auto_candidates_are_the_accelerators_present():
-    assert backends.auto_candidates("auto", "auto", "openvino", ("gpu", "npu", "mps")) == [
-        "openvino-gpu", "openvino-npu", "mps"]
-    assert backends.auto_candidates("auto", "auto", "cpu", ("gpu", "mps")) == ["mps"]  # no OpenVINO: no GPU plugin
-    assert backends.auto_candidates("auto", "cpu", "openvino", ("gpu",)) == []
-    assert backends.auto_candidates("openvino", "auto", "openvino", ("gpu",)) == []
+def test_auto_races_the_accelerators_present_and_remembers_the_winner():
+    race = plan(Request(), on(("gpu", "npu", "mps"))).race
+    assert [f"{c.backend}/{c.device}" for c in race] == ["openvino/gpu", "openvino/npu", "mps/mps"]
+    no_openvino = Machine(cuda=False, openvino=(False, "missing"), accelerators=("mps",))
+    assert [c.device for c in plan(Request(), no_openvino).race] == ["mps"]  # no OpenVINO: no GPU plugin
+    assert plan(Request("auto", "cpu"), on(("gpu",))).race == ()
+    assert plan(Request("openvino", "auto"), on(("gpu",))).race == ()
+    # the next start: the winner first, nothing raced, the CPU chain behind it
+    chosen = plan(Request(), on(("gpu", "npu"), remembered="OpenVINO Intel GPU"))
+    assert order(chosen) == ["openvino/gpu", *CPU] and chosen.race == ()
+    assert "OpenVINO Intel GPU was measured fastest" in chosen.notes[0]
+    kept = plan(Request(), on(("gpu",), remembered="OpenVINO CPU backend"))
+    assert order(kept) == CPU and kept.race == ()
+    stale = plan(Request(), on(("gpu",), remembered="a device no longer here"))
+    assert [c.device for c in stale.race] == ["gpu"] and stale.notes == ()
 
 
 def test_present_accelerators_reads_the_device_lists(monkeypatch):
@@ -244,85 +301,77 @@ def test_present_accelerators_reads_the_device_lists(monkeypatch):
     assert backends.present_accelerators(False) == ("mps",)
 
 
-class FakeBuilt:
-    """An engine as the builders return it, with a measured frame time."""
+class Timed(EngineBase):
+    """An engine as the builders return it, with a frame time measured at start."""
 
-    def __init__(self, name, frame_ms, base):
-        self.name, self.precision, self.base = name, "fp16", base
-        self.details = {"frame_ms": frame_ms, "device": name.split("-")[1].upper() if "-" in name else "CPU"}
-        self.config_hash = base.config_hash
-        self.image_size = base.image_size
-        self.device = base.device
+    def __init__(self, label, frame_ms):
+        self.name, self.closed = label, 0
+        self._report = EngineReport(backend="openvino", device="cpu", detector="fp32", renderer="fp16",
+                                    frame_ms=frame_ms)
+
+    def close(self):
+        self.closed += 1
 
 
-@pytest.fixture
-def accelerator_world(monkeypatch, deterministic_engine, tmp_path):
-    """No CUDA; OpenVINO with the given extra devices; each build replaced by a fake with a set frame time, or
-    a compile failure."""
+def test_the_race_keeps_the_fastest_remembers_it_and_closes_the_others(tmp_path):
+    from engines.backends.race import Built, fastest, remembered
+
+    store = DecisionStore(tmp_path)
+    chosen = plan(Request(), on(("gpu", "npu")))
+    cpu = Timed("OpenVINO CPU backend", 300.0)
+    times = {"OpenVINO Intel GPU": 20.0}
+
+    def make(candidate):
+        if candidate.label not in times:
+            raise RuntimeError(f"Exception from src/plugins/intel_npu: cannot compile for {candidate.label}\nmore")
+        return Timed(candidate.label, times[candidate.label]), [f"{candidate.label} built"]
+    built, notices = fastest(Built(cpu, chosen.candidates[0]), chosen.race, make, store, "weights")
+    assert built.engine.name == "OpenVINO Intel GPU" and built.candidate.device == "gpu" and cpu.closed == 1
+    (failed,) = built.fell_back
+    assert failed.candidate == "OpenVINO NPU" and failed.tried and "\n" not in failed.reason
+    assert any(n.startswith("OpenVINO NPU failed (RuntimeError: Exception from src/plugins/intel_npu") and
+               "keeping the OpenVINO Intel GPU" in n for n in notices), notices
+    assert "the OpenVINO Intel GPU is the fastest here" in notices[-1] and "300 ms" in notices[-1]
+    labels = tuple(c.label for c in chosen.race)
+    assert remembered(store, "weights", "OpenVINO CPU backend", labels) == "OpenVINO Intel GPU"
+    # a faster CPU keeps the CPU engine and closes the accelerator's
+    fast_cpu = Timed("OpenVINO CPU backend", 10.0)
+    built, _ = fastest(Built(fast_cpu, chosen.candidates[0]), chosen.race[:1], make, DecisionStore(tmp_path / "b"),
+                       "weights")
+    assert built.engine is fast_cpu
+
+
+def test_create_engine_races_once_then_builds_only_the_winner(monkeypatch, deterministic_engine, tmp_path):
+    """The wiring: probes play a machine with an Intel GPU, builds are fakes with set frame times."""
+    import engines.backends.builders as builders
+
+    monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path))
+    monkeypatch.setattr(builders, "load_weights", lambda *args: deterministic_engine)
     monkeypatch.setattr(backends, "cuda_available", lambda: False)
     monkeypatch.setattr(backends, "openvino_status", lambda: (True, "ok"))
-    monkeypatch.setattr(backends, "_base_engine", lambda *a: deterministic_engine)
-    monkeypatch.setenv("LIVE_AVATAR_CACHE", str(tmp_path))
+    monkeypatch.setattr(backends, "openvino_devices", lambda: ("CPU", "GPU"))
+    monkeypatch.setattr(backends, "mps_available", lambda: False)
     built = []
 
-    def setup(devices, times, mps=False, failing=()):
-        monkeypatch.setattr(backends, "openvino_devices", lambda: devices)
-        monkeypatch.setattr(backends, "mps_available", lambda: mps)
-
-        def build(choice, base, **kwargs):
-            built.append(choice)
-            if choice in failing:
-                raise RuntimeError(f"Exception from src/plugins/intel_gpu: cannot compile for {choice}\nmore")
-            return FakeBuilt(choice, times[choice], base), []
-        monkeypatch.setattr(backends, "_build_local", build)
-        return built
-    return setup
-
-
-def test_auto_keeps_the_faster_device_and_the_next_start_builds_only_it(accelerator_world):
-    built = accelerator_world(("CPU", "GPU"), {"openvino": 300.0, "openvino-gpu": 20.0})
-    engine, notices = backends.create_engine(deterministic_weights=True)
-    assert built == ["openvino", "openvino-gpu"] and engine.name == "openvino-gpu"
-    assert any("OpenVINO Intel GPU is the fastest here" in n and "300 ms" in n for n in notices), notices
+    def build(candidate, base, settings):
+        built.append(candidate.device)
+        return Timed(candidate.label, {"cpu": 300.0, "gpu": 20.0}[candidate.device]), []
+    monkeypatch.setattr(backends, "build", build)
+    engine, notices = backends.create_engine(deterministic_weights=True, int8_check="off")
+    assert built == ["cpu", "gpu"] and engine.name == "OpenVINO Intel GPU"
     built.clear()
-    engine, notices = backends.create_engine(deterministic_weights=True)
-    assert engine.name == "openvino-gpu" and built == ["openvino", "openvino-gpu"]
-    assert any("chosen at an earlier start" in n for n in notices)
+    engine, notices = backends.create_engine(deterministic_weights=True, int8_check="off")
+    assert built == ["gpu"] and engine.name == "OpenVINO Intel GPU"
+    assert any("measured fastest here at an earlier start" in n for n in notices)
 
 
-def test_auto_keeps_the_cpu_when_it_is_faster(accelerator_world):
-    accelerator_world(("CPU", "NPU"), {"openvino": 30.0, "openvino-npu": 45.0})
-    engine, notices = backends.create_engine(deterministic_weights=True)
-    assert engine.name == "openvino" and any("OpenVINO CPU backend is the fastest" in n for n in notices)
-
-
-def test_a_device_that_fails_to_compile_falls_back_with_one_line(accelerator_world):
-    accelerator_world(("CPU", "GPU"), {"openvino": 30.0, "openvino-gpu": 20.0}, failing=("openvino-gpu",))
-    engine, notices = backends.create_engine(deterministic_weights=True)
-    assert engine.name == "openvino"
-    (line,) = [n for n in notices if "failed" in n]
-    assert line.startswith("OpenVINO Intel GPU failed (RuntimeError: Exception from src/plugins/intel_gpu")
-    assert "keeping the OpenVINO CPU backend" in line and "\n" not in line
-    # Asked for by name, it falls back the same way.
-    engine, notices = backends.create_engine(device="gpu", deterministic_weights=True)
-    assert engine.name == "openvino" and any("using the OpenVINO CPU backend" in n for n in notices)
-
-
-def test_mps_is_a_candidate_and_falls_back_to_the_cpu(accelerator_world):
-    accelerator_world(("CPU",), {"openvino": 300.0, "mps": 25.0}, mps=True)
-    engine, notices = backends.create_engine(deterministic_weights=True)
-    assert engine.name == "mps"
-    accelerator_world(("CPU",), {"openvino": 30.0, "mps": 25.0}, mps=True, failing=("mps",))
-    engine, notices = backends.create_engine(device="mps", deterministic_weights=True)
-    assert engine.name == "openvino" and any(n.startswith("Apple GPU (MPS) backend failed") for n in notices)
-
-
+@pytest.mark.slow  # fp16 autocast on a CPU without avx512_fp16 (an AMD Zen 4) takes minutes for one frame
 def test_the_mps_engine_code_runs_fp16_renderer_and_fp32_detector(deterministic_engine):
     """The MPS builder on the CPU device, where autocast has the same API (no Apple GPU here)."""
     from engines.backends.mps_backend import build_mps_engine, fallback_notice
 
     engine, notices = build_mps_engine(deterministic_engine, warm_up=False)
-    assert engine.name == "torch-cpu-fp16" and engine.details["detector"] == "fp32"
+    assert engine.name == "torch-cpu-fp16" and engine.report().detector == "fp32"
     assert notices == [fallback_notice()]
     generator = torch.Generator().manual_seed(5)
     source, frame = (torch.rand(1, 3, 256, 256, generator=generator) for _ in range(2))
@@ -359,7 +408,7 @@ def test_openvino_gpu_build_uses_fp16_and_keys_the_cache_by_the_device(determini
 
     engine, notices = build_openvino_engine(deterministic_engine, device="GPU", core=GpuOnCpu(),
                                             cache_dir=tmp_path, warm_up=False)
-    assert engine.name == "openvino-gpu-fp16" and engine.details["device"] == "GPU" and notices == []
+    assert engine.name == "openvino-gpu-fp16" and engine.report().device == "gpu" and notices == []
     hints = {config["INFERENCE_PRECISION_HINT"] for device, config in compiled}
     assert all(device == "GPU" for device, _ in compiled) and hints == {"f32", "f16"}  # detector f32, renderer f16
     assert all("INFERENCE_NUM_THREADS" not in config for _, config in compiled)  # a CPU-only property

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engines.batch import render_batch, supports_batch
+from engines.batch import render_batch
 from engines.keypoints import Keypoints
 
 
@@ -21,7 +21,7 @@ def _inputs(engine, count, seed=0):
 def test_batched_render_equals_single_renders(deterministic_engine):
     engine = deterministic_engine
     states, kps = _inputs(engine, 3)
-    assert supports_batch(engine)
+    assert engine.takes_batches
     batch = render_batch(engine, states, kps).image
     assert batch.shape == (3, 3, engine.image_size, engine.image_size)
     for i, (state, kp) in enumerate(zip(states, kps)):
@@ -35,7 +35,7 @@ def test_cpu_backend_batches_too(deterministic_engine):
     from engines.backends.cpu_backend import CpuOptions, build_cpu_engine
 
     engine, _ = build_cpu_engine(deterministic_engine, options=CpuOptions(channels_last=True), warm_up=False)
-    assert supports_batch(engine)
+    assert engine.takes_batches
     states, kps = _inputs(engine, 2, seed=1)
     batch = render_batch(engine, states, kps).image
     for i in range(2):

@@ -278,3 +278,51 @@ def test_remote_and_local_composite_the_same_frame(fake, digest, tmp_path):
     assert difference.max() <= 3 and difference.mean() < 0.05
     assert not np.array_equal(pictures[0], loaded.photo.backdrop), "the frame moved the face"
     client.close()
+
+
+def test_the_client_detects_like_a_local_run_would(fake, digest, tmp_path):
+    """--remote on a machine without a GPU (the point of --remote): its keypoints come from the detector a local run
+    would pick (OpenVINO on a CPU), equal to the eager detector's; its report says so, with the server's engine as
+    the welcome described it (cleaned of escape codes)."""
+    pytest.importorskip("openvino")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: its detector runs there")
+    server = fake(welcome(digest, summary="\x1b[31mOpenVINO on the CPU, bf16\x1b[0m", precision="bf16"))
+    client = engine(server.url, tmp_path)
+    try:
+        report = client.report()
+        assert report.backend == "remote" and report.fact("detector_backend") == "openvino on cpu"
+        assert report.renderer == "bf16" and report.fact("server_summary") == "OpenVINO on the CPU, bf16"
+        image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(4))
+        with torch.inference_mode():
+            eager_value, _ = client.kp_detector(image)
+        value = client.detect(image).value
+        tolerance = 1e-4 if report.detector == "fp32" else 0.02  # bf16 only where measured no shakier
+        assert float((value - eager_value).abs().max()) <= tolerance
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "damaged"])
+def test_a_hostile_cached_detector_is_set_aside_and_fetched_again(tmp_path, kind):
+    """The client's cache of the server's detector weights: a FIFO, a symlink to /dev/zero or bytes that do not
+    match the digest are set aside with one notice (then fetched again), never read without bound."""
+    import os
+
+    from remote.client import RemoteEngine
+
+    digest = "ab" * 32
+    client = RemoteEngine.__new__(RemoteEngine)  # only the cache, no connection
+    client.cache_dir, said = tmp_path, []
+    client.log = said.append
+    path = client._cache_path(digest)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_bytes(b"not the weights")
+    assert client._cached_detector(digest) is None
+    (notice,) = said
+    assert "cached detector weights unusable" in notice and "set aside" in notice
+    assert not os.path.lexists(path) and [p for p in tmp_path.iterdir() if ".bad-" in p.name]

@@ -491,7 +491,9 @@ def test_server_restart_client_reconnects_and_finishes(server, cache, clip, dete
     # an avatar picked while the server is away: local source keypoints now, uploaded on its first frame
     late = engine.encode(to_model_input(_avatar(clip, flip=True), 256))
     late_local = deterministic_engine.encode(to_model_input(_avatar(clip, flip=True), 256))
-    assert (late.kp.value - late_local.kp.value).abs().max().item() <= 1e-5
+    # the client's own detector: OpenVINO like a local run, bf16 where measured faster and no shakier
+    tolerance = 1e-4 if engine.report().detector == "fp32" else 0.02
+    assert (late.kp.value - late_local.kp.value).abs().max().item() <= tolerance
     offline_kp = offline.detect(to_model_input(clip[25], 256))
     waited = {}
     waiter = threading.Thread(target=lambda: waited.update(frame=offline.render(offline_state, offline_kp).image))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from typing import Callable
 
 import torch
 
 from ..engine import FOMMEngine, fp32_strict, renderer_inputs
 from ..keypoints import Keypoints
-from ..protocol import RenderedFrame
+from ..protocol import EngineReport, RenderedFrame
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,24 @@ class AcceleratedEngine(FOMMEngine):
 
     `detector(image) -> (value, jacobian)` and `renderer(*renderer_inputs) -> prediction` replace the eager
     modules on the per-frame path. `encode` runs once per avatar: it uses `detect` for the source keypoints and the
-    eager fp32 encoder for the features. `forward_full` stays the eager fp32 baseline.
+    eager fp32 encoder for the features. `forward_full` stays the eager fp32 baseline. `report`: what the backend
+    chose and why (engines.protocol.EngineReport).
     """
 
-    def __init__(self, base: FOMMEngine, *, name: str, detector: Callable | None = None,
-                 renderer: Callable | None = None, precision: str = "fp32", details: dict | None = None):
+    def __init__(self, base: FOMMEngine, *, name: str, report: EngineReport, detector: Callable | None = None,
+                 renderer: Callable | None = None):
         super().__init__(base.kp_detector, base.generator, config=base.config, device=base.device,
                          align_corners=base.align_corners, weights_id=base.weights_id)
         self.name = name
-        self.precision = precision
-        self.details = dict(details or {})  # what the backend chose (for benchmarks and the HUD)
+        self._report = report
         self._detector = detector
         self._renderer = renderer
+
+    @property
+    def takes_batches(self) -> bool:
+        """Eager renderers take any batch; compiled graphs (TensorRT, OpenVINO, torch.compile) are specialised on
+        batch 1."""
+        return self._renderer is None or isinstance(self._renderer, torch.nn.Module)
 
     @torch.inference_mode()
     def detect(self, image: torch.Tensor) -> Keypoints:
@@ -136,19 +143,45 @@ class CompiledWithFallback:
         return self.eager(*inputs)
 
 
+_digests: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # generator -> (state, digest)
+
+
 def weights_digest(engine: FOMMEngine) -> str:
     """sha256 of every weight (names, dtypes, shapes, values) of both networks: keys compiled-engine caches.
 
-    A file name and size (weights_id) would not tell two fine-tuned checkpoints of one size apart.
-    """
+    A file name and size (weights_id) would not tell two fine-tuned checkpoints of one size apart. Hashing 240 MB
+    takes about half a second, and one start asks several times (each cache, each decision): the digest is kept
+    per networks and recomputed when any weight changed (torch's version counters) or the resampling flag did."""
+    modules = (("kp_detector", engine.kp_detector), ("generator", engine.generator))
+    try:
+        state = (id(engine.kp_detector), engine.align_corners, engine.config.digest(),
+                 tuple(t._version for _, module in modules for t in module.state_dict().values()))
+    except RuntimeError:  # inference tensors keep no version counter: no shortcut
+        state = None
+    known = _digests.get(engine.generator)
+    if state is not None and known is not None and known[0] == state:
+        return known[1]
     digest = hashlib.sha256()
-    for prefix, module in (("kp_detector", engine.kp_detector), ("generator", engine.generator)):
-        for key, tensor in sorted(module.state_dict().items()):
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"{prefix}.{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for prefix, module in modules:
+        add_module(digest, module, f"{prefix}.")
     digest.update(f"|align_corners={engine.align_corners}|config={engine.config.digest()}".encode())
+    if state is not None:
+        _digests[engine.generator] = (state, digest.hexdigest())
     return digest.hexdigest()
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 of one module's weights (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    add_module(digest, module)
+    return digest.hexdigest()
+
+
+def add_module(digest, module: torch.nn.Module, prefix: str = "") -> None:
+    for key, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{prefix}{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def describe_error(error: BaseException, limit: int = 200) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
-
+from ..protocol import EngineReport
 from .common import AcceleratedEngine, CompiledWithFallback, as_float, check_precision, log_fallback
 from .precision import Bf16Measurement, torch_bf16_decision
 
@@ -78,12 +78,13 @@ def build_cpu_engine(base: FOMMEngine, *, precision: str | None = None, options:
     Without either, the precision is measured: `measure()` (default precision.torch_bf16_decision, cached)."""
     if base.device.type != "cpu":
         raise ValueError("the CPU backend needs an engine on the CPU")
-    reason = "requested"
+    reason = "requested" if options is None else "chosen options"
     if options is None and precision in (None, "auto"):
         measurement = (measure or torch_bf16_decision)()
         options, reason = replace(DEFAULT_OPTIONS, precision=measurement.precision), measurement.reason
     options = options or DEFAULT_OPTIONS
     chosen, notices = check_precision(precision, SUPPORTED_PRECISIONS, options.precision)
+    reason = "default" if notices else reason
     options = replace(options, precision=chosen)
     if options == CpuOptions(precision="fp32"):
         call = None  # nothing to change: the eager fp32 path itself
@@ -92,11 +93,9 @@ def build_cpu_engine(base: FOMMEngine, *, precision: str | None = None, options:
         # While building, a compile failure becomes one of the returned notices; later ones are logged.
         call = (CompiledWithFallback("renderer", renderer, torch.compile(renderer), report=notices.append)
                 if options.torch_compile else renderer)
-    engine = AcceleratedEngine(base, name=options.label, renderer=call, precision=options.precision,
-                               details={"backend": "cpu", "precision": options.precision, "detector": "fp32",
-                                        "precision_reason": reason,
-                                        "channels_last": options.channels_last,
-                                        "torch_compile": options.torch_compile})
+    report = EngineReport(backend="cpu", device="cpu", detector="fp32", renderer=options.precision, why=reason,
+                          facts=(("channels_last", options.channels_last), ("torch_compile", options.torch_compile)))
+    engine = AcceleratedEngine(base, name=options.label, renderer=call, report=report)
     if warm_up and options.torch_compile:
         engine.warm_up(runs=1)  # compile now, not on the first live frame
         if call.fell_back:

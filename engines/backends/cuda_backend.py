@@ -11,6 +11,7 @@ import torch
 
 from ..engine import FOMMEngine
 from ..generator import FrameRenderer
+from ..protocol import EngineReport
 from .common import DTYPES, AcceleratedEngine, CompiledWithFallback, as_float, check_precision, log_fallback
 
 SUPPORTED_PRECISIONS = ("fp16", "bf16", "fp32")
@@ -36,7 +37,9 @@ def build_cuda_engine(base: FOMMEngine, *, precision: str | None = None, compile
     """(engine, notices). `base` must already live on a CUDA device."""
     if base.device.type != "cuda":
         raise ValueError("the CUDA backend needs an engine on a CUDA device")
+    why = "default" if precision in (None, "auto") else "requested"
     precision, notices = check_precision(precision, SUPPORTED_PRECISIONS, DEFAULT_PRECISION)
+    why = "default" if notices else why
     mode = compile_mode or DEFAULT_COMPILE_MODE
     dtype = None if precision == "fp32" else DTYPES[precision]
     renderer = _AutocastRenderer(FrameRenderer(base.generator).eval(), dtype)  # autocast leaves the weights fp32
@@ -49,11 +52,11 @@ def build_cuda_engine(base: FOMMEngine, *, precision: str | None = None, compile
 
     detector_fn, renderer_fn = graph("keypoint detector", detector), graph("renderer", renderer)
     suffix = f"+compile({mode})" if use_compile else ""
+    report = EngineReport(backend="cuda", device="cuda", detector="fp32", renderer=precision, why=why,
+                          facts=(("compile_mode", mode if use_compile else None),
+                                 ("gpu", torch.cuda.get_device_name(base.device))))
     engine = AcceleratedEngine(base, name=f"torch-cuda-{precision}{suffix}", detector=detector_fn,
-                               renderer=renderer_fn, precision=precision,
-                               details={"backend": "cuda", "precision": precision, "detector": "fp32",
-                                        "compile_mode": mode if use_compile else None,
-                                        "gpu": torch.cuda.get_device_name(base.device)})
+                               renderer=renderer_fn, report=report)
     if warm_up:
         engine.warm_up()  # compiles and captures the CUDA graphs now rather than on the first live frame
         if detector_fn.fell_back or renderer_fn.fell_back:

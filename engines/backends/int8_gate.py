@@ -5,27 +5,30 @@ renderer, calibrated on the user's own avatars, and keeps it only if it renders 
 - Gate: on held-out frames (the same avatars under head motion drawn with another seed than calibration's),
   the int8 renderer's frames against the eager fp32 renderer's: the worst frame's PSNR >= GATE_PSNR_DB and SSIM
   >= GATE_SSIM (skimage.metrics.structural_similarity). Both figures are always printed.
-- Background: calibration takes about a minute on 2 vCPUs, so it runs in a thread (`Int8Upgrade`) while the float
-  engine already serves frames through a `SwitchingEngine`; a passed gate switches between two frames.
+- Background: calibration takes about a minute on 2 vCPUs, so `check_int8` runs in a child process
+  (engines/backends/int8_worker.py, through background.py) while the float engine already serves frames through a
+  `SwitchingEngine`; a passed gate builds the int8 engine from the IR the child cached and switches between two
+  frames. Closing the engine kills the child at once (nothing is cached then: the next start checks again).
 - Cache: the decision (figures and verdict) is stored per avatar set, weights, CPU and OpenVINO/NNCF versions
-  (precision.DecisionStore); the next start reads it: a pass builds the int8 engine from its cached IR at once,
-  a failure keeps the float engine without calibrating again.
+  (engines/cache.py DecisionStore, figures range-checked on read); the planner reads it: a pass puts the int8
+  engine first, a failure keeps the float engine without calibrating again.
 - `--precision int8` forces int8: the gate is measured and reported, not enforced.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..cache import DecisionStore, number_within
+from ..protocol import GateVerdict
+from .background import Cancel, Job, Stopped, run_child
 from .common import describe_error, weights_digest
-from .precision import DecisionStore, cpu_identity
+from .precision import cpu_identity
 from .switching import SwitchingEngine
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,10 @@ class GateResult:
                 f"PSNR {psnr} dB, SSIM {self.ssim:.4f} (gate >= {GATE_PSNR_DB:g} dB and >= {GATE_SSIM:g}: "
                 f"{'passed' if self.passed else 'failed'})")
 
+    def verdict(self, *, enforced: bool = True, earlier: bool = False) -> GateVerdict:
+        """For the engine's report."""
+        return GateVerdict(self.psnr_db, self.ssim, self.passed, enforced=enforced, earlier=earlier)
+
 
 def frame_quality(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[float, float]:
     """(PSNR dB, SSIM) of two [1,3,S,S] frames in [0,1]."""
@@ -84,20 +91,21 @@ def measure_gate(reference, candidate, images=None, frames: int = HELD_OUT_FRAME
 def decision_fields(base, images, calibration: str) -> dict:
     import openvino as ov
 
-    try:
-        import nncf
-        nncf_version = nncf.__version__
-    except Exception:  # noqa: BLE001
-        nncf_version = "none"
-    from .openvino_int8 import calibration_id
+    from .openvino_int8 import calibration_id, nncf_version
 
-    return {**cpu_identity(), "weights": weights_digest(base), "openvino": ov.__version__, "nncf": nncf_version,
+    return {**cpu_identity(), "weights": weights_digest(base), "openvino": ov.__version__,
+            "nncf": nncf_version() or "none",
             "calibration": calibration, "held_out": f"{calibration_id(images, HELD_OUT_FRAMES)}:{HELD_OUT_SEED}",
             "gate": [GATE_PSNR_DB, GATE_SSIM]}
 
 
 def _valid(result: dict) -> bool:
-    return all(isinstance(result.get(k), (int, float)) for k in ("psnr_db", "ssim"))
+    """Figures a real gate can produce (PSNR of frames in [0,1] is >= 0 dB, inf when equal; SSIM within [-1, 1]),
+    and a verdict that follows from them: anything else is a damaged or forged record."""
+    psnr, ssim = result.get("psnr_db"), result.get("ssim")
+    if not (number_within(psnr, 0.0) and number_within(ssim, -1.0, 1.0)):
+        return False
+    return result.get("passed") == GateResult(float(psnr), float(ssim)).passed
 
 
 def cached_gate(store: DecisionStore, fields: dict) -> GateResult | None:
@@ -109,58 +117,62 @@ def save_gate(store: DecisionStore, fields: dict, result: GateResult) -> None:
     store.save(DECISION_KIND, fields, {"psnr_db": result.psnr_db, "ssim": result.ssim, "passed": result.passed})
 
 
-class Int8Upgrade:
-    """Background job: build (calibrate) the int8 engine, gate it against fp32, store the decision and offer the
-    engine to `target` if it passed. `state`: 'calibrating', 'passed', 'failed' (gate) or 'error'."""
+def nncf_problem() -> str | None:
+    """Why the int8 renderer cannot be built here (nncf is not installed), or None."""
+    from .openvino_int8 import nncf_version
 
-    def __init__(self, target: SwitchingEngine, *, build: Callable[[], object], gate: Callable[[object], GateResult],
-                 save: Callable[[GateResult], None]):
-        self.target, self._build, self._gate, self._save = target, build, gate, save
+    return None if nncf_version() is not None else "the int8 renderer needs nncf, which is not installed"
+
+
+def cached_verdict(base, images, calibration: str, store: DecisionStore) -> GateResult | None:
+    """The stored verdict for these avatars, weights and CPU (None: none, or int8 cannot be built here)."""
+    if nncf_problem() is not None:
+        return None
+    return cached_gate(store, decision_fields(base, images, calibration))
+
+
+def check_int8(base, images, *, build_int8: Callable, calibration: str, store: DecisionStore,
+               cancelled: Callable[[], bool] | None = None):
+    """(int8 engine, gate result): calibrate (build_int8(cancelled) -> (engine, notices)), gate against eager fp32,
+    store the verdict. What the background child runs, and a foreground check runs here."""
+    engine, _ = build_int8(cancelled)
+    result = measure_gate(base, engine, images)
+    save_gate(store, decision_fields(base, images, calibration), result)
+    return engine, result
+
+
+WORKER = "engines.backends.int8_worker"
+
+
+class Int8Upgrade(Job):
+    """Background job: `check(cancel)` -> GateResult (the calibration and gate, in a child process: `in_child`),
+    then, if it passed, `build()` -> the int8 engine (from the IR the check cached), offered to `target` between
+    two frames. `state`: 'calibrating', 'passed', 'failed' (gate), 'error' or 'stopped'."""
+
+    def __init__(self, target: SwitchingEngine, *, check: Callable[[Cancel], GateResult],
+                 build: Callable[[], object], why: str = "auto: int8 passed the quality gate"):
+        super().__init__(self._run, "int8-check")
+        self.target, self._check, self._build, self._why = target, check, build, why
         self.state = "calibrating"
-        self.stop = threading.Event()  # set by cancel(); the build checks it between calibration samples
         self.result: GateResult | None = None
         self.notice = ""
-        self._thread = threading.Thread(target=self._run, name="int8-calibration", daemon=True)
 
-    def start(self) -> "Int8Upgrade":
-        self._thread.start()
-        return self
+    def status(self) -> str | None:
+        """What the engine's report says while no verdict switched it: None once decided."""
+        return {"calibrating": "running in the background",
+                "stopped": "stopped before its verdict (it runs again at the next start)"}.get(self.state)
 
-    def run_here(self) -> "Int8Upgrade":
-        self._run(lower_priority=False)
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def cancel(self, timeout: float = 60.0) -> bool:
-        """Stop the calibration (the app is closing) and wait for the thread: True once it has ended. Nothing
-        is cached for a stopped calibration: the next start runs it again."""
-        self.stop.set()
-        return self.wait(timeout)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once the job has finished (it had not started: also True)."""
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _run(self, lower_priority: bool = True) -> None:
-        if lower_priority and hasattr(os, "setpriority"):
-            try:  # this thread's own work (encoding, NNCF's Python side) yields to the frame loop
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-            except OSError:
-                pass
+    def _run(self, cancel: Cancel) -> None:
         try:
-            engine = self._build(self.stop.is_set)
-            if self.stop.is_set():
-                self.state, self.notice = "stopped", "int8 check stopped"
-                return
-            result = self.result = self._gate(engine)
-            self._save(result)
+            result = self.result = self._check(cancel)
+            engine = self._build() if result.passed and not cancel.is_set() else None
+            if cancel.is_set():
+                raise Stopped("stopped")
+        except Stopped:
+            self.state, self.notice = "stopped", "int8 check stopped"
+            return
         except Exception as error:  # noqa: BLE001 - the float engine keeps serving whatever went wrong
-            if self.stop.is_set():
+            if cancel.is_set():
                 self.state, self.notice = "stopped", "int8 check stopped"
                 return
             self.state = "error"
@@ -168,9 +180,10 @@ class Int8Upgrade:
             log.debug("int8 upgrade failed", exc_info=True)
             self.target.offer(None, self.notice)
             return
-        if result.passed:
+        if engine is not None:
             self.state = "passed"
-            frame_ms = (getattr(engine, "details", None) or {}).get("frame_ms")
+            engine.amend_report(gate=result.verdict(), why=self._why)
+            frame_ms = engine.report().frame_ms
             speed = f" ({frame_ms:.0f} ms per frame)" if frame_ms is not None else ""
             self.notice = f"switched to the int8 renderer{speed}: {result.describe()}"
             self.target.offer(engine, self.notice)
@@ -180,75 +193,74 @@ class Int8Upgrade:
             self.target.offer(None, self.notice)
 
 
-def consider_int8(float_engine, base, *, build_int8: Callable[[], tuple], images=None, calibration: str,
-                  store: DecisionStore | None = None, background: bool = True):
-    """(engine, notices) for `auto`: `float_engine` itself where it is fast enough (or int8 cannot be built);
-    else the int8 engine where a cached gate passed, the float engine where it failed, and otherwise a
-    SwitchingEngine over the float engine with an Int8Upgrade running (in the background, or here when not
-    `background`). `build_int8(cancelled=None)` -> (engine, notices) calibrates on `images`."""
-    frame_ms = float_engine.details.get("frame_ms")
+def in_child(params: dict, images) -> Callable[[Cancel], GateResult]:
+    """The check as a child process (int8_worker.py): `params` name the weights (checkpoint or generated,
+    align_corners), cache folder, decision folder and calibration samples; `images` are written for it."""
+    def write_images(path):
+        np.save(path, np.stack([image.detach().cpu().float().numpy() for image in images]), allow_pickle=False)
+
+    def check(cancel: Cancel) -> GateResult:
+        result = run_child(WORKER, {**params, "images": images is not None}, cancel,
+                           {"images.npy": write_images} if images is not None else None)
+        if "error" in result:
+            raise RuntimeError(str(result["error"])[:300])
+        if not _valid(result):
+            raise RuntimeError("the int8 check reported impossible figures")
+        return GateResult(float(result["psnr_db"]), float(result["ssim"]))
+    return check
+
+
+def consider_int8(float_engine, base, *, build_int8: Callable, images=None, calibration: str,
+                  store: DecisionStore, background: Callable[[Cancel], GateResult] | None = None):
+    """(engine, notices) for `auto` where the OpenVINO CPU float engine leads: itself where it is fast enough (or
+    int8 cannot be built, or was rejected at an earlier start); otherwise the int8 check - `background` (the child
+    process check), while a SwitchingEngine serves the float engine, or here when None.
+    `build_int8(cancelled=None)` -> (engine, notices) builds the int8 engine (calibrating it unless cached)."""
+    frame_ms = float_engine.report().frame_ms
     if frame_ms is None or frame_ms <= REALTIME_MS:
         return float_engine, []
-    try:
-        import nncf  # noqa: F401
-    except Exception as error:  # noqa: BLE001
-        return float_engine, [f"{frame_ms:.0f} ms per frame; the int8 renderer needs nncf ({describe_error(error)})"]
-    store = store or DecisionStore()
-    fields = decision_fields(base, images, calibration)
-    cached = cached_gate(store, fields)
-    if cached is not None and not cached.passed:
-        return float_engine, [f"int8 renderer rejected at an earlier start, keeping {float_engine.name}: "
-                              f"{cached.describe()}"]
-    if cached is not None:
-        engine, notices = build_int8()
-        return engine, notices + [passed_before(engine, cached)]
-
+    problem = nncf_problem()
+    if problem is not None:
+        return float_engine, [f"{frame_ms:.0f} ms per frame; {problem}"]
+    cached = cached_gate(store, decision_fields(base, images, calibration))
+    if cached is not None:  # a pass was tried first by the planner: here only when its build failed
+        float_engine.amend_report(gate=cached.verdict(earlier=True))
+        return float_engine, ([] if cached.passed else [
+            f"int8 renderer rejected at an earlier start, keeping {float_engine.name}: {cached.describe()}"])
+    why = (f"auto: the float engine took {frame_ms:.0f} ms per frame (real time needs <= {REALTIME_MS:g}), int8 "
+           "passed the quality gate")
     switching = SwitchingEngine(float_engine)
+    if background is None:
+        built = []
 
-    def build(cancelled):
-        engine, _ = build_int8(cancelled=cancelled)
-        return engine
-
-    def gate(engine):
-        result = measure_gate(base, engine, images)
-        engine.details["gate"] = result.short()
-        return result
-
-    job = Int8Upgrade(switching, build=build, gate=gate, save=lambda result: save_gate(store, fields, result))
-    switching.job = job
-    if not background:
-        job.run_here()
+        def check_here(cancel):
+            engine, result = check_int8(base, images, build_int8=build_int8, calibration=calibration, store=store,
+                                        cancelled=cancel.is_set)
+            built.append(engine)
+            return result
+        job = Int8Upgrade(switching, check=check_here, build=lambda: built[0], why=why).run_here()
         switching.between_frames()
+        if job.state != "passed":
+            float_engine.amend_report(gate=job.result.verdict() if job.result else None)
         return switching.current, [job.notice]
-    job.start()
+    switching.attach(Int8Upgrade(switching, check=background, build=lambda: build_int8()[0], why=why))
     return switching, [f"{float_engine.name} takes {frame_ms:.0f} ms per frame (real time needs <= "
                        f"{REALTIME_MS:g}): calibrating the int8 renderer on your avatars in the background, frames "
                        "keep coming meanwhile; it takes over only if it passes the quality gate"]
 
 
-def passed_before(engine, result: GateResult) -> str:
-    engine.details["gate"] = result.short()
-    return f"int8 renderer (its quality gate passed at an earlier start: {result.describe()})"
-
-
-def cached_pass(base, images, calibration: str, store: DecisionStore | None = None) -> GateResult | None:
-    """The stored verdict for these avatars, weights and CPU where it was a pass (else None): then the float
-    engine need not even be built."""
-    try:
-        import nncf  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return None
-    result = cached_gate(store or DecisionStore(), decision_fields(base, images, calibration))
-    return result if result is not None and result.passed else None
-
-
-def report_forced(engine, base, images=None, *, calibration: str, store: DecisionStore | None = None) -> str:
+def report_forced(engine, base, images=None, *, calibration: str, store: DecisionStore) -> str:
     """`--precision int8`: the gate's figures (measured once per avatar set and cached), not enforced."""
-    store = store or DecisionStore()
     fields = decision_fields(base, images, calibration)
     result = cached_gate(store, fields)
     if result is None:
         result = measure_gate(base, engine, images)
         save_gate(store, fields, result)
-    engine.details["gate"] = result.short()
+    engine.amend_report(gate=result.verdict(enforced=False))
     return f"{result.describe()}; --precision int8 keeps int8 either way"
+
+
+def passed_before(engine, result: GateResult) -> str:
+    """The int8 engine the planner put first: its report carries the earlier verdict."""
+    engine.amend_report(gate=result.verdict(earlier=True))
+    return f"int8 renderer (its quality gate passed at an earlier start: {result.describe()})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from ..engine import FOMMEngine
+from ..protocol import EngineReport
 from .common import AcceleratedEngine, check_precision
 from .cpu_backend import CpuOptions, CpuRenderer
 
@@ -29,12 +30,12 @@ def build_mps_engine(base: FOMMEngine, *, precision: str | None = None, warm_up:
     chosen, notices = check_precision(precision, SUPPORTED_PRECISIONS, "fp16")
     options = CpuOptions(precision=chosen)
     renderer = CpuRenderer(base.generator, options, device_type=base.device.type) if chosen != "fp32" else None
-    engine = AcceleratedEngine(base, name=f"torch-{base.device.type}-{chosen}", renderer=renderer, precision=chosen,
-                               details={"backend": "mps", "precision": chosen, "detector": "fp32",
-                                        "precision_reason": "the Apple GPU runs fp16" if precision in (None, "auto")
-                                        else "requested"})
+    why = "the Apple GPU runs fp16" if precision in (None, "auto") or notices else "requested"
+    report = EngineReport(backend="mps", device=base.device.type, detector="fp32", renderer=chosen, why=why,
+                          facts=((FALLBACK_ENV, os.environ.get(FALLBACK_ENV, "")),))
+    engine = AcceleratedEngine(base, name=f"torch-{base.device.type}-{chosen}", renderer=renderer, report=report)
     notices.append(fallback_notice())
     if warm_up:
         engine.warm_up(runs=1)
-        engine.details["frame_ms"] = round(engine.frame_ms(runs=2), 1)
+        engine.amend_report(frame_ms=round(engine.frame_ms(runs=2), 1))
     return engine, notices

@@ -17,16 +17,20 @@
   than 1.2x fp32's (`detector_bf16_check`, cached per weights and CPU).
 - Devices: CPU, or an Intel GPU (iGPU/Arc) / NPU through OpenVINO's GPU and NPU plugins, which run fp16 (detector
   fp32 on the GPU); the avatar encoder stays eager on the CPU.
-- Caches, under the project cache folder (engines/storage.py): the converted (and, for int8, quantized) OpenVINO IR
-  per graph, keyed by weights digest, config, precision, shapes, device name and OpenVINO (+ NNCF) version; entries are
-  checked (sizes + sha256) and rebuilt when corrupt. OpenVINO's own compiled-blob cache (CACHE_DIR) lies beside them
-  so the second start skips compilation too.
+- Caches, under the project cache folder (engines/cache.py's EntryCache): the converted (and, for int8, quantized)
+  OpenVINO IR per graph, keyed by weights digest, config, precision, shapes, device name and OpenVINO (+ NNCF)
+  version; entries are checked (bounded meta, sizes + sha256, the XML parses) and set aside and rebuilt when bad.
+  OpenVINO's own compiled-blob cache (CACHE_DIR) lies beside them so the second start skips compilation too.
 - Threads: every core the OS gives this process (os.sched_getaffinity), one stream, latency hint.
+- Per frame: the avatar state is bound to the renderer's request once per avatar (its tensors shared, not copied);
+  only the driving keypoints change, and outputs land in fresh arrays (no copy out of the request's buffers).
+
+The build is four steps, each its own function: `resolve_target` (device, its name, the CPU's measured precision),
+`convert_graph` (torch -> IR, cached), `quantize_renderer_ir` (int8, cached) and `compile_graph`; plus
+`detector_precision` (the bf16 detector check) between the last two.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 import threading
@@ -39,22 +43,24 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..cache import DecisionStore, EntryCache, Lookup
 from ..engine import FOMMEngine
-from ..export import example_inputs, frame_renderer
+from ..export import example_inputs, frame_renderer, input_shapes
 from ..progress import Progress, announced, step
-from ..storage import cache_root, sha256_file, staged_directory
-from .common import AcceleratedEngine, describe_error, weights_digest
-from .precision import (BF16_MIN_SPEEDUP, Bf16Measurement, DecisionStore, cached_measurement, cpu_identity,
-                        interleaved_minimum, openvino_bf16_probe)
+from ..protocol import EngineReport
+from ..storage import cache_root
+from .common import AcceleratedEngine, describe_error, module_digest, weights_digest
+from .planner import once
+from .precision import (BF16_MIN_SPEEDUP, Bf16Measurement, cached_measurement, cpu_identity, interleaved_minimum,
+                        openvino_bf16_probe)
 
 SUPPORTED_PRECISIONS = ("fp32", "bf16", "int8")
 OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-OPENVINO_DEVICES = ("CPU", "GPU", "NPU")
 ACCELERATOR_PRECISIONS = ("fp16", "fp32")  # what the GPU/NPU run (no bf16, no int8 renderer there)
 STILL_FRAMES = 8  # frames of the detector's still-face jitter check
 DETECTOR_JITTER_LIMIT = 1.2  # bf16 detector: at most this many times the f32 still-face jitter
-CACHE_FORMAT = 2  # bump when the entry layout or the converted graphs change meaning (2: renderer outputs its motion)
-MODEL_XML, MODEL_BIN, META = "model.xml", "model.bin", "meta.json"
+CACHE_FORMAT = 3  # bump when the entry layout or the converted graphs change meaning (3: engines/cache.py's meta)
+MODEL_XML, MODEL_BIN = "model.xml", "model.bin"
 PAYLOADS = (MODEL_XML, MODEL_BIN)
 DEFAULT_CALIBRATION_SAMPLES = 32
 
@@ -111,9 +117,10 @@ def bf16_kernel(core) -> str:
     return kernel
 
 
-def probe_cpu(core=None, store: DecisionStore | None = None) -> CpuCapabilities:
+def probe_cpu(core=None, store: DecisionStore | None = None, progress: Progress | None = None) -> CpuCapabilities:
     """What this process's CPU offers OpenVINO: where a bf16 kernel exists, f32 and bf16 are timed
-    (precision.openvino_bf16_probe, ~0.3 s) and the result is cached per CPU, ISA cap and OpenVINO version."""
+    (precision.openvino_bf16_probe, ~0.3 s, announced through `progress`) and the result is cached per CPU, ISA cap
+    and OpenVINO version."""
     import openvino as ov
 
     core = core or ov.Core()
@@ -122,9 +129,12 @@ def probe_cpu(core=None, store: DecisionStore | None = None) -> CpuCapabilities:
     if "BF16" not in capabilities:
         return CpuCapabilities(cpu=name, capabilities=capabilities, amx=False)
     kernel = bf16_kernel(core)
+
+    def measure():
+        return announced(progress or (lambda line: None), "measuring bf16 against fp32 on this CPU (once, cached)",
+                         lambda: openvino_bf16_probe(core, cpu_threads()))
     measurement, cached = cached_measurement(
-        "openvino-bf16", {"device_name": name, "openvino": ov.__version__, "kernel": kernel},
-        lambda: openvino_bf16_probe(core, cpu_threads()), store)
+        "openvino-bf16", {"device_name": name, "openvino": ov.__version__, "kernel": kernel}, measure, store)
     return CpuCapabilities(cpu=name, capabilities=capabilities, amx="amx" in kernel.lower(), kernel=kernel,
                            bf16=measurement, cached=cached)
 
@@ -142,12 +152,12 @@ def runtime_versions(precision: str) -> dict:
 
     found = {"openvino": ov.__version__}
     if precision == "int8":
-        import nncf
-        found["nncf"] = nncf.__version__
+        from .openvino_int8 import nncf_version
+        found["nncf"] = nncf_version() or "none"
     return found
 
 
-# --- cache: IR entries (xml + bin + meta) ------------------------------------------------------------------------
+# --- cache: IR entries (model.xml + model.bin + meta.json, engines/cache.py) ---------------------------------------
 def default_cache_dir(environ=None) -> Path:
     """$LIVE_AVATAR_CACHE/openvino, else ~/.cache/live-avatar/openvino."""
     return cache_root(environ) / "openvino"
@@ -163,74 +173,31 @@ def cache_fields(*, graph: str, weights: str, config_hash: str, precision: str, 
     return fields
 
 
-def entry_dir(cache_dir: Path, fields: dict) -> Path:
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    return Path(cache_dir) / f"{fields['graph']}-{fields['precision']}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+def ir_cache(cache_dir) -> EntryCache:
+    return EntryCache(cache_dir, PAYLOADS)
 
 
-def check_entry(directory: Path, fields: dict) -> tuple[str, str]:
-    """('ok' | 'missing' | 'corrupt' | 'mismatch', reason) for the IR entry in `directory`."""
-    directory = Path(directory)
-    if not directory.exists():
-        return "missing", "no cached model"
-    try:
-        meta = json.loads((directory / META).read_text())
-        expected, files = meta["fields"], {name: (int(v["size"]), str(v["sha256"])) for name, v in
-                                           meta["files"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        return "corrupt", f"unreadable {META} ({type(error).__name__})"
-    if expected != fields:
-        differing = sorted(k for k in set(fields) | set(expected) if fields.get(k) != expected.get(k))
-        return "mismatch", f"built for a different {', '.join(differing)}"
-    for name in PAYLOADS:
-        path = directory / name
-        if name not in files or not path.is_file():
-            return "corrupt", f"{name} is missing"
-        size, sha = files[name]
-        if path.stat().st_size != size:
-            return "corrupt", f"{name} has {path.stat().st_size} bytes, expected {size}"
-        if sha256_file(path) != sha:
-            return "corrupt", f"{name} checksum differs"
-    return "ok", "cached model is valid"
+def entry_prefix(fields: dict) -> str:
+    return f"{fields['graph']}-{fields['precision']}"
 
 
-def write_entry(directory: Path, fields: dict, model) -> None:
-    """Save the IR + meta into a temporary sibling, then move it into place: a crash leaves no half entry."""
+def load_or_convert(cache_dir: Path, fields: dict, *, build: Callable[[], object], label: str, core) -> Lookup:
+    """Lookup(path to the cached model.xml, or the built ov.Model when it could not be saved, status, notices).
+
+    A valid entry is returned as its path (compile_model(path) lets OpenVINO's CACHE_DIR skip reading and
+    compiling); an entry whose XML does not parse is as bad as a corrupt one."""
     import openvino as ov
 
-    with staged_directory(directory) as staging:
+    def load(directory: Path) -> Path:
+        core.read_model(str(directory / MODEL_XML))
+        return directory / MODEL_XML
+
+    def save(model, staging: Path) -> None:
         # compress_to_fp16=False: the default would halve the weights and the fp32 path would no longer be fp32.
         ov.save_model(model, str(staging / MODEL_XML), compress_to_fp16=False)
-        files = {name: {"size": (staging / name).stat().st_size, "sha256": sha256_file(staging / name)}
-                 for name in PAYLOADS}
-        meta = {"fields": fields, "files": files, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
-
-def load_or_build(cache_dir: Path, fields: dict, *, build: Callable[[], object], label: str, core):
-    """(path to the cached model.xml or None, ov.Model or None, status, notices).
-
-    A valid entry is returned as its path only (compile_model(path) lets OpenVINO's CACHE_DIR skip reading and
-    compiling); otherwise the model is built, saved and returned (and its path, when saving worked).
-    """
-    notices = []
-    directory = entry_dir(cache_dir, fields)
-    status, reason = check_entry(directory, fields)
-    if status == "ok":
-        try:
-            core.read_model(str(directory / MODEL_XML))  # a payload that does not parse is as bad as a corrupt one
-            return directory / MODEL_XML, None, "hit", notices
-        except Exception as error:  # noqa: BLE001
-            status, reason = "corrupt", f"it does not load ({describe_error(error)})"
-    if status not in ("missing", "mismatch"):
-        notices.append(f"cached OpenVINO {label} at {directory} is {status}: {reason}; rebuilding it")
-    model = build()
-    try:
-        write_entry(directory, fields, model)
-        return directory / MODEL_XML, model, "rebuilt" if status == "corrupt" else "miss", notices
-    except Exception as error:  # noqa: BLE001 - an unwritable cache must not stop the app
-        notices.append(f"could not save the OpenVINO {label} to {directory}: {describe_error(error)}")
-        return None, model, "miss", notices
+    return ir_cache(cache_dir).load_or_build(entry_prefix(fields), fields, label=f"OpenVINO {label}", build=build,
+                                             save=save, load=load, reload_after_save=True)
 
 
 # --- conversion and the engine -----------------------------------------------------------------------------------
@@ -245,22 +212,49 @@ def convert(module: torch.nn.Module, inputs: tuple):
 
 class CompiledGraph:
     """torch tensors in, torch tensors out, through one OpenVINO infer request (serialised: requests are not
-    re-entrant, and the live loop may render from another thread than the one that calibrates)."""
+    re-entrant, and the live loop may render from another thread than the one that calibrates).
 
-    def __init__(self, compiled):
+    Inputs are bound, not copied: each input tensor's memory is shared with the request (ov.Tensor over the same
+    buffer) and bound again only when another tensor comes in at that position, so the avatar state (~4 MB of the
+    renderer's inputs) is bound once per avatar and only the driving keypoints change per frame. Outputs are
+    written into fresh arrays set on the request (the caller may keep a frame while the next one renders).
+    `bind=False`: the plain `infer(arrays)` path, which copies every input in and every output out (the bench's
+    baseline for this)."""
+
+    def __init__(self, compiled, *, bind: bool = True):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        self.outputs = len(compiled.outputs)
+        self.bind = bind
+        self.outputs = [(tuple(output.get_shape()), output.get_element_type().to_dtype())
+                        for output in compiled.outputs]
+        self._bound: list = [None] * len(compiled.inputs)  # (tensor, array) whose memory the request reads
         self._lock = threading.Lock()
 
     def __call__(self, *inputs):
-        arrays = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in inputs]
         with self._lock:
-            self.request.infer(arrays)
-            # Copies: the request reuses its output buffers on the next call.
-            outs = tuple(torch.from_numpy(self.request.get_output_tensor(i).data.copy())
-                         for i in range(self.outputs))
-        return outs[0] if self.outputs == 1 else outs
+            outs = self._bound_call(inputs) if self.bind else self._copying_call(inputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _bound_call(self, inputs) -> tuple:
+        import openvino as ov
+
+        for index, tensor in enumerate(inputs):
+            bound = self._bound[index]
+            if bound is None or bound[0] is not tensor:  # we hold the tensor: its id cannot be reused meanwhile
+                array = np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
+                self.request.set_input_tensor(index, ov.Tensor(array, shared_memory=True))
+                self._bound[index] = (tensor, array)
+        arrays = [np.empty(shape, dtype) for shape, dtype in self.outputs]
+        for index, array in enumerate(arrays):
+            self.request.set_output_tensor(index, ov.Tensor(array, shared_memory=True))
+        self.request.infer()
+        return tuple(torch.from_numpy(array) for array in arrays)
+
+    def _copying_call(self, inputs) -> tuple:
+        arrays = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in inputs]
+        self.request.infer(arrays)
+        # copies: the request reuses its output buffers on the next call
+        return tuple(torch.from_numpy(self.request.get_output_tensor(i).data.copy()) for i in range(len(self.outputs)))
 
 
 def usable_compile_cache(directory: Path) -> tuple[Path | None, str | None]:
@@ -301,12 +295,11 @@ def still_face_jitter(detector: Callable, image: torch.Tensor, frames: int = STI
     return float(torch.stack(values).std(dim=0).mean())
 
 
-def detector_bf16_check(core, path, model, image: torch.Tensor, threads: int, compiled_dir) -> dict:
+def detector_bf16_check(core, ir, image: torch.Tensor, threads: int, compiled_dir) -> dict:
     """Time the detector in f32 and bf16 and measure its still-face jitter in each: bf16 serves the detector only
     if it is clearly faster and shakes no more than DETECTOR_JITTER_LIMIT x f32 (its temperature-0.1 softmax
-    turns rounding into keypoint jitter)."""
-    graphs = {name: CompiledGraph(core.compile_model(str(path) if path is not None else model, "CPU",
-                                                     compile_config(name, compiled_dir, threads)))
+    turns rounding into keypoint jitter). `ir`: the detector's model.xml path or ov.Model."""
+    graphs = {name: CompiledGraph(core.compile_model(_source(ir), "CPU", compile_config(name, compiled_dir, threads)))
               for name in ("fp32", "bf16")}
     x = image.contiguous()
     best = interleaved_minimum({name: (lambda g=graph: g(x)) for name, graph in graphs.items()}, rounds=6)
@@ -346,137 +339,218 @@ def device_precision(device: str, precision: str | None, capabilities: CpuCapabi
     return precision, "requested", notices
 
 
+# --- the build, step by step --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """Where the graphs compile: an OpenVINO device, its name (keys the IR cache) and, on the CPU, what was
+    measured about it."""
+
+    device: str                              # CPU | GPU | NPU
+    name: str                                # FULL_DEVICE_NAME
+    capabilities: CpuCapabilities | None     # the CPU probe's answer (None on a GPU/NPU)
+    threads: int
+
+
+def resolve_target(core, device: str, capabilities: CpuCapabilities | None, store: DecisionStore | None) -> Target:
+    if device == "CPU":
+        capabilities = capabilities or probe_cpu(core, store)
+        return Target("CPU", capabilities.cpu, capabilities, cpu_threads())
+    return Target(device, str(core.get_property(device, "FULL_DEVICE_NAME")), None, cpu_threads())
+
+
+def _source(ir):
+    """What compile_model / read_model take: a path as text (OpenVINO's blob cache can then skip the work) or the
+    model itself."""
+    return str(ir) if isinstance(ir, Path) else ir
+
+
+def convert_graph(graph: str, module: torch.nn.Module, inputs: Callable[[], tuple], shapes, *, weights: str,
+                  config_hash: str, target: Target, cache_dir: Path, core, progress: Progress | None) -> Lookup:
+    """The fp32 IR of one graph ('keypoint_detector' or 'frame_renderer', engines/export.py's two), converted once
+    and cached under `weights` (the digest of what it was converted from), its input `shapes` and the target's
+    name. `inputs()` gives example inputs: asked for only when converting."""
+    label = "keypoint detector" if graph == "keypoint_detector" else "renderer"
+    fields = cache_fields(graph=graph, weights=weights, config_hash=config_hash, precision="fp32", shapes=shapes,
+                          cpu=target.name, versions=runtime_versions("fp32"))
+    return load_or_convert(cache_dir, fields, label=label, core=core, build=lambda: announced(
+        progress, f"converting the {label} to OpenVINO (once, cached)", lambda: convert(module, inputs())))
+
+
+def quantize_renderer_ir(base: FOMMEngine, fp32_ir, shapes, target: Target, cache_dir: Path, core, *, images,
+                         samples: int, cancelled, progress: Progress | None) -> tuple[Lookup, str]:
+    """(the int8 renderer IR, calibration id): NNCF post-training quantization of `fp32_ir` (inputs of `shapes`)
+    calibrated on `samples` inputs from `images` (openvino_int8.py), once per calibration, cached."""
+    from .openvino_int8 import calibration_id, calibration_inputs, quantize_renderer
+
+    calibration = calibration_id(images, samples)
+    fields = cache_fields(graph="frame_renderer", weights=weights_digest(base), config_hash=base.config_hash,
+                          precision="int8", shapes=shapes, cpu=target.name, versions=runtime_versions("int8"),
+                          calibration=calibration)
+
+    def build():
+        model = core.read_model(str(fp32_ir)) if isinstance(fp32_ir, Path) else fp32_ir
+        with step(progress, f"quantizing the renderer to int8 on {samples} calibration inputs (once, cached)"):
+            return quantize_renderer(model, calibration_inputs(base, images, samples), cancelled)
+
+    found = load_or_convert(cache_dir, fields, label="int8 renderer", core=core, build=build)
+    if found.status != "hit":
+        source = "your avatars" if images is not None else "generated avatars"
+        found = Lookup(found.value, found.status, found.notices + (
+            f"quantized the renderer to int8 with {samples} calibration inputs from {source} ({calibration}); "
+            "cached for the next start",))
+    return found, calibration
+
+
+def detector_precision(weights: str, image_size: int, detector_ir, target: Target, float_precision: str, core, *,
+                       images, compiled_dir, store: DecisionStore | None,
+                       progress: Progress | None = None) -> tuple[str, dict | None]:
+    """(precision, the check's figures or None): fp32 unless the engine runs bf16 on the CPU and bf16 was measured
+    faster on the detector and no shakier on a still face (detector_bf16_check, cached per weights and CPU); fp32
+    on a GPU/NPU, whose fp16 keypoints jitter (temperature-0.1 softmax) for a cheap graph."""
+    if target.device != "CPU" or float_precision != "bf16":
+        return "fp32", None
+    import openvino as ov
+
+    from .openvino_int8 import calibration_id, generated_avatars
+
+    still = images[0] if images else generated_avatars(image_size, 1)[0]
+    store = store or DecisionStore()
+    fields = {**cpu_identity(), "weights": weights, "openvino": ov.__version__,
+              "kernel": target.capabilities.kernel, "still_face": calibration_id([still], STILL_FRAMES)}
+    check = store.load("openvino-detector-bf16", fields, _valid_detector_check)
+    if check is None:
+        with step(progress, "measuring the keypoint detector in bf16 against fp32 (once, cached)"):
+            check = detector_bf16_check(core, detector_ir, still, target.threads, compiled_dir)
+        store.save("openvino-detector-bf16", fields, check)
+    return check["precision"], check
+
+
+def _valid_detector_check(result: dict) -> bool:
+    from ..cache import number_within
+
+    return (result.get("precision") in ("fp32", "bf16") and number_within(result.get("speedup"), 0.0, 1e3)
+            and all(number_within(result.get(k), 0.0, 10.0) for k in ("jitter_fp32", "jitter_bf16")))
+
+
+def compile_graph(core, ir, target: Target, precision: str, compiled_dir, *, bind: bool = True) -> CompiledGraph:
+    """One IR compiled for the target with `precision` as its inference precision hint (an int8 IR's quantized
+    layers carry their own; the rest runs at the hint)."""
+    return CompiledGraph(core.compile_model(_source(ir), target.device,
+                                            compile_config(precision, compiled_dir, target.threads, target.device)),
+                         bind=bind)
+
+
+def openvino_report(target: Target, *, precision: str, float_precision: str, detector: str, why: str,
+                    cache_dir: Path, statuses: dict, check: dict | None, calibration: str | None) -> EngineReport:
+    facts = {"device_name": target.name, "threads": target.threads, "float_precision": float_precision,
+             "cache_dir": str(cache_dir), **{f"cache_{graph}": status for graph, status in statuses.items()},
+             **runtime_versions(precision)}
+    if target.capabilities is not None:
+        facts.update(amx=target.capabilities.amx, kernel=target.capabilities.kernel)
+        if target.capabilities.bf16 is not None:
+            facts["bf16_speedup"] = round(target.capabilities.bf16.speedup, 3)
+    if check is not None:
+        facts["detector_check"] = describe_detector_check(check)
+    if calibration is not None:
+        facts["calibration"] = calibration
+    return EngineReport(backend="openvino", device=target.device.lower(), detector=detector, renderer=precision,
+                        why=why, facts=tuple(facts.items()))
+
+
 def build_openvino_engine(base: FOMMEngine, *, precision: str | None = None, cache_dir=None,
                           capabilities: CpuCapabilities | None = None, warm_up: bool = True,
                           calibration_images=None, calibration_samples: int | None = None,
                           device: str = "CPU", core=None, store: DecisionStore | None = None, cancelled=None,
-                          progress: Progress | None = None):
+                          progress: Progress | None = None, bind: bool = True):
     """(engine, notices). `base` must live on the CPU and openvino must import.
 
     precision: None/'auto' = the CPU's measured choice (bf16 where timed >= 1.25x f32, else fp32; fp16 on a GPU or
-    NPU); 'fp32', 'bf16' or 'int8' on request.
-    capabilities: the CPU probe's answer (tests pass their own); probed when None.
+    NPU); 'fp32', 'bf16' or 'int8' on request. capabilities: the CPU probe's answer (tests pass their own).
     calibration_images: avatar images [1,3,S,S] for int8 calibration and the detector's still-face check (default:
-    generated ones); the cache key names them, so other images quantize anew.
-    device: OpenVINO device, CPU, GPU (Intel iGPU/Arc) or NPU; `core` an ov.Core (tests pass fakes).
-    cancelled: () -> bool, checked during int8 calibration (a background build stops when the app closes).
-    details['frame_ms']: one frame (detect + render) timed after warm-up, the minimum of two.
-    progress: one line before each slow step (conversion, int8 quantization, compilation) and its elapsed time
-    after it (engines/progress.py; default: stderr).
+    generated ones). device: CPU, GPU (Intel iGPU/Arc) or NPU; `core` an ov.Core (tests pass fakes).
+    cancelled: () -> bool, checked during int8 calibration. progress: a line before each slow step (conversion,
+    quantization, compilation) and its elapsed time after it. bind: CompiledGraph's input binding (the default).
+    The report's frame_ms: one frame (detect + render) after warm-up, the minimum of two.
     """
     import openvino as ov
 
     if base.device.type != "cpu":
         raise ValueError("the OpenVINO backend takes its inputs from the CPU: it needs an engine on the CPU")
-    started = time.perf_counter()
-    calibration_samples = calibration_samples or DEFAULT_CALIBRATION_SAMPLES
-    core = core or ov.Core()
-    if device == "CPU":
-        capabilities = capabilities or probe_cpu(core, store)
-        device_name = capabilities.cpu
-    else:
-        device_name = str(core.get_property(device, "FULL_DEVICE_NAME"))
-    precision, reason, notices = device_precision(device, precision, capabilities)
-    if precision == "int8":
-        try:
-            import nncf  # noqa: F401 - only the int8 path needs it (and its version keys the cache)
-        except Exception as error:  # noqa: BLE001 - a broken nncf must not cost the whole fast path
-            precision = capabilities.default_precision
-            notices.append(f"int8 needs nncf, which cannot be imported ({describe_error(error)}): using {precision}")
-    # The float precision of everything not quantized.
-    float_precision = precision if precision != "int8" else capabilities.default_precision
-    threads = cpu_threads()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    detector_inputs, renderer_inputs_ = example_inputs(base)
-    digest = weights_digest(base)
-    common = {"weights": digest, "config_hash": base.config_hash, "cpu": device_name}
-
-    def fields_for(graph, ir_precision, inputs, calibration=None):
-        return cache_fields(graph=graph, precision=ir_precision, shapes=[t.shape for t in inputs],
-                            versions=runtime_versions(ir_precision), calibration=calibration, **common)
-
-    statuses = {}
-    detector_path, detector_model, statuses["keypoint_detector"], more = load_or_build(
-        cache_dir, fields_for("keypoint_detector", "fp32", detector_inputs), label="keypoint detector", core=core,
-        build=lambda: announced(progress, "converting the keypoint detector to OpenVINO (once, cached)",
-                                lambda: convert(base.kp_detector, detector_inputs)))
-    notices += more
-    renderer_fields = fields_for("frame_renderer", "fp32", renderer_inputs_)
-    renderer_path, renderer_model, statuses["frame_renderer"], more = load_or_build(
-        cache_dir, renderer_fields, label="renderer", core=core,
-        build=lambda: announced(progress, "converting the renderer to OpenVINO (once, cached)",
-                                lambda: convert(frame_renderer(base), renderer_inputs_)))
-    notices += more
+    started, core = time.perf_counter(), core or ov.Core()
+    target = resolve_target(core, device, capabilities, store)
+    precision, why, notices = device_precision(device, precision, target.capabilities)
+    precision = _int8_usable(precision, target, notices)
+    float_precision = precision if precision != "int8" else target.capabilities.default_precision
+    cache_dir, digest, shapes = Path(cache_dir or default_cache_dir()), weights_digest(base), input_shapes(base.config)
+    inputs = once(lambda: example_inputs(base))  # an avatar encoded: only a conversion needs it
+    irs = {graph: convert_graph(graph, module, lambda i=index: inputs()[i], shapes[index], weights=digest,
+                                config_hash=base.config_hash, target=target, cache_dir=cache_dir, core=core,
+                                progress=progress)
+           for index, (graph, module) in enumerate((("keypoint_detector", base.kp_detector),
+                                                    ("frame_renderer", frame_renderer(base))))}
     calibration = None
     if precision == "int8":
-        from .openvino_int8 import calibration_id, calibration_inputs, quantize_renderer
-
-        fp32_renderer = renderer_model
-        calibration = calibration_id(calibration_images, calibration_samples)
-
-        def build_int8():
-            model = fp32_renderer if fp32_renderer is not None else core.read_model(str(renderer_path))
-            with step(progress, f"quantizing the renderer to int8 on {calibration_samples} calibration inputs "
-                                "(once, cached)"):
-                samples = calibration_inputs(base, calibration_images, calibration_samples)
-                return quantize_renderer(model, samples, cancelled)
-
-        renderer_path, renderer_model, statuses["frame_renderer_int8"], more = load_or_build(
-            cache_dir, fields_for("frame_renderer", "int8", renderer_inputs_, calibration), label="int8 renderer",
-            core=core, build=build_int8)
-        notices += more
-        if statuses["frame_renderer_int8"] != "hit":
-            source = "your avatars" if calibration_images is not None else "generated avatars"
-            notices.append(f"quantized the renderer to int8 with {calibration_samples} calibration inputs from "
-                           f"{source} ({calibration}); cached for the next start")
-
+        irs["frame_renderer_int8"], calibration = quantize_renderer_ir(
+            base, irs["frame_renderer"].value, shapes[1], target, cache_dir, core,
+            images=calibration_images, samples=calibration_samples or DEFAULT_CALIBRATION_SAMPLES,
+            cancelled=cancelled, progress=progress)
+    notices += [notice for lookup in irs.values() for notice in lookup.notices]
     compiled_dir, unusable = usable_compile_cache(cache_dir / "compiled")
-    if unusable:
-        notices.append(unusable)
-
-    # The detector stays fp32 unless bf16 is measured faster and no shakier on a still face (cached per weights).
-    detector_precision, check = "fp32", None
-    if device == "CPU" and float_precision == "bf16":
-        from .openvino_int8 import calibration_id, generated_avatars
-
-        still = calibration_images[0] if calibration_images else generated_avatars(base.image_size, 1)[0]
-        store = store or DecisionStore()
-        fields = {**cpu_identity(), "weights": digest, "openvino": ov.__version__, "kernel": capabilities.kernel,
-                  "still_face": calibration_id([still], STILL_FRAMES)}
-        check = store.load("openvino-detector-bf16", fields, lambda r: r.get("precision") in ("fp32", "bf16"))
-        if check is None:
-            check = detector_bf16_check(core, detector_path, detector_model, still, threads, compiled_dir)
-            store.save("openvino-detector-bf16", fields, check)
-        detector_precision = check["precision"]
-    elif device != "CPU" and precision == "fp16":
-        detector_precision = "fp32"  # fp16 keypoints jitter (temperature-0.1 softmax); the detector is cheap
-
-    def compile_graph(path, model, hint):
-        config = compile_config(hint, compiled_dir, threads, device)
-        # From a path OpenVINO's cache can skip reading and compiling; a model object is hashed whole first.
-        return core.compile_model(str(path) if path is not None else model, device, config)
-
-    with step(progress, f"compiling the OpenVINO graphs for {device} ({float_precision}, {threads} threads)"):
-        graphs = {"keypoint_detector": CompiledGraph(compile_graph(detector_path, detector_model,
-                                                                   detector_precision)),
-                  "frame_renderer": CompiledGraph(compile_graph(renderer_path, renderer_model, float_precision))}
-    details = {"backend": "openvino", "device": device, "precision": precision, "precision_reason": reason,
-               "float_precision": float_precision, "detector": detector_precision, "renderer": precision,
-               "threads": threads, "cpu": device_name, "cache_dir": str(cache_dir), "cache": statuses,
-               **runtime_versions(precision)}
-    if capabilities is not None:
-        details.update({"amx": capabilities.amx, "kernel": capabilities.kernel})
-        if capabilities.bf16 is not None:
-            details["bf16_speedup"] = round(capabilities.bf16.speedup, 3)
-    if check is not None:
-        details["detector_check"] = describe_detector_check(check)
-    if calibration is not None:
-        details["calibration"] = calibration
+    notices += [unusable] if unusable else []
+    detector, check = detector_precision(digest, base.image_size, irs["keypoint_detector"].value, target,
+                                         float_precision, core, images=calibration_images, compiled_dir=compiled_dir,
+                                         store=store, progress=progress)
+    renderer_ir = irs["frame_renderer_int8" if precision == "int8" else "frame_renderer"].value
+    with step(progress, f"compiling the OpenVINO graphs for {device} ({float_precision}, {target.threads} threads)"):
+        graphs = (compile_graph(core, irs["keypoint_detector"].value, target, detector, compiled_dir, bind=bind),
+                  compile_graph(core, renderer_ir, target, float_precision, compiled_dir, bind=bind))
+    report = openvino_report(target, precision=precision, float_precision=float_precision, detector=detector, why=why,
+                             cache_dir=cache_dir, statuses={k: v.status for k, v in irs.items()}, check=check,
+                             calibration=calibration)
     suffix = "" if device == "CPU" else f"-{device.lower()}"
-    engine = AcceleratedEngine(base, name=f"openvino{suffix}-{precision}", detector=graphs["keypoint_detector"],
-                               renderer=graphs["frame_renderer"], precision=precision, details=details)
+    engine = AcceleratedEngine(base, name=f"openvino{suffix}-{precision}", detector=graphs[0], renderer=graphs[1],
+                               report=report)
     if warm_up:
-        engine.warm_up(runs=1)
-        engine.details["frame_ms"] = round(engine.frame_ms(runs=2), 1)
-    engine.details["startup_s"] = round(time.perf_counter() - started, 2)  # (the engine keeps a copy of details)
+        with step(progress, "warming up and timing one frame"):
+            engine.warm_up(runs=1)
+            engine.amend_report(frame_ms=round(engine.frame_ms(runs=2), 1))
+    engine.amend_report(startup_s=round(time.perf_counter() - started, 2))
     return engine, notices
+
+
+def build_openvino_detector(kp_detector: torch.nn.Module, image_size: int, *, cache_dir=None, device: str = "CPU",
+                            capabilities: CpuCapabilities | None = None, core=None,
+                            store: DecisionStore | None = None, progress: Progress | None = None):
+    """(graph, report) for a keypoint detector alone (the --remote client, whose renderer is on the server): the
+    same conversion, cache, bf16 detector check and compilation as the engine's detector, keyed by the detector's
+    own weights. `graph(image [1,3,S,S]) -> (value, jacobian)`."""
+    import openvino as ov
+
+    core = core or ov.Core()
+    target = resolve_target(core, device, capabilities, store)
+    float_precision, why, _ = device_precision(device, None, target.capabilities)
+    cache_dir, digest = Path(cache_dir or default_cache_dir()), module_digest(kp_detector)
+    shape = (1, 3, image_size, image_size)
+    ir = convert_graph("keypoint_detector", kp_detector,
+                       lambda: (torch.rand(shape, generator=torch.Generator().manual_seed(0)),), [shape],
+                       weights=digest, config_hash=f"detector-{image_size}", target=target, cache_dir=cache_dir,
+                       core=core, progress=progress)
+    compiled_dir, _ = usable_compile_cache(cache_dir / "compiled")
+    precision, check = detector_precision(digest, image_size, ir.value, target, float_precision, core, images=None,
+                                          compiled_dir=compiled_dir, store=store, progress=progress)
+    with step(progress, f"compiling the OpenVINO keypoint detector for {device} ({precision})"):
+        graph = compile_graph(core, ir.value, target, precision, compiled_dir)
+    report = openvino_report(target, precision=precision, float_precision=float_precision, detector=precision,
+                             why=why, cache_dir=cache_dir, statuses={"keypoint_detector": ir.status}, check=check,
+                             calibration=None)
+    return graph, report
+
+
+def _int8_usable(precision: str, target: Target, notices: list) -> str:
+    """int8 needs nncf (its version keys the cache): where it is not installed, the CPU's float precision."""
+    from .openvino_int8 import nncf_version
+
+    if precision != "int8" or nncf_version() is not None:
+        return precision
+    notices.append(f"int8 needs nncf, which is not installed: using {target.capabilities.default_precision}")
+    return target.capabilities.default_precision

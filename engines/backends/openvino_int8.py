@@ -86,6 +86,20 @@ def calibration_inputs(engine: FOMMEngine, images=None, samples: int = 32) -> li
             for state, kp in avatar_motion(engine, images, samples)]
 
 
+def nncf_version() -> str | None:
+    """NNCF's installed version, or None where it is not installed: found without importing it (the import takes
+    seconds on a small CPU, and only quantizing needs it; a broken install then fails that build, which falls back)."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("nncf") is None:
+            return None
+        return importlib.metadata.version("nncf")
+    except (ValueError, ImportError, importlib.metadata.PackageNotFoundError):
+        return None
+
+
 class Cancelled(Exception):
     """The calibration was stopped (the app is closing): nothing is cached."""
 

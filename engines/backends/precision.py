@@ -7,16 +7,15 @@ timed interleaved (the minimum of each, robust against other processes on a shar
 is at least `BF16_MIN_SPEEDUP` x faster. The same probe runs through OpenVINO (`openvino_bf16_probe`) and through
 eager torch with bf16 autocast (`torch_bf16_probe`, for the `cpu` backend).
 
-Decisions are cached (`DecisionStore`) as one JSON file each under $LIVE_AVATAR_CACHE/decisions, keyed by
-everything they depend on (CPU model and flags, ONEDNN_MAX_CPU_ISA, threads, runtime version and whatever the
-caller adds), written atomically and validated on read: an unreadable or mismatching file is measured again.
+Decisions are cached (engines/cache.py `DecisionStore`) as one JSON file each under $LIVE_AVATAR_CACHE/decisions,
+keyed by everything they depend on (CPU model and flags, ONEDNN_MAX_CPU_ISA, threads, runtime version and whatever
+the caller adds), written atomically and checked on read: a file that is not a small regular JSON file, names
+other fields or holds impossible figures is set aside and measured again.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..storage import cache_root
+from ..cache import DecisionStore, number_within
 
 BF16_MIN_SPEEDUP = 1.25   # bf16 must be clearly faster: a few % would not survive another machine's noise
 PROBE_ROUNDS = 12         # interleaved f32/bf16 rounds; each round is a few ms
-DECISION_FORMAT = 1
 # The probe: (in channels, out channels, spatial side, stride) of each 3x3 convolution, chained.
 PROBE_LAYERS = ((64, 64, 64, 1), (64, 128, 64, 2), (128, 128, 32, 1))
 
@@ -60,10 +58,6 @@ class Bf16Measurement:
         if self.precision == "bf16":
             return f"measured {self.speedup:.1f}x fp32 on this CPU"
         return f"bf16 measured {self.speedup:.2f}x fp32 on this CPU, below {BF16_MIN_SPEEDUP}x"
-
-    def gflops(self) -> tuple[float, float]:
-        """(fp32, bf16) GFLOP/s of the probe: a lower bound on what each precision reaches on this CPU."""
-        return probe_flops() / self.f32_ms / 1e6, probe_flops() / self.bf16_ms / 1e6
 
 
 def interleaved_minimum(runs: dict[str, Callable[[], object]], rounds: int = PROBE_ROUNDS) -> dict[str, float]:
@@ -151,56 +145,11 @@ def cpu_identity() -> dict:
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""), "threads": threads}
 
 
-# --- the store ---------------------------------------------------------------------------------------------------
-def default_decisions_dir(environ=None) -> Path:
-    return cache_root(environ) / "decisions"
-
-
-class DecisionStore:
-    """JSON records {fields, result} under one folder, one file per (kind, fields). `load` returns the result only
-    when the file parses, names exactly these fields and passes `validate(result)`; anything else is None (measure
-    again). `save` writes a temporary sibling and renames it; a cache that cannot be written is only a slower
-    next start."""
-
-    def __init__(self, directory=None):
-        self.directory = Path(directory) if directory is not None else default_decisions_dir()
-
-    def path(self, kind: str, fields: dict) -> Path:
-        text = json.dumps({"format": DECISION_FORMAT, "kind": kind, **fields}, sort_keys=True, default=str)
-        return self.directory / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
-
-    def load(self, kind: str, fields: dict, validate: Callable[[dict], bool] = lambda result: True) -> dict | None:
-        path = self.path(kind, fields)
-        try:
-            record = json.loads(path.read_text())
-            expected = json.loads(json.dumps({"format": DECISION_FORMAT, "kind": kind, **fields}, default=str))
-            if record["fields"] != expected or not isinstance(record["result"], dict):
-                return None
-            return record["result"] if validate(record["result"]) else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def save(self, kind: str, fields: dict, result: dict) -> bool:
-        path = self.path(kind, fields)
-        record = {"fields": {"format": DECISION_FORMAT, "kind": kind, **fields}, "result": result,
-                  "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                with os.fdopen(handle, "w") as out:
-                    json.dump(record, out, indent=1, sort_keys=True, default=str)
-                os.replace(temporary, path)
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-            return True
-        except OSError:
-            return False
+MAX_PROBE_MS = 60_000.0  # a probe run of a minute is no measurement: the record is damaged
 
 
 def _valid_measurement(result: dict) -> bool:
-    return all(isinstance(result.get(k), (int, float)) and result[k] > 0 for k in ("f32_ms", "bf16_ms"))
+    return all(number_within(result.get(k), 1e-6, MAX_PROBE_MS) for k in ("f32_ms", "bf16_ms"))
 
 
 def cached_measurement(kind: str, fields: dict, measure: Callable[[], Bf16Measurement],

@@ -8,21 +8,34 @@ current engine encoded (the OpenVINO engines all do: one eager encoder, the same
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
-from ..protocol import EngineBase
+from ..protocol import EngineBase, EngineReport
 
 
 class SwitchingEngine(EngineBase):
     """Engine protocol, delegated to the current engine; `between_frames()` applies an offered switch and returns
-    its notice (or None); `close()` stops the background job and closes every engine it held."""
+    its notice (or None); `close()` stops the background job (killing its child process, joining its thread) and
+    closes every engine it held. The job is the SwitchingEngine's own: set once by the code that made both."""
 
     def __init__(self, engine):
         self.current = engine
-        self.job = None               # the background work that may offer a replacement (int8_gate.Int8Upgrade)
+        self._job = None              # the background work that may offer a replacement (int8_gate.Int8Upgrade)
         self._offer = None
         self._lock = threading.Lock()
         self._retired = []            # engines switched away from: closed with this one
         self.switches = 0
+
+    # --- the background job ---------------------------------------------------------------------------------
+    @property
+    def job(self):
+        return self._job
+
+    def attach(self, job, *, start: bool = True):
+        """Own `job` (it offers its replacement through `offer`): started here unless told otherwise, cancelled and
+        joined by close(). Returns the job."""
+        self._job = job
+        return job.start() if start else job
 
     # --- what the live loop sees ----------------------------------------------------------------------------
     @property
@@ -49,14 +62,6 @@ class SwitchingEngine(EngineBase):
     def align_corners(self) -> bool:
         return self.current.align_corners
 
-    @property
-    def precision(self) -> str:
-        return self.current.precision
-
-    @property
-    def details(self) -> dict:
-        return self.current.details
-
     def detect(self, image):
         return self.current.detect(image)
 
@@ -72,10 +77,23 @@ class SwitchingEngine(EngineBase):
     def status(self) -> str | None:
         return self.current.status()
 
+    def report(self) -> EngineReport:
+        """The current engine's report; until a switch, with the background check's state and any verdict."""
+        report = self.current.report()
+        if self._job is None or self.switches:
+            return report
+        verdict = self._job.result.verdict() if self._job.result is not None else report.gate
+        return replace(report, gate=verdict, int8_check=self._job.status())
+
+    def amend_report(self, **changes) -> None:
+        """What the selection learned (fallbacks, start-up time) belongs to the engine serving now."""
+        self.current.amend_report(**changes)
+
     def close(self) -> None:
-        """Stop the background job (waiting for its thread), then close the engines."""
-        if self.job is not None:
-            self.job.cancel()
+        """Stop the background job (its child killed, its thread joined: well under a second), then close the
+        engines."""
+        if self._job is not None:
+            self._job.cancel()
         with self._lock:
             offer, self._offer = self._offer, None
         for engine in [self.current, *self._retired, *([offer[0]] if offer and offer[0] is not None else [])]:

@@ -10,31 +10,31 @@
 - Compiled engines are serialized (torch_tensorrt.save, ExportedProgram format) into a cache folder keyed by
   everything that makes an engine invalid; a second start loads them in seconds.
 
-The cache logic (keys, entry validation, load-or-build) is plain Python and tested on CPU with fake payloads; the
-compile/save/load calls need a CUDA GPU with TensorRT (tests/test_gpu.py; what has been run where: README).
+The cache (engines/cache.py: keys, entry validation, load-or-build, bad entries set aside) is plain Python and tested
+on CPU with fake payloads; the compile/save/load calls need a CUDA GPU with TensorRT (tests/test_gpu.py; what has
+been run where: README).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..cache import EntryCache
 from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer
 from ..progress import Progress, announced
-from ..storage import cache_root, sha256_file, staged_directory
+from ..protocol import EngineReport
+from ..storage import cache_root
 from .common import AcceleratedEngine, as_float, check_precision, describe_error, weights_digest
 
 SUPPORTED_PRECISIONS = ("fp16", "fp32")
 DEFAULT_PRECISION = "fp16"
-CACHE_FORMAT = 2  # bump when the entry layout or the compiled graphs change meaning (2: renderer outputs its motion)
+CACHE_FORMAT = 3  # bump when the entry layout or the compiled graphs change meaning (3: engines/cache.py's meta)
 PAYLOAD = "engine.ep"
-META = "meta.json"
 
 
 # --- availability ----------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def gpu_identity(device: torch.device) -> dict:
     return {"gpu": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
 
 
-# --- cache: pure functions -------------------------------------------------------------------------------------
+# --- cache (engines/cache.py: key, meta, checks, atomic writes) -------------------------------------------------
 def default_cache_dir(environ=None) -> Path:
     """$LIVE_AVATAR_CACHE/trt, else ~/.cache/live-avatar/trt."""
     return cache_root(environ) / "trt"
@@ -81,90 +81,30 @@ def cache_fields(*, graph: str, weights: str, config_hash: str, precision: str, 
             "precision": precision, "shapes": [list(s) for s in shapes], **gpu, **versions}
 
 
-def cache_key(fields: dict) -> str:
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+def entry_cache(cache_dir) -> EntryCache:
+    return EntryCache(cache_dir, (PAYLOAD,))
 
 
-def entry_dir(cache_dir: Path, fields: dict) -> Path:
-    # Readable prefix for people looking into the folder; the key makes it unique.
-    return Path(cache_dir) / f"{fields['graph']}-{fields['precision']}-{cache_key(fields)}"
-
-
-def check_entry(directory: Path, fields: dict) -> tuple[str, str]:
-    """('ok' | 'missing' | 'corrupt' | 'mismatch', reason) for the cache entry in `directory`."""
-    directory = Path(directory)
-    meta_path, payload = directory / META, directory / PAYLOAD
-    if not directory.exists():
-        return "missing", "no cached engine"
-    try:
-        meta = json.loads(meta_path.read_text())
-        expected_fields, size, sha = meta["fields"], int(meta["size"]), str(meta["sha256"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return "corrupt", f"unreadable {META} ({type(error).__name__})"
-    if expected_fields != fields:
-        differing = sorted(k for k in set(fields) | set(expected_fields)
-                           if fields.get(k) != expected_fields.get(k))
-        return "mismatch", f"built for a different {', '.join(differing)}"
-    if not payload.is_file():
-        return "corrupt", f"{PAYLOAD} is missing"
-    if payload.stat().st_size != size:
-        return "corrupt", f"{PAYLOAD} has {payload.stat().st_size} bytes, expected {size}"
-    if sha256_file(payload) != sha:
-        return "corrupt", f"{PAYLOAD} checksum differs"
-    return "ok", "cached engine is valid"
-
-
-def describe_other_entries(cache_dir: Path, fields: dict) -> str | None:
-    """For a missing entry: which fields differ in the newest cached entry of the same graph and precision (so the
-    notice can say 'built for a different gpu, tensorrt'), or None when there is none."""
-    newest, newest_time = None, -1.0
-    for meta_path in Path(cache_dir).glob(f"{fields['graph']}-{fields['precision']}-*/{META}"):
-        try:
-            other = json.loads(meta_path.read_text())["fields"]
-            mtime = meta_path.stat().st_mtime
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(other, dict) and mtime > newest_time:
-            newest, newest_time = other, mtime
-    if newest is None:
-        return None
-    differing = sorted(k for k in set(fields) | set(newest) if fields.get(k) != newest.get(k))
-    return ", ".join(differing) or None
-
-
-def write_entry(directory: Path, fields: dict, save_payload: Callable[[Path], None]) -> None:
-    """Write payload + meta into a temporary sibling, then move it into place: a crash leaves no half entry."""
-    with staged_directory(directory) as staging:
-        save_payload(staging / PAYLOAD)
-        meta = {"fields": fields, "size": (staging / PAYLOAD).stat().st_size,
-                "sha256": sha256_file(staging / PAYLOAD), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+def entry_prefix(fields: dict) -> str:
+    return f"{fields['graph']}-{fields['precision']}"
 
 
 def load_or_build(cache_dir: Path, fields: dict, *, build: Callable[[], object],
                   save: Callable[[object, Path], None], load: Callable[[Path], object], label: str):
-    """(module, notices): the cached module when its entry is valid and loads, else a fresh build (saved)."""
-    notices = []
-    directory = entry_dir(cache_dir, fields)
-    status, reason = check_entry(directory, fields)
-    if status == "ok":
-        try:
-            return load(directory / PAYLOAD), notices
-        except Exception as error:  # noqa: BLE001 - an entry that does not deserialize is as bad as a corrupt one
-            status, reason = "corrupt", f"it does not load ({type(error).__name__}: {str(error)[:120]})"
-    if status == "missing":
-        other = describe_other_entries(cache_dir, fields)
-        why = f"the cached ones were built for a different {other}" if other else "none cached for this setup"
-        notices.append(f"building the TensorRT {label} engine ({why}; this may take minutes)")
-    else:
-        notices.append(f"cached TensorRT {label} engine at {directory} is {status}: {reason}; rebuilding it")
-    module = build()
-    try:
-        write_entry(directory, fields, lambda path: save(module, path))
-    except Exception as error:  # noqa: BLE001 - an unwritable cache must not stop the app
-        notices.append(f"could not save the TensorRT {label} engine to {directory}: {error}")
-    return module, notices
+    """(module, notices): the cached module when its entry is valid and loads, else a fresh build (saved).
+    `save(module, path)` / `load(path)` write and read the payload file."""
+    cache, prefix = entry_cache(cache_dir), entry_prefix(fields)
+
+    def on_missing() -> str:  # building takes minutes: say so, and why nothing cached fits
+        other = cache.newest_other(f"{prefix}-*", fields)
+        why = (f"the cached ones were built for a different {', '.join(other)}" if other
+               else "none cached for this setup")
+        return f"building the TensorRT {label} engine ({why}; this may take minutes)"
+
+    found = cache.load_or_build(prefix, fields, label=f"TensorRT {label} engine", build=build,
+                                save=lambda module, staging: save(module, staging / PAYLOAD),
+                                load=lambda directory: load(directory / PAYLOAD), on_missing=on_missing)
+    return found.value, list(found.notices)
 
 
 # --- compilation (needs CUDA + TensorRT) ---------------------------------------------------------------------
@@ -217,7 +157,10 @@ def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cac
     `progress` gets a line before each engine build (minutes, once per GPU and version) and its elapsed time."""
     if base.device.type != "cuda":
         raise ValueError("the TensorRT backend needs an engine on a CUDA device")
+    started = time.perf_counter()
+    why = "default" if precision in (None, "auto") else "requested"
     precision, notices = check_precision(precision, SUPPORTED_PRECISIONS, DEFAULT_PRECISION)
+    why = "default" if notices else why
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     detector_inputs, renderer_inputs_ = example_inputs(base)
     common = {"weights": weights_digest(base), "config_hash": base.config_hash, "gpu": gpu_identity(base.device),
@@ -244,10 +187,11 @@ def build_tensorrt_engine(base: FOMMEngine, *, precision: str | None = None, cac
         if graph_notices:
             notices.append(f"TensorRT {label} engine ready in {time.perf_counter() - started:.0f} s")
 
+    report = EngineReport(backend="tensorrt", device="cuda", detector="fp32", renderer=precision, why=why,
+                          facts=(("cache_dir", str(cache_dir)), *common["gpu"].items(), *common["versions"].items()))
     engine = AcceleratedEngine(base, name=f"tensorrt-{precision}", detector=graphs["keypoint_detector"],
-                               renderer=graphs["frame_renderer"], precision=precision,
-                               details={"backend": "tensorrt", "precision": precision, "detector": "fp32",
-                                        "cache_dir": str(cache_dir), **common["gpu"], **common["versions"]})
+                               renderer=graphs["frame_renderer"], report=report)
     if warm_up:
         engine.warm_up()
+    engine.amend_report(startup_s=round(time.perf_counter() - started, 2))
     return engine, notices

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 
 from calibration.neutral_pose import NeutralPose
 from calibration.smoothing import DEFAULT_D_CUTOFF, KeypointSmoother
@@ -133,10 +133,9 @@ class Session:
                 stack.callback(sink.close)  # until the pipeline owns them (closing twice is harmless)
             self._refuse_own_output(sinks)
             engine = self._engine(avatars)
-            # closing stops background work and frees a render server's avatars: after the int8 check's end
+            # closing stops background work at once (an unfinished int8 check runs again at the next start) and
+            # frees a render server's avatars
             stack.callback(engine.close)
-            completed = []
-            stack.callback(lambda: self._end_int8_check(engine, completed=bool(completed)))
             pipeline = self._pipeline(engine, source, avatars, sinks, preview)
             if self.args.remote:
                 attach_remote(engine, pipeline)
@@ -148,41 +147,32 @@ class Session:
                 feed = file_feed(source)
             else:  # a --driving file in live mode plays at its own frame rate, like a camera
                 feed = live_feed(stack.enter_context(LatestFrameReader(source, realtime=not source.is_live)))
-            stats = pipeline.run(feed, max_frames=args.max_frames, on_frame=self._progress(source, stack, pipeline))
-            completed.append(True)
+            stats = pipeline.run(feed, max_frames=args.max_frames,
+                                 on_frame=self._ready_line(engine, self._progress(source, stack, pipeline)))
             if not (self.offline or stats.stopped_by_user or (args.max_frames and stats.frames >= args.max_frames)):
                 self.log(f"end of {source.name}" + ("" if source.is_live else " (--loop plays it again)"))
         if self.recording is not None and self.recording.audio_error:
             self.log(f"notice: the recording has the clip's sound only up to where it failed: "
                      f"{self.recording.audio_error}")
-        self.log(f"done: {stats.frames} frames ({stats.timings.summary()}); engine {engine_summary(engine)}"
+        self.log(f"done: {stats.frames} frames ({stats.timings.summary()}); engine {engine.name}: "
+                 f"{engine.report().summary()}"
                  + (f"; wrote {args.output}" if args.output else "")
                  + (f"; {self.audio.summary()}" if self.audio is not None else ""))
         return 0
 
-    def _end_int8_check(self, engine, completed: bool) -> None:
-        """An int8 calibration still running at the end (after the progress bar has closed): a completed offline
-        render waits for it, so its verdict is cached and the next start is instant; a live run, or one that
-        failed or was stopped, stops it (it runs again at the next start)."""
-        job = getattr(engine, "job", None)
-        if job is None or not job.running:
-            return
-        if not (self.offline and completed):
-            self.log("notice: stopping the int8 check before it finished: it runs again at the next start")
-            job.cancel()
-            return
-        self.log("finishing the int8 check in the background (its verdict is cached for the next start; Ctrl-C "
-                 "skips it)...")
-        try:
-            job.wait()
-        except KeyboardInterrupt:
-            job.cancel()  # the thread ends before the interpreter does
-            raise
-        if job.state == "passed":
-            self.log(f"notice: the int8 renderer passed its quality gate, the next start uses it: "
-                     f"{job.result.describe()}")
-        elif job.notice:
-            self.log(f"notice: {job.notice}")
+    def _ready_line(self, engine, on_frame):
+        """`on_frame`, plus one line when the first frame has gone out: the time since the process started (imports,
+        weights, engine, avatars, devices: everything the user waited for), and the engine's own share of it."""
+        from engines.progress import process_age
+
+        def first_frame(frames: int) -> None:
+            if frames == 1:
+                built = engine.report().startup_s
+                self.log(f"ready: the first frame went out {process_age():.1f} s after the start"
+                         + (f" (the engine took {built:.1f} s of it)" if built is not None else ""))
+            if on_frame is not None:
+                on_frame(frames)
+        return first_frame
 
     # --- pieces ---------------------------------------------------------------------------------------------
     def _camera(self):
@@ -227,8 +217,8 @@ class Session:
         args = self.args
         if avatar_list[0].image.shape[0] != engine.image_size:
             avatar_list = load_avatars(args.avatar, engine.image_size, **avatar_options(args))
-        # a folder's avatars are encoded up front (those keys 1-9 reach): seconds on a CPU
-        with step(self.log, f"encoding {len(avatar_list)} avatars") if len(avatar_list) > 1 else nullcontext():
+        # a folder's avatars are encoded up front (those keys 1-9 reach): a second or more each on a CPU
+        with step(self.log, f"encoding {len(avatar_list)} avatar{'s' if len(avatar_list) > 1 else ''}"):
             avatars = AvatarSet(avatar_list, engine)
         if len(avatars) > 1:
             self.log(f"{len(avatars)} avatars: " + ", ".join(f"{i + 1}={name}" for i, name in
@@ -399,19 +389,6 @@ class Session:
 
 # --- remote rendering (--remote): the renderer runs on a render server (remote/server.py) ----------------------
 RECONNECT_WAIT_S = 60.0  # offline --remote renders: how long to wait for a server that went away
-
-
-def engine_summary(engine) -> str:
-    """'openvino-bf16 (measured 2.3x fp32 on this CPU), 52 ms per frame at start': what ran at the end."""
-    details = getattr(engine, "details", {}) or {}
-    text = engine.name
-    if details.get("precision_reason"):
-        text += f" ({details['precision_reason']})"
-    if details.get("gate"):
-        text += f" [{details['gate']}]"
-    if "frame_ms" in details:
-        text += f", {details['frame_ms']:.0f} ms per frame at start"
-    return text
 
 
 def remote_engine(args, offline: bool, log):

@@ -438,7 +438,8 @@ class LivePipeline:
 
     def _show(self, image: np.ndarray, box, output: np.ndarray) -> None:
         if self.preview is not None:  # its keys are read by poll_keys, with every other key source
-            hud = ([*self.timings.lines(), f"engine {self.engine.name}", self.output_mode(),
+            hud = ([*self.timings.lines(), f"engine {self.engine.name} ({self.engine.report().brief()})",
+                    self.output_mode(),
                     *(line() for line in self.hud_extras)] if self.options.show_hud else ())
             self.preview.show(image, box, output, hud_lines=hud, status=self.status, framing=self._framing())
 
