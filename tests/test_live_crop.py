@@ -35,7 +35,8 @@ class ScriptedDetector:
         self.faces = list(faces_per_call)
         self.calls = 0
 
-    def __call__(self, frame):
+    def __call__(self, frame, near=None):
+        self.near = near
         result = self.faces[min(self.calls, len(self.faces) - 1)]
         self.calls += 1
         return result
@@ -48,6 +49,37 @@ def test_haar_finds_the_face_in_the_real_clip():
     x, y, w, h = faces[0]
     # the face sits right of centre in the upper half of the 176x144 frame
     assert 40 < x + w / 2 < 130 and 30 < y + h / 2 < 90 and 40 < w < 90
+
+
+def test_a_face_seen_a_moment_ago_is_found_in_its_window_and_a_moved_one_in_the_whole_frame():
+    from skimage.data import astronaut
+
+    frame = np.full((720, 1280, 3), 70, np.uint8)
+    head = np.ascontiguousarray(astronaut()[0:320, 100:420, ::-1])  # her head, as large as a webcam shows one
+    face_photo = cv2.resize(head, (600, 600), interpolation=cv2.INTER_CUBIC)
+    frame[60:660, 340:940] = face_photo
+    detector = HaarFaceDetector()
+    [whole] = detector(frame)
+    [near] = detector(frame, near=whole)  # the window around it, at sizes around its own
+    assert max(abs(a - b) for a, b in zip(near, whole)) < 0.1 * whole[2], (near, whole)
+    moved = np.full_like(frame, 70)
+    moved[60:660, 0:600] = face_photo  # 340 px to the left: out of the old window
+    [found] = detector(moved, near=whole)
+    assert found[0] + found[2] / 2 < 600 and abs(found[2] - whole[2]) < 0.2 * whole[2]
+    assert detector(np.full_like(frame, 70), near=whole) == []  # gone: the whole frame was searched too
+
+
+def test_the_tracker_looks_near_the_face_it_follows():
+    detector = ScriptedDetector([[(270, 190, 100, 100)]])
+    tracker = FaceTracker(TrackerSettings(detect_every=1), detector=detector)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    tracker.update(frame)
+    assert detector.near is None  # nothing seen yet: the whole frame
+    tracker.update(frame)
+    assert detector.near == (270, 190, 100, 100)
+    tracker.reset()
+    tracker.update(frame)
+    assert detector.near is None
 
 
 def test_tracker_box_contains_the_face_and_follows_it():

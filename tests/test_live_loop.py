@@ -772,7 +772,7 @@ class ScriptedFaces:
     def __init__(self, script):
         self.script, self.calls = script, 0
 
-    def __call__(self, frame):
+    def __call__(self, frame, near=None):
         self.calls += 1
         return [(16.0, 8.0, 32.0, 32.0)] if self.script(self.calls - 1) else []
 

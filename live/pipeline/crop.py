@@ -40,16 +40,47 @@ class HaarFaceDetector:
         self.max_width = max_width
         self.min_face_fraction = min_face_fraction
 
-    def __call__(self, frame_bgr: np.ndarray) -> list[tuple[float, float, float, float]]:
-        """Faces as (x, y, w, h) in the coordinates of the full-size frame."""
+    def __call__(self, frame_bgr: np.ndarray, near: tuple[float, float, float, float] | None = None
+                 ) -> list[tuple[float, float, float, float]]:
+        """Faces as (x, y, w, h) in the coordinates of the full-size frame.
+
+        `near`: a face (x, y, w, h) seen a moment ago. It is looked for first in a window around it, at sizes
+        around its own - a fraction of the whole search, whose cost is mostly the many small scales of a whole
+        frame - and in the whole frame only when it is not there (it moved far, or is gone)."""
+        if near is not None:
+            faces = self._near(frame_bgr, near)
+            if faces:
+                return faces
+        return self._search(frame_bgr, (0, 0), None)
+
+    def _near(self, frame_bgr: np.ndarray, face) -> list[tuple[float, float, float, float]]:
+        x, y, w, h = face
+        side = max(w, h)
+        height, width = frame_bgr.shape[:2]
+        x0, y0 = max(0, int(x - side)), max(0, int(y - side))
+        x1, y1 = min(width, int(x + w + side)), min(height, int(y + h + side))
+        if x1 - x0 < side or y1 - y0 < side:
+            return []
+        return self._search(frame_bgr[y0:y1, x0:x1], (x0, y0), (side * 0.7, side * 1.45))
+
+    def _search(self, frame_bgr: np.ndarray, origin: tuple[int, int], sides: tuple[float, float] | None):
+        """detectMultiScale on `frame_bgr` (a frame, or a window of one at `origin`), downscaled to max_width;
+        `sides`: the smallest and largest face side to look for (full-size pixels), else any from
+        min_face_fraction of the picture up."""
         gray = frame_bgr if frame_bgr.ndim == 2 else cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
         factor = min(1.0, self.max_width / gray.shape[1])
         if factor < 1.0:
             gray = cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)  # webcam exposure varies a lot; the cascade prefers normalised contrast
-        smallest = max(20, int(min(gray.shape[:2]) * self.min_face_fraction))
-        faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
-        return [tuple(float(v) / factor for v in face) for face in faces]
+        if sides is None:
+            smallest, largest = max(20, int(min(gray.shape[:2]) * self.min_face_fraction)), 0
+        else:
+            smallest, largest = max(20, int(sides[0] * factor)), int(sides[1] * factor) + 1
+        faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest),
+                                               maxSize=(largest, largest))
+        ox, oy = origin
+        return [(ox + float(fx) / factor, oy + float(fy) / factor, float(fw) / factor, float(fh) / factor)
+                for fx, fy, fw, fh in faces]
 
 
 def face_square(face, scale: float, offset_y: float = 0.0) -> CropBox:
@@ -88,6 +119,7 @@ class FaceTracker:
         self._target: CropBox | None = None   # where the face is (after dead-zone filtering)
         self._box: CropBox | None = None      # where the smoothed box is now
         self._acquired = False                 # a face has been seen since the last reset (first one: snap to it)
+        self._face = None                      # the last face detected (x, y, w, h): where to look first next time
         self.zoom = 1.0
         self.pan_x = 0.0
         self.pan_y = 0.0
@@ -108,7 +140,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Undo manual zoom/pan and re-acquire the face from scratch on the next frame."""
         self.zoom, self.pan_x, self.pan_y = 1.0, 0.0, 0.0
-        self._target = self._box = None
+        self._target = self._box = self._face = None
         self._acquired = False
         self._frame_index = 0
 
@@ -144,13 +176,15 @@ class FaceTracker:
         if self._frame_index % max(1, s.detect_every) == 0:
             if self._detector is None:
                 self._detector = HaarFaceDetector()
-            faces = self._detector(frame)
+            faces = self._detector(frame, near=self._face if self._acquired else None)
             self.face_found = bool(faces)
             if faces and not self._acquired:
-                self._target = self._box = self._face_to_box(max(faces, key=lambda f: f[2] * f[3]))
+                self._face = max(faces, key=lambda f: f[2] * f[3])
+                self._target = self._box = self._face_to_box(self._face)
                 self._acquired = True
             elif faces:
-                self._retarget(self._face_to_box(self._nearest(faces)))
+                self._face = self._nearest(faces)
+                self._retarget(self._face_to_box(self._face))
         if self._target is None:  # no face yet: the centred square until one shows up
             self._target = centred_box(w, h)
         if self._box is None:
