@@ -122,8 +122,9 @@ def camera_frames(size: tuple[int, int], count: int) -> list[np.ndarray]:
     return frames
 
 
-def build_pipelines(device: str, camera: tuple[int, int], canvas: tuple[int, int], folder: Path):
-    """{'composite on': pipeline, 'composite off': pipeline}, both over the same frozen engine."""
+def build_pipelines(device: str, camera: tuple[int, int], canvas: tuple[int, int], folder: Path, engine=None):
+    """{'composite on': pipeline, 'composite off': pipeline}, both over the same frozen engine (made from `engine`,
+    default: the eager engine on generated weights)."""
     import pyvirtualcam
 
     from engines.engine import FOMMEngine
@@ -136,7 +137,7 @@ def build_pipelines(device: str, camera: tuple[int, int], canvas: tuple[int, int
 
     from skimage.data import astronaut
 
-    engine = FOMMEngine.from_deterministic_weights(device=device)
+    engine = engine or FOMMEngine.from_deterministic_weights(device=device)
     photo = folder / "astronaut.png"
     cv2.imwrite(str(photo), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
     first = camera_frames(camera, 1)[0]
@@ -159,9 +160,10 @@ def build_pipelines(device: str, camera: tuple[int, int], canvas: tuple[int, int
     return pipelines
 
 
-def run(frames: int = 200, warmup: int = 20, camera=(1280, 720), canvas=(1280, 720), device: str = "cpu") -> dict:
+def run(frames: int = 200, warmup: int = 20, camera=(1280, 720), canvas=(1280, 720), device: str = "cpu",
+        engine=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="live-avatar-loop-bench-") as folder:
-        pipelines = build_pipelines(device, camera, canvas, Path(folder))
+        pipelines = build_pipelines(device, camera, canvas, Path(folder), engine)
         pictures = camera_frames(camera, 64)
         per_frame = {name: [] for name in pipelines}
         for index in range(warmup + frames):
@@ -176,10 +178,12 @@ def run(frames: int = 200, warmup: int = 20, camera=(1280, 720), canvas=(1280, 7
         rows = {}
         for name, pipeline in pipelines.items():
             times = sorted(per_frame[name])
-            stages = {stage: statistics.median(ms[warmup:]) for stage, ms in pipeline.timings.raw.items()
+            # means: the face detector runs on every 3rd frame, and a frame budget has to pay for it on average
+            stages = {stage: statistics.fmean(ms[warmup:]) for stage, ms in pipeline.timings.raw.items()
                       if len(ms) > warmup}
-            rows[name] = {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
-                          "stages_median_ms": stages}
+            rows[name] = {"mean_ms": statistics.fmean(times), "median_ms": statistics.median(times),
+                          "p90_ms": times[int(0.9 * (len(times) - 1))], "stages_mean_ms": stages,
+                          "face_found": bool(pipeline.tracker.face_found)}
             pipeline.close()
     return {"camera": list(camera), "canvas": list(canvas), "device": device, "frames": frames, "warmup": warmup,
             "torch_threads": torch.get_num_threads(), "rows": rows,
@@ -189,11 +193,12 @@ def run(frames: int = 200, warmup: int = 20, camera=(1280, 720), canvas=(1280, 7
 def report(result: dict) -> list[str]:
     lines = [f"loop overhead per frame (everything but the two networks), camera "
              f"{'x'.join(map(str, result['camera']))} -> canvas {'x'.join(map(str, result['canvas']))}, "
-             f"{result['device']}, {result['frames']} frames (median / p90 ms; goal):"]
+             f"{result['device']}, {result['frames']} frames (mean / median / p90 ms; goal for the mean):"]
     for name, row in result["rows"].items():
-        stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in row["stages_median_ms"].items())
-        lines.append(f"  {name:14s} {row['median_ms']:6.2f} / {row['p90_ms']:6.2f} ms  "
-                     f"(goal <= {result['goals_ms'][name]:g})   stages: {stages}")
+        stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in row["stages_mean_ms"].items() if stage != "render")
+        lines.append(f"  {name:14s} {row['mean_ms']:6.2f} / {row['median_ms']:6.2f} / {row['p90_ms']:6.2f} ms  "
+                     f"(goal <= {result['goals_ms'][name]:g})   stage means: {stages}"
+                     + ("" if row["face_found"] else "   [no face found: the tracker searched every time]"))
     return lines
 
 

@@ -19,6 +19,9 @@ from engines.framing import CropBox, centred_box, crop_square, fit_box  # noqa: 
 from live.errors import UserError
 
 
+NEAR_FACE_PX = 48  # the side a known face is scaled to when it is looked for again near where it was
+
+
 class HaarFaceDetector:
     """Frontal-face Haar cascade on a gray frame downscaled to at most `max_width` pixels wide (speed: detection
     cost grows with pixel count, and a webcam face is large enough to survive the downscale)."""
@@ -61,14 +64,19 @@ class HaarFaceDetector:
         x1, y1 = min(width, int(x + w + side)), min(height, int(y + h + side))
         if x1 - x0 < side or y1 - y0 < side:
             return []
-        return self._search(frame_bgr[y0:y1, x0:x1], (x0, y0), (side * 0.7, side * 1.45))
+        # the cascade's own window is 24 px: a face of NEAR_FACE_PX is found as surely as a bigger one, for less
+        factor = min(1.0, NEAR_FACE_PX / side)
+        # more neighbours asked: a part of the face (or of the photo beside it) that looks like a face at this
+        # size must not be taken for it; a weak answer falls through to the whole frame
+        return self._search(frame_bgr[y0:y1, x0:x1], (x0, y0), (side * 0.7, side * 1.45), factor, neighbours=7)
 
-    def _search(self, frame_bgr: np.ndarray, origin: tuple[int, int], sides: tuple[float, float] | None):
-        """detectMultiScale on `frame_bgr` (a frame, or a window of one at `origin`), downscaled to max_width;
-        `sides`: the smallest and largest face side to look for (full-size pixels), else any from
-        min_face_fraction of the picture up."""
+    def _search(self, frame_bgr: np.ndarray, origin: tuple[int, int], sides: tuple[float, float] | None,
+                factor: float | None = None, neighbours: int = 5):
+        """detectMultiScale on `frame_bgr` (a frame, or a window of one at `origin`), downscaled by `factor`
+        (default: to max_width); `sides`: the smallest and largest face side to look for (full-size pixels), else
+        any from min_face_fraction of the picture up."""
         gray = frame_bgr if frame_bgr.ndim == 2 else cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
-        factor = min(1.0, self.max_width / gray.shape[1])
+        factor = min(1.0, self.max_width / gray.shape[1]) if factor is None else factor
         if factor < 1.0:
             gray = cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)  # webcam exposure varies a lot; the cascade prefers normalised contrast
@@ -76,8 +84,8 @@ class HaarFaceDetector:
             smallest, largest = max(20, int(min(gray.shape[:2]) * self.min_face_fraction)), 0
         else:
             smallest, largest = max(20, int(sides[0] * factor)), int(sides[1] * factor) + 1
-        faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest),
-                                               maxSize=(largest, largest))
+        faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=neighbours,
+                                               minSize=(smallest, smallest), maxSize=(largest, largest))
         ox, oy = origin
         return [(ox + float(fx) / factor, oy + float(fy) / factor, float(fw) / factor, float(fh) / factor)
                 for fx, fy, fw, fh in faces]
