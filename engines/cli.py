@@ -46,3 +46,19 @@ def number(kind=float, *, low=None, high=None, low_open: bool = False):
 def positive(kind=float, high=None):
     """> 0 (and <= high when given)."""
     return number(kind, low=0, high=high, low_open=True)
+
+
+def dimensions(low: int = 1, high: tuple[int, int] = (7680, 4320)):
+    """An argparse type: 'WIDTHxHEIGHT' -> (width, height), each side at least `low` and at most `high`."""
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            width, height = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
+        if not (low <= width <= high[0] and low <= height <= high[1]):
+            raise argparse.ArgumentTypeError(f"size {text!r} out of range ({low}x{low} .. {high[0]}x{high[1]})")
+        return width, height
+
+    parse.__name__ = "size"
+    return parse

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from .cli import ArgumentParser
+from .cli import ArgumentParser, dimensions
 from .composite import Compositor
 from .framing import CropBox, PhotoLayout, canvas_placement, crop_placement, crop_square
 from .protocol import RenderedFrame
@@ -253,19 +253,9 @@ def format_report(result: dict) -> list[str]:
     return lines
 
 
-def _canvas(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if not (16 <= width <= 7680 and 16 <= height <= 4320):
-        raise argparse.ArgumentTypeError(f"canvas {text!r} out of range (16x16 .. 7680x4320)")
-    return width, height
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--composite-canvas", dest="composite_canvas", type=_canvas, default=(1280, 720),
-                        metavar="WxH", help="output frame of the composite rows (default 1280x720)")
+    parser.add_argument("--composite-canvas", dest="composite_canvas", type=dimensions(low=16),
+                        default=(1280, 720), metavar="WxH", help="output frame of the composite rows (default 1280x720)")
     parser.add_argument("--composite-face", dest="composite_face", type=int, default=500, metavar="PX",
                         help="side of the crop square on that frame (default 500)")
 

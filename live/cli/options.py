@@ -13,7 +13,7 @@ import argparse
 import math
 
 from calibration.smoothing import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
-from engines.cli import number, positive
+from engines.cli import dimensions, number, positive
 from engines.errors import UserError
 from live.devices.cameras import camera_spec
 from live.pipeline.crop import TrackerSettings
@@ -22,15 +22,7 @@ AUTO_CALIBRATE_FRAMES = 10  # still frames before --auto-calibrate takes the neu
 MAX_SIZE = (7680, 4320)
 
 
-def size(text: str) -> tuple[int, int]:
-    """argparse type of WIDTHxHEIGHT flags (--camera-size, --vcam-size)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
-    if w <= 0 or h <= 0 or w > MAX_SIZE[0] or h > MAX_SIZE[1]:
-        raise argparse.ArgumentTypeError(f"size {text!r} out of range (1x1 .. {MAX_SIZE[0]}x{MAX_SIZE[1]})")
-    return w, h
+size = dimensions(high=MAX_SIZE)  # the argparse type of WIDTHxHEIGHT flags (--camera-size, --vcam-size)
 
 
 def add_avatar(p, *, required: bool = False) -> None:

@@ -138,21 +138,9 @@ def _decode_avatar(p: Path) -> np.ndarray:
 
 
 def load_avatar(path, size: int = 256) -> np.ndarray:
-    """Load an avatar image as uint8 RGB [size, size, 3]. Raises AvatarError naming the file if it can't
-    (one line; also for an image whose header declares more pixels than engines.image_header allows)."""
-    if not isinstance(size, (int, np.integer)) or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise AvatarError(f"avatar not found: {p}")
-    if not p.is_file():
-        raise AvatarError(f"avatar is not a file: {p}")
-    img = _decode_avatar(p)
-    try:
-        rgb = _to_rgb(_centre_square(img))  # crop first: the conversion never touches the cut-off sides
-    except ValueError as e:
-        raise AvatarError(f"cannot use avatar image {p}: {e}") from None
-    return square_resize(rgb, size)
+    """Load an avatar image as uint8 RGB [size, size, 3], its centre square. Raises AvatarError naming the file if
+    it can't (one line; also for an image whose header declares more pixels than engines.image_header allows)."""
+    return load_avatar_image(path, size).crop
 
 
 # --- any photo is an avatar: the face found, the square cut around it, the photo kept for compositing ------------

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from engines.cli import ArgumentParser, number, positive
+from engines.cli import ArgumentParser, dimensions, number, positive
 from engines.keypoints import Keypoints
 from engines.protocol import EngineBase, RenderedFrame
 from live.devices.capture import CapturedFrame
@@ -91,16 +91,6 @@ class StageTimings(Timings):
     def record(self, stage: str, ms: float) -> None:
         super().record(stage, ms)
         self.raw[stage].append(ms)
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if not (64 <= width <= 7680 and 64 <= height <= 4320):
-        raise argparse.ArgumentTypeError(f"{text!r} out of range (64x64 .. 7680x4320)")
-    return width, height
 
 
 def camera_frames(size: tuple[int, int], count: int) -> list[np.ndarray]:
@@ -207,8 +197,8 @@ def main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=positive(int), default=200, help="timed frames per row (default 200)")
     parser.add_argument("--warmup", type=number(int, low=0), default=20, help="untimed frames first (default 20)")
-    parser.add_argument("--camera", type=_size, default=(1280, 720), metavar="WxH", help="webcam frames (1280x720)")
-    parser.add_argument("--canvas", type=_size, default=(1280, 720), metavar="WxH",
+    parser.add_argument("--camera", type=dimensions(low=64), default=(1280, 720), metavar="WxH", help="webcam frames (1280x720)")
+    parser.add_argument("--canvas", type=dimensions(low=64), default=(1280, 720), metavar="WxH",
                         help="output canvas, --vcam-size (1280x720)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
