@@ -130,7 +130,8 @@ def test_frames_keep_coming_during_calibration_and_the_switch_falls_between_fram
         return GateResult(50.0, 0.999)
 
     pipeline = make_pipeline(switching, options=PipelineOptions(calibrate_first_frame=True))
-    job = switching.attach(Int8Upgrade(switching, check=check, build=lambda: int8_engine))
+    job = switching.attach(Int8Upgrade(switching, check=check, build=lambda: int8_engine,
+                                       compare=lambda int8, current: (100.0, 200.0)))  # int8 twice as fast
     assert checking.wait(10)
     assert switching.report().int8_check == "running in the background"
     feed = frames([100, 110, 120, 130, 140, 150, 160, 170])
@@ -175,6 +176,33 @@ def test_a_failed_gate_keeps_the_float_engine_and_names_the_figures():
     assert "rejected" in notice and "PSNR 31.2 dB" in notice and "SSIM 0.9100" in notice
     gate = switching.report().gate
     assert gate is not None and not gate.passed and gate.psnr_db == 31.2
+
+
+def test_an_int8_renderer_that_passes_but_is_no_faster_is_kept_out_and_that_is_remembered(tmp_path):
+    from engines.backends import int8_gate
+    from engines.backends.int8_gate import GateResult, Int8Upgrade, save_speed, side_by_side, slower_before
+    from engines.cache import DecisionStore
+    from tests.support import FakeEngine
+
+    store, fields = DecisionStore(tmp_path), {"weights": "w", "calibration": "c"}
+    switching = SwitchingEngine(FakeEngine())
+    before, int8_engine = switching.current, FakeEngine()
+    timed = []
+    job = switching.attach(Int8Upgrade(switching, check=lambda cancel: GateResult(50.0, 0.999),
+                                       build=lambda: int8_engine, compare=lambda int8, current: (333.0, 288.0),
+                                       timed=lambda int8_ms, float_ms: (timed.append((int8_ms, float_ms)),
+                                                                        save_speed(store, fields, int8_ms, float_ms))),
+                           start=False).run_here()
+    notice = switching.between_frames()
+    assert job.state == "slower" and switching.current is before and int8_engine.closed == 1
+    assert "not faster" in notice and "333" in notice and "288" in notice and timed == [(333.0, 288.0)]
+    assert slower_before(store, fields) == {"int8_ms": 333.0, "float_ms": 288.0, "faster": False}
+    save_speed(store, fields, 150.0, 288.0)  # faster after all (another moment): no longer held against it
+    assert slower_before(store, fields) is None
+    assert int8_gate.FASTER_THAN < 1.0
+    # the real timing: both engines in turns, each a positive figure
+    int8_ms, float_ms = side_by_side(FakeEngine(), FakeEngine(), rounds=2)
+    assert int8_ms > 0 and float_ms > 0
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ renderer, calibrated on the user's own avatars, and keeps it only if it renders 
 - Cache: the decision (figures and verdict) is stored per avatar set, weights, CPU and OpenVINO/NNCF versions
   (engines/cache.py DecisionStore, figures range-checked on read); the planner reads it: a pass puts the int8
   engine first, a failure keeps the float engine without calibrating again.
+- Speed: int8 takes over only if its frame is also faster than the float engine's (both timed at start, by
+  at least FASTER_THAN); one that passes the gate but is not faster is kept out and that is stored too
+  (SPEED_KIND), so the next start does not build it first.
 - `--precision int8` forces int8: the gate is measured and reported, not enforced.
 """
 from __future__ import annotations
@@ -39,6 +42,8 @@ GATE_SSIM = 0.97
 HELD_OUT_SEED = 1      # calibration uses openvino_int8.SEED; the gate's motion is drawn apart from it
 HELD_OUT_FRAMES = 6
 DECISION_KIND = "int8-gate"
+SPEED_KIND = "int8-speed"
+FASTER_THAN = 0.95     # int8's frame must take at most this share of the float engine's to be worth switching to
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,22 @@ def save_gate(store: DecisionStore, fields: dict, result: GateResult) -> None:
     store.save(DECISION_KIND, fields, {"psnr_db": result.psnr_db, "ssim": result.ssim, "passed": result.passed})
 
 
+def _valid_speed(result: dict) -> bool:
+    return (number_within(result.get("int8_ms"), 0.0) and number_within(result.get("float_ms"), 0.0)
+            and result.get("faster") == (result["int8_ms"] <= FASTER_THAN * result["float_ms"]))
+
+
+def slower_before(store: DecisionStore, fields: dict) -> dict | None:
+    """The stored timing of an int8 renderer that passed its gate but was not faster here, or None."""
+    found = store.load(SPEED_KIND, fields, _valid_speed)
+    return found if found is not None and not found["faster"] else None
+
+
+def save_speed(store: DecisionStore, fields: dict, int8_ms: float, float_ms: float) -> None:
+    store.save(SPEED_KIND, fields, {"int8_ms": int8_ms, "float_ms": float_ms,
+                                    "faster": int8_ms <= FASTER_THAN * float_ms})
+
+
 def nncf_problem() -> str | None:
     """Why the int8 renderer cannot be built here (nncf is not installed), or None."""
     from .openvino_int8 import nncf_version
@@ -150,9 +171,12 @@ class Int8Upgrade(Job):
     two frames. `state`: 'calibrating', 'passed', 'failed' (gate), 'error' or 'stopped'."""
 
     def __init__(self, target: SwitchingEngine, *, check: Callable[[Cancel], GateResult],
-                 build: Callable[[], object], why: str = "auto: int8 passed the quality gate"):
+                 build: Callable[[], object], why: str = "auto: int8 passed the quality gate",
+                 timed: Callable[[float, float], None] = lambda int8_ms, float_ms: None,
+                 compare: Callable[[object, object], tuple] | None = None):
         super().__init__(self._run, "int8-check")
-        self.target, self._check, self._build, self._why = target, check, build, why
+        self.target, self._check, self._build, self._why, self._timed = target, check, build, why, timed
+        self._compare = compare or side_by_side  # (int8 engine, float engine) -> (int8 ms, float ms)
         self.state = "calibrating"
         self.result: GateResult | None = None
         self.notice = ""
@@ -181,16 +205,43 @@ class Int8Upgrade(Job):
             self.target.offer(None, self.notice)
             return
         if engine is not None:
+            int8_ms, float_ms = self._compare(engine, self.target.current)
+            if int8_ms is not None and float_ms is not None:
+                self._timed(int8_ms, float_ms)
+                if int8_ms > FASTER_THAN * float_ms:  # as good, but no faster here: nothing to gain
+                    self.state = "slower"
+                    self.notice = (f"int8 renderer passed the quality gate but is not faster here ({int8_ms:.0f} "
+                                   f"ms per frame vs {float_ms:.0f}): keeping {self.target.name}")
+                    engine.close()
+                    self.target.offer(None, self.notice)
+                    return
             self.state = "passed"
             engine.amend_report(gate=result.verdict(), why=self._why)
-            frame_ms = engine.report().frame_ms
-            speed = f" ({frame_ms:.0f} ms per frame)" if frame_ms is not None else ""
+            speed = f" ({int8_ms:.0f} ms per frame)" if int8_ms is not None else ""
             self.notice = f"switched to the int8 renderer{speed}: {result.describe()}"
             self.target.offer(engine, self.notice)
         else:
             self.state = "failed"
             self.notice = f"int8 renderer rejected, keeping {self.target.name}: {result.describe()}"
             self.target.offer(None, self.notice)
+
+
+def side_by_side(int8_engine, float_engine, rounds: int = 3) -> tuple[float | None, float | None]:
+    """(int8 ms, float ms) per frame (detect + render), timed in turns at the same moment: whatever else runs then
+    (the live loop itself, on a small CPU) slows both alike. (None, None) when either cannot be timed."""
+    from .precision import interleaved_minimum
+
+    try:
+        generator = torch.Generator().manual_seed(1)
+        avatar, frame = (torch.rand(1, 3, float_engine.image_size, float_engine.image_size, generator=generator)
+                         for _ in range(2))
+        runs = {name: (lambda e=engine, s=engine.encode(avatar): e.render(s, e.detect(frame)))
+                for name, engine in (("int8", int8_engine), ("float", float_engine))}
+        best = interleaved_minimum(runs, rounds)
+    except Exception:  # noqa: BLE001 - no timing is no reason to switch either way: the report's figures then
+        log.debug("side-by-side timing failed", exc_info=True)
+        return int8_engine.report().frame_ms, float_engine.report().frame_ms
+    return best["int8"], best["float"]
 
 
 def in_child(params: dict, images) -> Callable[[Cancel], GateResult]:
@@ -222,14 +273,24 @@ def consider_int8(float_engine, base, *, build_int8: Callable, images=None, cali
     problem = nncf_problem()
     if problem is not None:
         return float_engine, [f"{frame_ms:.0f} ms per frame; {problem}"]
-    cached = cached_gate(store, decision_fields(base, images, calibration))
-    if cached is not None:  # a pass was tried first by the planner: here only when its build failed
+    fields = decision_fields(base, images, calibration)
+    cached = cached_gate(store, fields)
+    if cached is not None:  # a pass was tried first by the planner unless it was no faster (or its build failed)
         float_engine.amend_report(gate=cached.verdict(earlier=True))
+        slower = slower_before(store, fields) if cached.passed else None
+        if slower is not None:
+            return float_engine, [f"int8 renderer passed its quality gate at an earlier start but was not faster "
+                                  f"here ({slower['int8_ms']:.0f} ms per frame vs {slower['float_ms']:.0f}): keeping "
+                                  f"{float_engine.name}"]
         return float_engine, ([] if cached.passed else [
             f"int8 renderer rejected at an earlier start, keeping {float_engine.name}: {cached.describe()}"])
     why = (f"auto: the float engine took {frame_ms:.0f} ms per frame (real time needs <= {REALTIME_MS:g}), int8 "
            "passed the quality gate")
     switching = SwitchingEngine(float_engine)
+
+    def timed(int8_ms, float_ms):
+        save_speed(store, fields, int8_ms, float_ms)
+
     if background is None:
         built = []
 
@@ -238,12 +299,12 @@ def consider_int8(float_engine, base, *, build_int8: Callable, images=None, cali
                                         cancelled=cancel.is_set)
             built.append(engine)
             return result
-        job = Int8Upgrade(switching, check=check_here, build=lambda: built[0], why=why).run_here()
+        job = Int8Upgrade(switching, check=check_here, build=lambda: built[0], why=why, timed=timed).run_here()
         switching.between_frames()
         if job.state != "passed":
             float_engine.amend_report(gate=job.result.verdict() if job.result else None)
         return switching.current, [job.notice]
-    switching.attach(Int8Upgrade(switching, check=background, build=lambda: build_int8()[0], why=why))
+    switching.attach(Int8Upgrade(switching, check=background, build=lambda: build_int8()[0], why=why, timed=timed))
     return switching, [f"{float_engine.name} takes {frame_ms:.0f} ms per frame (real time needs <= "
                        f"{REALTIME_MS:g}): calibrating the int8 renderer on your avatars in the background, frames "
                        "keep coming meanwhile; it takes over only if it passes the quality gate"]
