@@ -545,7 +545,7 @@ def test_run_live_auto_cold_then_warm_reports_the_precision_and_reads_the_int8_d
 
     from engines.backends import int8_gate
     from engines.image import to_model_input
-    from live.cli.app import Session, build_parser
+    from live.cli.app import Session, avatar_options, build_parser
     from live.pipeline.avatar_set import load_avatars
     from tests.conftest import carphone_path
 
@@ -570,7 +570,8 @@ def test_run_live_auto_cold_then_warm_reports_the_precision_and_reads_the_int8_d
     assert "int8 check stopped before its verdict" in done, done
     assert any(m.startswith("ready: the first frame went out") for m in cold)
     # the check, run to its end on the same avatar (what the child stores when the run outlasts it)
-    images = [to_model_input(a.image) for a in load_avatars(str(avatar), 256)]  # what the app calibrates on
+    args = build_parser().parse_args(["--avatar", str(avatar), "--deterministic-weights"])
+    images = [to_model_input(a.image) for a in load_avatars(str(avatar), 256, **avatar_options(args))]  # the app's
     checked, _ = backends.create_engine(deterministic_weights=True, calibration_images=images, int8_check="now",
                                         progress=lambda line: None)
     passed = checked.report().gate.passed
