@@ -649,8 +649,8 @@ def test_a_read_only_compile_cache_is_named_with_its_cause(read_only_folder):
     assert folder is None and f"cannot write in {read_only_folder}" in notice and "Read-only" in notice
 
 
-def test_openvino_still_runs_when_its_compile_cache_cannot_be_created(ov_engines, deterministic_engine, cache_dir, tmp_path,
-                                                             frames, reference):
+def test_openvino_still_runs_when_its_compile_cache_cannot_be_created(ov_engines, deterministic_engine, cache_dir,
+                                                                     tmp_path, frames, reference):
     ov_engines("fp32")  # the IR entries exist
     copy = tmp_path / "ov"
     shutil.copytree(cache_dir, copy, ignore=shutil.ignore_patterns("compiled"))
