@@ -115,7 +115,7 @@ def face_alignment_weights_present() -> bool:
         names = [os.path.basename(api.models_urls["2DFAN-4"]), os.path.basename(sfd_detector.models_urls["s3fd"])]
         folder = os.path.join(torch.hub.get_dir(), "checkpoints")
         return all(os.path.isfile(os.path.join(folder, name)) for name in names)
-    except Exception:  # face-alignment missing or laid out differently: treat as unavailable
+    except Exception:  # noqa: BLE001 - face-alignment missing or laid out differently: treat as unavailable
         return False
 
 
@@ -138,7 +138,7 @@ class LandmarkSource:
 
                 kind = getattr(face_alignment.LandmarksType, "TWO_D", None) or face_alignment.LandmarksType._2D
                 self._fa = face_alignment.FaceAlignment(kind, device=device, flip_input=flip_input, compile=False)
-            except Exception as exc:  # broken weights, wrong version, ...: fall back rather than fail
+            except Exception as exc:  # noqa: BLE001 - broken weights, wrong version, ...: fall back rather than fail
                 self.notice = f"face-alignment unavailable ({exc.__class__.__name__}); using engine keypoints."
                 log.info(self.notice)
         if self._fa is None and fallback is None:

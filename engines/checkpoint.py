@@ -138,7 +138,8 @@ def _read(path: Path):
         raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None
     except RuntimeError as error:
         text = str(error)
-        if "central directory" in text or "zip archive" in text or "unexpected eof" in text.lower() or "corrupted" in text:
+        if ("central directory" in text or "zip archive" in text or "unexpected eof" in text.lower()
+                or "corrupted" in text):
             raise CheckpointError(f"{path}: file is truncated or corrupt (re-download it)") from None
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({text.splitlines()[0]})") from None
     except (ValueError, TypeError, UnicodeDecodeError, OSError, AttributeError) as error:

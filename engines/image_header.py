@@ -289,7 +289,8 @@ def check_header(data: bytes, *, max_pixels: int = MAX_PIXELS, max_decoded_bytes
                             f"{max_pixels / 1e6:.0f} MP")
     if header.decoded_bytes > max_decoded_bytes:
         raise ImageRejected(f"image of {w}x{h} pixels at {8 * header.bytes_per_sample} bits would take "
-                            f"{header.decoded_bytes / 2**20:.0f} MiB decoded (limit {max_decoded_bytes / 2**20:.0f} MiB)")
+                            f"{header.decoded_bytes / 2**20:.0f} MiB decoded "
+                            f"(limit {max_decoded_bytes / 2**20:.0f} MiB)")
     # the decoder's own buffer (a TIFF tile or strip, as RGBA): at most the whole image read as one tile (sides
     # rounded up to TIFF's tile multiple of 16), and the image and the buffer together within the budget
     whole = -(-w // 16) * 16 * -(-h // 16) * 16 * max(4, header.channels) * header.bytes_per_sample

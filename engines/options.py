@@ -23,7 +23,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, flags=ENGINE_FLAGS,
     g = parser.add_argument_group(title)
     if "checkpoint" in flags:
         g.add_argument("--checkpoint", metavar="PATH",
-                       help=f"FOMM vox checkpoint (vox-cpk.pth.tar or vox-adv-cpk.pth.tar); default: {checkpoint_default}")
+                       help="FOMM vox checkpoint (vox-cpk.pth.tar or vox-adv-cpk.pth.tar); "
+                            f"default: {checkpoint_default}")
     if "deterministic_weights" in flags:
         g.add_argument("--deterministic-weights", action="store_true",
                        help="run without any checkpoint on generated weights: no download, but the output is not a "

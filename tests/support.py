@@ -15,6 +15,21 @@ K = 5
 PATTERN = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.0], [-0.4, 0.5], [0.4, 0.5]])
 
 
+def tiny_engine():
+    """The real FOMM networks at 64x64 with a few channels (generated weights): every layer of the code path, a
+    hundredth of vox-256's work. For tests of what a backend does with the networks, not of the networks' output
+    (parity with the golden outputs needs VOX_256: tests/test_engine_parity.py)."""
+    from engines.config import DenseMotionConfig, FOMMConfig, GeneratorConfig, KeypointDetectorConfig
+    from engines.engine import FOMMEngine
+
+    tiny = FOMMConfig(name="tiny-64", image_size=64,
+                      kp_detector=KeypointDetectorConfig(block_expansion=8, max_features=64, num_blocks=3),
+                      generator=GeneratorConfig(block_expansion=8, max_features=64, num_bottleneck_blocks=2,
+                                                dense_motion=DenseMotionConfig(block_expansion=8, max_features=64,
+                                                                               num_blocks=3)))
+    return FOMMEngine.from_deterministic_weights(config=tiny, device="cpu", align_corners=True)
+
+
 def read_video(path) -> tuple[list, float]:
     """(every BGR frame, fps) of a video file, read back with OpenCV."""
     cap = cv2.VideoCapture(str(path))

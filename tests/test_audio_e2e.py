@@ -8,10 +8,10 @@ their distance is the delay a call would hear. The live loop runs for real (driv
 Session) and measures its video latency; the pass-through must delay the microphone by that latency
 (+ --audio-offset), +-20 ms once its delay has settled, and between the targets of the last seconds while it
 glides to a new one (played up to 5 % faster or slower then, so a copy is searched at those speeds too), and
-every burst that reached the microphone before the pass-through closed must come out - the last
-one too, whose delayed copy is due after the run has ended (the quit comes right after a burst). The loop runs in passthrough mode (key o: the camera crop is sent, no network) into a virtual
-camera that takes 150 ms per frame, so the latency is real but steady on a busy 2-core machine (the network's
-time per frame varies there by hundreds of ms).
+every burst that reached the microphone before the pass-through closed must come out - the last one too, whose
+delayed copy is due after the run has ended (the quit comes right after a burst). The loop runs in passthrough mode
+(key o: the camera crop is sent, no network) into a virtual camera that takes 150 ms per frame, so the latency is
+real but steady on a busy 2-core machine (the network's time per frame varies there by hundreds of ms).
 
 Robust to load without judging less: the test's own streams have long buffers (a callback that waits for the CPU
 loses nothing), and a burst's moment is taken from the recording's own clock - its sample count - anchored to
@@ -57,7 +57,7 @@ load-module module-native-protocol-unix
 load-module module-null-sink sink_name=probe channels=2 rate=48000 format=float32le sink_properties=device.description=probe
 load-module module-remap-sink sink_name=test_in master=probe channels=1 master_channel_map=front-left channel_map=mono remix=no sink_properties=device.description="test\ input"
 load-module module-remap-sink sink_name=live_avatar_mic master=probe channels=1 master_channel_map=front-right channel_map=mono remix=no sink_properties=device.description="live\ avatar\ mic"
-"""
+"""  # noqa: E501 - pulseaudio reads one command per line
 
 
 class PulseServer:

@@ -123,7 +123,8 @@ def test_offline_render_keeps_the_driving_clips_audio(tmp_path):
     out = tmp_path / "out.mp4"
     args = build_parser().parse_args([
         "--avatar", str(avatar), "--driving", str(clip), "--output", str(out), "--no-preview", "--no-track",
-        "--no-calibrate-first", "--max-frames", "8", "--deterministic-weights", "--device", "cpu", "--backend", "torch"])
+        "--no-calibrate-first", "--max-frames", "8", "--deterministic-weights", "--device", "cpu",
+        "--backend", "torch"])
     assert Session(args, log=lambda m: None).run() == 0
     frames, fps, audio, rate = read_tracks(out)
     assert frames == 8 and audio is not None

@@ -296,7 +296,8 @@ def test_cpu_compile_failure_falls_back_to_eager_with_a_notice(monkeypatch, dete
     source, driving = frames
     state = deterministic_engine.encode(source)
     kp = deterministic_engine.detect(driving)
-    torch.testing.assert_close(engine.render(state, kp).image, deterministic_engine.render(state, kp).image, rtol=0, atol=0)
+    torch.testing.assert_close(engine.render(state, kp).image, deterministic_engine.render(state, kp).image,
+                               rtol=0, atol=0)
 
 
 def test_cpu_backend_leaves_the_shared_networks_untouched(deterministic_engine):

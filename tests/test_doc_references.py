@@ -10,7 +10,8 @@ from tests.conftest import REPO
 
 # README / docs/x.md, then a quoted section name: README "Speed", README, "Set up", docs/gpu.md "Benchmark".
 # In Python sources the quotes may be escaped (README \"Speed\").
-QUOTED = re.compile(r"""(README(?:\.md)?|docs/[\w.-]+\.md)[,:]?[ \t]*(?:section[ \t]+)?\\?["“]([^"”\\\n]{2,80})\\?["”]""")
+QUOTED = re.compile(r"""(README(?:\.md)?|docs/[\w.-]+\.md)[,:]?[ \t]*(?:section[ \t]+)?"""
+                    r"""\\?["“]([^"”\\\n]{2,80})\\?["”]""")
 LINK = re.compile(r"\]\(([^)\s#]*)#([^)\s]+)\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 
@@ -34,7 +35,8 @@ def anchor(heading: str) -> str:
 
 
 def sources(root: Path) -> list[Path]:
-    code = [p for folder in ("engines", "calibration", "live", "remote", "scripts") for p in (root / folder).rglob("*.py")]
+    code = [p for folder in ("engines", "calibration", "live", "remote", "scripts")
+            for p in (root / folder).rglob("*.py")]
     listed = [*code, *root.glob("*.py"), *root.glob("requirements*.txt"), root / "pyproject.toml", root / "README.md",
               *(root / "docs").glob("*.md")]
     return sorted(path for path in listed if path.is_file())
@@ -73,7 +75,8 @@ def test_the_references_are_really_found(tmp_path):
                                                "Bad [link](../README.md#gone), [here](#benchmark).\n")
     (tmp_path / "live").mkdir()
     (tmp_path / "live" / "x.py").write_text('HINT = "see README \\"Start it\\""\nOLD = \'README "Virtual camera '
-                                            'setup"\'\nNOTE = "docs/gpu.md, \\"Benchmark\\"; README, \\"Not a heading\\""\n')
+                                            'setup"\'\nNOTE = "docs/gpu.md, \\"Benchmark\\"; '
+                                            'README, \\"Not a heading\\""\n')
     problems = broken_references(tmp_path)
     assert len(problems) == 3, problems
     assert any("Virtual camera setup" in p for p in problems) and any("Not a heading" in p for p in problems)

@@ -65,7 +65,8 @@ def test_live_is_in_rooms_and_each_room_imports_only_those_beneath_it():
 
 def test_the_check_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("import torch\nfrom .engine import X\n\ndef f():\n    from live.pipeline.loop import LivePipeline\n")
+    sample.write_text("import torch\nfrom .engine import X\n\n"
+                      "def f():\n    from live.pipeline.loop import LivePipeline\n")
     assert imported_packages(sample) == {"live"}
 
 

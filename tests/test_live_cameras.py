@@ -119,7 +119,8 @@ def test_unknown_name_lists_what_exists(machine):
 
 def test_an_index_not_on_a_complete_list_is_refused(machine):
     listing, _ = machine
-    with pytest.raises(CaptureError, match=r"cannot open camera 1: there is no such camera \(--camera 1\); cameras here: 0 "):
+    with pytest.raises(CaptureError, match=r"cannot open camera 1: there is no such camera \(--camera 1\); "
+                                            r"cameras here: 0 "):
         choose_camera(1, listing)  # the metadata node
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import carphone_path
-from live.pipeline.crop import CropBox, FaceTracker, HaarFaceDetector, TrackerSettings, centred_box, crop_square, fit_box
+from live.pipeline.crop import (CropBox, FaceTracker, HaarFaceDetector, TrackerSettings, centred_box, crop_square,
+                                fit_box)
 
 
 

@@ -85,27 +85,22 @@ def test_engine_line_times_what_auto_picks(monkeypatch, tmp_path, delay_s, statu
 
 @pytest.mark.slow
 def test_the_doctor_never_aborts_with_an_empty_cache(tmp_path):
-    """`live-avatar doctor` ten times in a row, each without any cached decision (where the int8 check used to
-    start in a thread that the exit then aborted: status 134): it exits 0 or 1 every time. The converted models
-    are kept between the runs (only the decisions matter, and converting costs half a minute each)."""
+    """`live-avatar doctor` without any cached decision, where `--backend auto` on a CPU slower than real time once
+    started the int8 check in a thread that the exit then aborted (status 134): exit 0 or 1, nothing else. It starts
+    no check now (test_engine_line_times_what_auto_picks: int8_check off); that an exit while a check runs is clean
+    whatever the moment: tests/test_openvino.py."""
     import os
-    import shutil
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
-    codes = []
-    for run in range(10):
-        shutil.rmtree(tmp_path / "cache" / "decisions", ignore_errors=True)
-        env = {**os.environ, "LIVE_AVATAR_CACHE": str(tmp_path / "cache")}
-        done = subprocess.run([sys.executable, "run_live.py", "doctor", "--deterministic-weights", "--no-vcam",
-                               "--no-preview", "--driving", str(tmp_path / "none.mp4")], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-        codes.append(done.returncode)
-        assert done.returncode in (0, 1), (done.returncode, done.stderr[-2000:])
-        assert "terminate called" not in done.stderr
-    assert len(codes) == 10
+    env = {**os.environ, "LIVE_AVATAR_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "run_live.py", "doctor", "--deterministic-weights", "--no-vcam",
+                           "--no-preview", "--driving", str(tmp_path / "none.mp4")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1), (done.returncode, done.stderr[-2000:])
+    assert "terminate called" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_engine_is_not_timed_for_a_remote_run():

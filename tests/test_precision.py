@@ -393,20 +393,22 @@ def test_create_engine_races_once_then_builds_only_the_winner(monkeypatch, deter
     assert any("measured fastest here at an earlier start" in n for n in notices)
 
 
-@pytest.mark.slow  # fp16 autocast on a CPU without avx512_fp16 (an AMD Zen 4) takes minutes for one frame
-def test_the_mps_engine_code_runs_fp16_renderer_and_fp32_detector(deterministic_engine):
-    """The MPS builder on the CPU device, where autocast has the same API (no Apple GPU here)."""
+def test_the_mps_engine_code_runs_fp16_renderer_and_fp32_detector():
+    """The MPS builder on the CPU device, where autocast has the same API (no Apple GPU here). On the tiny networks:
+    fp16 autocast on a CPU without avx512_fp16 takes minutes for one vox-256 frame, and the code path is the same."""
     from engines.backends.mps_backend import build_mps_engine, fallback_notice
+    from tests.support import tiny_engine
 
-    engine, notices = build_mps_engine(deterministic_engine, warm_up=False)
+    base = tiny_engine()
+    engine, notices = build_mps_engine(base, warm_up=False)
     assert engine.name == "torch-cpu-fp16" and engine.report().detector == "fp32"
     assert notices == [fallback_notice()]
     generator = torch.Generator().manual_seed(5)
-    source, frame = (torch.rand(1, 3, 256, 256, generator=generator) for _ in range(2))
-    state = deterministic_engine.encode(source)
+    source, frame = (torch.rand(1, 3, base.image_size, base.image_size, generator=generator) for _ in range(2))
+    state = base.encode(source)
     kp = engine.detect(frame)
-    torch.testing.assert_close(kp.value, deterministic_engine.detect(frame).value, rtol=0, atol=0)
-    out, reference = engine.render(state, kp).image, deterministic_engine.render(state, kp).image
+    torch.testing.assert_close(kp.value, base.detect(frame).value, rtol=0, atol=0)
+    out, reference = engine.render(state, kp).image, base.render(state, kp).image
     assert out.dtype == torch.float32 and 0 < float((out - reference).abs().max()) <= 0.05
     assert "PYTORCH_ENABLE_MPS_FALLBACK=1" in fallback_notice({"PYTORCH_ENABLE_MPS_FALLBACK": "1"})
     assert "is not set" in fallback_notice({})

