@@ -53,6 +53,23 @@ def write_atomically(path, data: bytes, *, prefix: str, mode: int | None = None)
 
 
 @contextmanager
+def interprocess_lock(path):
+    """Hold an exclusive lock on `path` (created if needed) against other processes; released when the block ends
+    or the process dies. Where the OS has no fcntl (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: OpenVINO's own cache there is the only writer we know of
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
 def staged_directory(directory):
     """Write a cache entry atomically: yields an empty temporary sibling folder to fill; when the block ends
     without error it replaces `directory`, so a crash or a failed write never leaves a half-written entry."""

@@ -48,7 +48,7 @@ from ..engine import FOMMEngine
 from ..export import example_inputs, frame_renderer, input_shapes
 from ..progress import Progress, announced, step
 from ..protocol import EngineReport
-from ..storage import cache_root
+from ..storage import cache_root, interprocess_lock
 from .common import AcceleratedEngine, describe_error, module_digest, weights_digest
 from .planner import once
 from .precision import (BF16_MIN_SPEEDUP, Bf16Measurement, cached_measurement, cpu_identity, interleaved_minimum,
@@ -62,6 +62,7 @@ DETECTOR_JITTER_LIMIT = 1.2  # bf16 detector: at most this many times the f32 st
 CACHE_FORMAT = 3  # bump when the entry layout or the converted graphs change meaning (3: engines/cache.py's meta)
 MODEL_XML, MODEL_BIN = "model.xml", "model.bin"
 PAYLOADS = (MODEL_XML, MODEL_BIN)
+COMPILE_LOCK = ".compile.lock"  # in the compile cache: one process compiles into it at a time
 DEFAULT_CALIBRATION_SAMPLES = 32
 
 
@@ -284,6 +285,18 @@ def compile_config(hint_precision: str, cache_dir: Path | None, threads: int, de
     return config
 
 
+def compile_cached(core, source, device: str, config: dict):
+    """core.compile_model, holding the compile cache's lock while it runs. OpenVINO writes its blob in place and
+    maps it to read it: two processes compiling the same graph into one CACHE_DIR at once (two clients starting
+    together) can read a blob while it is written - an error, or SIGBUS when a mapped file is rewritten. With the
+    lock the first one compiles and writes, the next one reads the finished blob."""
+    cache_dir = config.get("CACHE_DIR")
+    if cache_dir is None:
+        return core.compile_model(source, device, config)
+    with interprocess_lock(Path(cache_dir) / COMPILE_LOCK):
+        return core.compile_model(source, device, config)
+
+
 def still_face_jitter(detector: Callable, image: torch.Tensor, frames: int = STILL_FRAMES) -> float:
     """Mean over keypoints of the std over `frames` of a still face with camera-like noise (sigma 2/255, seeded):
     how much the detector makes a face that does not move shake."""
@@ -299,7 +312,7 @@ def detector_bf16_check(core, ir, image: torch.Tensor, threads: int, compiled_di
     """Time the detector in f32 and bf16 and measure its still-face jitter in each: bf16 serves the detector only
     if it is clearly faster and shakes no more than DETECTOR_JITTER_LIMIT x f32 (its temperature-0.1 softmax
     turns rounding into keypoint jitter). `ir`: the detector's model.xml path or ov.Model."""
-    graphs = {name: CompiledGraph(core.compile_model(_source(ir), "CPU", compile_config(name, compiled_dir, threads)))
+    graphs = {name: CompiledGraph(compile_cached(core, _source(ir), "CPU", compile_config(name, compiled_dir, threads)))
               for name in ("fp32", "bf16")}
     x = image.contiguous()
     best = interleaved_minimum({name: (lambda g=graph: g(x)) for name, graph in graphs.items()}, rounds=6)
@@ -435,8 +448,8 @@ def _valid_detector_check(result: dict) -> bool:
 def compile_graph(core, ir, target: Target, precision: str, compiled_dir, *, bind: bool = True) -> CompiledGraph:
     """One IR compiled for the target with `precision` as its inference precision hint (an int8 IR's quantized
     layers carry their own; the rest runs at the hint)."""
-    return CompiledGraph(core.compile_model(_source(ir), target.device,
-                                            compile_config(precision, compiled_dir, target.threads, target.device)),
+    return CompiledGraph(compile_cached(core, _source(ir), target.device,
+                                        compile_config(precision, compiled_dir, target.threads, target.device)),
                          bind=bind)
 
 
