@@ -255,7 +255,8 @@ def format_report(result: dict) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--composite-canvas", dest="composite_canvas", type=dimensions(low=16),
-                        default=(1280, 720), metavar="WxH", help="output frame of the composite rows (default 1280x720)")
+                        default=(1280, 720), metavar="WxH",
+                        help="output frame of the composite rows (default 1280x720)")
     parser.add_argument("--composite-face", dest="composite_face", type=int, default=500, metavar="PX",
                         help="side of the crop square on that frame (default 500)")
 

@@ -197,7 +197,8 @@ def main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=positive(int), default=200, help="timed frames per row (default 200)")
     parser.add_argument("--warmup", type=number(int, low=0), default=20, help="untimed frames first (default 20)")
-    parser.add_argument("--camera", type=dimensions(low=64), default=(1280, 720), metavar="WxH", help="webcam frames (1280x720)")
+    parser.add_argument("--camera", type=dimensions(low=64), default=(1280, 720), metavar="WxH",
+                        help="webcam frames (1280x720)")
     parser.add_argument("--canvas", type=dimensions(low=64), default=(1280, 720), metavar="WxH",
                         help="output canvas, --vcam-size (1280x720)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
