@@ -6,7 +6,6 @@ import os
 import sys
 
 __version__ = "0.1.0"
-DISTRIBUTION = "live-avatar"
 
 
 def version_line(command: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 from pyvirtualcam.camera import BACKENDS
 
 from live.errors import SinkError, UserError
-from live.devices.sinks import (CANVAS_MODES, DEFAULT_CANVAS_COLOR, MultiSink, NullSink, Sink, VideoFileSink,
+from live.devices.sinks import (CANVAS_MODES, DEFAULT_CANVAS_COLOR, VideoFileSink,
                         VirtualCameraSink, install_hint, place_on_canvas)
 from tests.support import MemoryCamera, read_video
 
@@ -264,45 +264,3 @@ def test_video_file_bad_frame(tmp_path):
     with VideoFileSink(tmp_path / "a.mp4", fps=30) as sink:
         with pytest.raises(ValueError, match="uint8 HxWx3"):
             sink.send(np.zeros((4, 4), np.uint8))
-
-
-# ---------------------------------------------------------------- null / multi
-
-def test_null_sink_counts():
-    with NullSink() as sink:
-        sink.send(_avatar(8))
-        sink.send(_avatar(8))
-    assert sink.frames_sent == 2 and isinstance(sink, Sink)
-
-
-class _Recorder(Sink):
-    def __init__(self, name, fail_close=False):
-        super().__init__()
-        self.name, self.fail_close, self.got, self.closed = name, fail_close, [], False
-
-    def send(self, frame_rgb):
-        self.got.append(frame_rgb)
-
-    def close(self):
-        self.closed = True
-        if self.fail_close:
-            raise SinkError(f"{self.name} broke")
-
-
-def test_multi_sink_fans_out_and_closes_all(tmp_path):
-    a, b, c = _Recorder("a", fail_close=True), _Recorder("b"), _Recorder("c", fail_close=True)
-    multi = MultiSink([a, b, c])
-    assert multi.name == "a + b + c"
-    multi.send(_avatar(8))
-    assert len(a.got) == len(b.got) == len(c.got) == 1
-    with pytest.raises(SinkError, match="a broke"):
-        multi.close()
-    assert a.closed and b.closed and c.closed
-
-
-def test_multi_sink_with_file_and_null(tmp_path):
-    path = tmp_path / "m.mp4"
-    with MultiSink([VideoFileSink(path, fps=10), NullSink()]) as multi:
-        for _ in range(5):
-            multi.send(_avatar(16))
-    assert len(read_video(path)[0]) == 5 and multi.frames_sent == 5

@@ -117,16 +117,6 @@ class Sink:
         return False
 
 
-class NullSink(Sink):
-    """Discards frames (benchmarks, headless runs with only a preview)."""
-
-    name = "null"
-
-    def send(self, frame_rgb: np.ndarray) -> None:
-        _check_rgb(frame_rgb)
-        self.frames_sent += 1
-
-
 def install_hint(system: str | None = None) -> str:
     """One sentence on how to get a virtual camera driver for this OS (platform.system() names)."""
     system = system or platform.system()
@@ -530,27 +520,3 @@ def _default_codec() -> str:
         return "libx264"
     except Exception:  # noqa: BLE001 - av.codec.codec.UnknownCodecError
         return "mpeg4"
-
-
-class MultiSink(Sink):
-    """Sends every frame to several sinks; close() closes all of them even if some fail."""
-
-    def __init__(self, sinks):
-        super().__init__()
-        self.sinks = list(sinks)
-        self.name = " + ".join(s.name for s in self.sinks) or "none"
-
-    def send(self, frame_rgb: np.ndarray) -> None:
-        for sink in self.sinks:
-            sink.send(frame_rgb)
-        self.frames_sent += 1
-
-    def close(self) -> None:
-        first_error = None
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as e:  # noqa: BLE001 - keep closing the rest; report the first failure after
-                first_error = first_error or e
-        if first_error is not None:
-            raise first_error

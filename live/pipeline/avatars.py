@@ -154,7 +154,6 @@ class FaceFraming:
     """How the model's square is cut around the face found in a photo: like the webcam crop (`--crop-scale`)."""
 
     scale: float = 1.8
-    offset_y: float = 0.0
 
 
 @dataclass
@@ -196,7 +195,7 @@ def _find_face(img: np.ndarray, framing: FaceFraming, detector=None) -> tuple[Cr
     if not faces:
         return None, None
     x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
-    box = face_square((x / factor, y / factor, fw / factor, fh / factor), framing.scale, framing.offset_y)
+    box = face_square((x / factor, y / factor, fw / factor, fh / factor), framing.scale)
     shorter = min(w, h)
     if box.size >= FRAMED * shorter:  # the face fills the photo: the whole square around it, as without a search
         box = CropBox(box.cx, box.cy, float(shorter))

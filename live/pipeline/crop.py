@@ -91,18 +91,17 @@ class HaarFaceDetector:
                 for fx, fy, fw, fh in faces]
 
 
-def face_square(face, scale: float, offset_y: float = 0.0) -> CropBox:
-    """The model's square for a detected face (x, y, w, h): `scale` times its side, centred on it, moved down by
-    `offset_y` face sides. Shared by the webcam crop and the avatar photo, so both frame a head alike."""
+def face_square(face, scale: float) -> CropBox:
+    """The model's square for a detected face (x, y, w, h): `scale` times its side, centred on it. Shared by the
+    webcam crop and the avatar photo, so both frame a head alike."""
     x, y, fw, fh = face
     side = max(fw, fh)
-    return CropBox(x + fw / 2.0, y + fh / 2.0 + offset_y * side, side * scale)
+    return CropBox(x + fw / 2.0, y + fh / 2.0, side * scale)
 
 
 @dataclass
 class TrackerSettings:
     scale: float = 1.8          # crop side / detected face side: the whole head plus a little neck, like vox crops
-    offset_y: float = 0.0       # shift of the crop centre, in face sides (negative = up, shows more hair)
     detect_every: int = 3       # run the detector on every Nth frame; the box coasts in between
     smoothing: float = 0.35     # EMA weight of the target per frame (1 = jump at once, small = slow and steady)
     dead_zone: float = 0.06     # ignore detections whose centre/size differ by less than this fraction of the side
@@ -212,7 +211,7 @@ class FaceTracker:
         return min(faces, key=lambda f: math.hypot(f[0] + f[2] / 2 - t.cx, f[1] + f[3] / 2 - t.cy))
 
     def _face_to_box(self, face) -> CropBox:
-        return face_square(face, self.settings.scale, self.settings.offset_y)
+        return face_square(face, self.settings.scale)
 
     def _retarget(self, box: CropBox) -> None:
         """Accept a detection as the new target only if it moved beyond the dead-zone (detector jitter is a few
