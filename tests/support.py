@@ -1,6 +1,7 @@
 """Test helpers with state (kept out of conftest.py, which pytest imports under a second module name)."""
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import cv2
@@ -156,3 +157,27 @@ class FakeEngine(EngineBase):
         if kp_source is not None:
             state.kp = kp_source
         return {"prediction": self.render(state, kp_driving).image}
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+@functools.lru_cache(maxsize=4)
+def _gray_png_bytes(side: int) -> bytes:
+    import struct
+    import zlib
+    compressor = zlib.compressobj(6)  # zeros: as small as level 9, and compressing 2.5 GB of them takes seconds
+    row = b"\x00" * (side + 1)  # filter byte + pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+
+
+def gray_png_bomb(path, side: int):
+    """A valid 8-bit gray PNG of side x side zeros: a few hundred KB that decode to side^2 x 3 bytes in colour
+    (made once per size per session)."""
+    path.write_bytes(_gray_png_bytes(side))
+    return path

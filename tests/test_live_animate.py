@@ -180,9 +180,9 @@ def test_an_unsupported_output_name_is_refused_up_front(files, tmp_path, capsys)
 
 
 def test_a_50000_pixel_avatar_is_one_line(files, tmp_path, capsys):
-    from tests.test_live_avatars import _gray_png_bomb
+    from tests.support import gray_png_bomb
     _, clip, _ = files
-    bomb = _gray_png_bomb(tmp_path / "huge.png", 50000)
+    bomb = gray_png_bomb(tmp_path / "huge.png", 50000)
     _one_error_line(main(_argv(bomb, clip, tmp_path / "o.mp4")), capsys.readouterr().err, "50000x50000")
 
 

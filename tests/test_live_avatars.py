@@ -4,6 +4,7 @@ import pytest
 
 from live.pipeline.avatars import IMAGE_EXTENSIONS, list_avatar_paths, load_avatar
 from live.errors import AvatarError, UserError
+from tests.support import gray_png_bomb
 
 
 def _write(path, img):
@@ -165,24 +166,6 @@ def test_non_ascii_path(tmp_path):
 
 
 # --- hostile images: refused from the header, decoded once, converted without wide copies ------------------------
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    import struct
-    import zlib
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _gray_png_bomb(path, side: int):
-    """A valid 8-bit gray PNG of side x side zeros: a few hundred KB that decode to side^2 x 3 bytes in colour."""
-    import struct
-    import zlib
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (side + 1)  # filter byte + pixels
-    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
-    return path
-
-
 _WARM = """
 import cv2, numpy as np
 from live.pipeline.avatars import load_avatar
@@ -198,7 +181,7 @@ def _measure(tmp_path, avatar):
 
 
 def test_a_png_bomb_is_refused_from_its_header_with_bounded_memory(tmp_path):
-    bomb = _gray_png_bomb(tmp_path / "bomb.png", 20000)
+    bomb = gray_png_bomb(tmp_path / "bomb.png", 20000)
     assert bomb.stat().st_size < 1_000_000  # 0.4 MB on disk, 1.2 GB once decoded in colour
     growth, said = _measure(tmp_path, bomb)
     assert "raised AvatarError" in said and "20000x20000" in said and "limit" in said, said
@@ -208,7 +191,7 @@ def test_a_png_bomb_is_refused_from_its_header_with_bounded_memory(tmp_path):
 
 def test_a_50000_pixel_avatar_is_one_line_through_the_app(tmp_path, capsys):
     from live.cli.app import main
-    bomb = _gray_png_bomb(tmp_path / "huge.png", 50000)
+    bomb = gray_png_bomb(tmp_path / "huge.png", 50000)
     assert main(["--avatar", str(bomb), "--deterministic-weights", "--device", "cpu", "--no-vcam",
                  "--no-preview", "--driving", str(tmp_path / "none.mp4")]) == 2
     err = capsys.readouterr().err.strip()
