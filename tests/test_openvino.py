@@ -426,6 +426,15 @@ def test_fp16_is_refused_with_a_notice(ov_engines):
     assert engine.report().precision == "fp32" and "fp16 is not supported" in notices[0]
 
 
+def test_quantizing_writes_nothing_on_stdout(capfd):
+    """NNCF draws progress bars on stdout: they must not land in the user's lines or above the bench's report."""
+    pytest.importorskip("nncf")
+    from engines.backends.openvino_int8 import quantize_renderer
+
+    quantize_renderer(tiny_model(), [np.ones((1, 4), np.float32)] * 4)
+    assert capfd.readouterr().out == ""
+
+
 def test_int8_without_nncf_keeps_openvino_at_the_cpu_s_precision(ov_engines, monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf -> ImportError
     engine, notices = ov_engines("int8", NO_AMX)

@@ -8,7 +8,9 @@ activations depend on the image content, so int8 quality is verified only as far
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import math
 
@@ -116,5 +118,8 @@ def quantize_renderer(model, samples: list, cancelled=None):
         return item
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-step progress bars would flood the app's log
-    return nncf.quantize(model, nncf.Dataset(samples, sample), subset_size=len(samples), fast_bias_correction=True,
-                         target_device=nncf.TargetDevice.CPU)
+    # NNCF draws its progress bars (rich) on stdout whatever the log level: into the middle of the user's lines,
+    # or above a report on stdout (the bench). What the user sees is our own "quantizing ..." line instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(model, nncf.Dataset(samples, sample), subset_size=len(samples),
+                             fast_bias_correction=True, target_device=nncf.TargetDevice.CPU)
