@@ -128,6 +128,13 @@ def test_threads_are_the_cores_this_process_may_use(monkeypatch):
     assert ovb.cpu_threads() == 5
 
 
+@pytest.fixture(autouse=True)
+def few_calibration_samples(monkeypatch):
+    """int8 calibrations here use 4 samples, like ov_engines' module IR: the same code as the 32 users get (the
+    bench runs those), a quarter of NNCF's statistics pass (~16 s of vox-256 renders per calibration here)."""
+    monkeypatch.setattr(ovb, "DEFAULT_CALIBRATION_SAMPLES", 4)
+
+
 # --- the real graphs (module-scoped: conversions take seconds) ---------------------------------------------------
 @pytest.fixture(scope="module")
 def cache_dir():
