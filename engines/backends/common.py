@@ -181,7 +181,7 @@ def add_module(digest, module: torch.nn.Module, prefix: str = "") -> None:
     for key, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{prefix}{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no 240 MB of copies
 
 
 def describe_error(error: BaseException, limit: int = 200) -> str:
