@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+_BUILDING = threading.Lock()
+
+
+@contextmanager
+def _convolutions_left_uninitialised():
+    """Networks built without torch's random initialisation of their convolutions (~0.3 s of a CPU start, every
+    start): each of those weights is overwritten right after, by the checkpoint (loaded strictly) or the generated
+    weights (which refuse a missing key). The switch is process-wide while it lasts, so it is held under a lock
+    and used only by the constructors below, which load every weight before returning."""
+    from torch.nn.modules.conv import _ConvNd
+
+    with _BUILDING:
+        initialise = _ConvNd.reset_parameters
+        _ConvNd.reset_parameters = lambda self: None
+        try:
+            yield
+        finally:
+            _ConvNd.reset_parameters = initialise
+
+
+def _networks(config: FOMMConfig) -> tuple[KeypointDetector, OcclusionAwareGenerator]:
+    with _convolutions_left_uninitialised():
+        return KeypointDetector(config), OcclusionAwareGenerator(config)
+
+
 class FOMMEngine(EngineBase):
     def __init__(self, kp_detector: KeypointDetector, generator: OcclusionAwareGenerator, *,
                  config: FOMMConfig = VOX_256, device="cpu", align_corners: bool = True,
@@ -78,7 +104,7 @@ class FOMMEngine(EngineBase):
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path, *, config: FOMMConfig = VOX_256, verify: bool = False, **kwargs):
-        kp_detector, generator = KeypointDetector(config), OcclusionAwareGenerator(config)
+        kp_detector, generator = _networks(config)
         load_checkpoint(path, kp_detector, generator, verify=verify)
         stat = Path(path).stat()
         weights_id = f"file:{Path(path).name}:{stat.st_size}"
@@ -88,7 +114,7 @@ class FOMMEngine(EngineBase):
     def from_deterministic_weights(cls, *, salt: str = "", config: FOMMConfig = VOX_256, **kwargs):
         """Weights generated from key names (tests, demos, benchmarks): behaves like FOMM numerically, but
         the output is not a plausible face."""
-        kp_detector, generator = KeypointDetector(config), OcclusionAwareGenerator(config)
+        kp_detector, generator = _networks(config)
         load_deterministic_weights(kp_detector, "kp_detector", salt)
         load_deterministic_weights(generator, "generator", salt)
         return cls(kp_detector, generator, config=config, weights_id=f"deterministic:{salt}", **kwargs)

@@ -56,3 +56,15 @@ def test_rigid_motion_moves_the_sparse_field(deterministic_engine):
     assert torch.allclose(motions[0, 0], grid)
     assert torch.allclose(motions[0, 1:], (grid - torch.tensor([0.2, 0.0])).expand(10, 8, 8, 2), atol=1e-6)
     assert Keypoints(value[:, :4], jac[:, :4]).num_kp == 4
+
+
+def test_building_an_engine_leaves_torch_s_own_initialisation_as_it_was():
+    """The engine builds its convolutions without random initialisation (every weight is loaded right after):
+    a convolution built anywhere else afterwards is initialised as torch always does."""
+    from engines.engine import FOMMEngine
+
+    torch.manual_seed(3)
+    expected = torch.nn.Conv2d(3, 4, 3).weight.detach().clone()
+    FOMMEngine.from_deterministic_weights(device="cpu")
+    torch.manual_seed(3)
+    assert torch.equal(torch.nn.Conv2d(3, 4, 3).weight, expected)
