@@ -178,17 +178,17 @@ class Int8Context:
         self.verdict = None
 
     def passed_before(self) -> bool:
-        from . import int8_gate
-        from .int8_gate import cached_verdict
+        from .int8_gate import cached_verdict, decision_fields, slower_before
 
         if self.check == "off":
             return False
-        base, images, store = self.weights.base("cpu"), self.settings.calibration_images, self.settings.store
-        self.verdict = cached_verdict(base, images, self.calibration, store)
+        store = self.settings.store
+        fields = decision_fields(self.weights.base("cpu"), self.settings.calibration_images, self.calibration)
+        self.verdict = cached_verdict(store, fields)
         if self.verdict is None or not self.verdict.passed:
             return False
         # a pass that was no faster than the float engine here is not built first (int8_gate.consider_int8 says so)
-        return int8_gate.slower_before(store, int8_gate.decision_fields(base, images, self.calibration)) is None
+        return slower_before(store, fields) is None
 
     def build_int8(self, cancelled=None, *, quiet: bool = False):
         from .openvino_backend import build_openvino_engine

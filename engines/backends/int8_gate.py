@@ -122,9 +122,14 @@ def save_gate(store: DecisionStore, fields: dict, result: GateResult) -> None:
     store.save(DECISION_KIND, fields, {"psnr_db": result.psnr_db, "ssim": result.ssim, "passed": result.passed})
 
 
+def worth_switching(int8_ms: float, float_ms: float) -> bool:
+    """Whether an int8 frame of `int8_ms` is enough faster than the float engine's `float_ms` to take over."""
+    return int8_ms <= FASTER_THAN * float_ms
+
+
 def _valid_speed(result: dict) -> bool:
     return (number_within(result.get("int8_ms"), 0.0) and number_within(result.get("float_ms"), 0.0)
-            and result.get("faster") == (result["int8_ms"] <= FASTER_THAN * result["float_ms"]))
+            and result.get("faster") == worth_switching(result["int8_ms"], result["float_ms"]))
 
 
 def slower_before(store: DecisionStore, fields: dict) -> dict | None:
@@ -135,7 +140,7 @@ def slower_before(store: DecisionStore, fields: dict) -> dict | None:
 
 def save_speed(store: DecisionStore, fields: dict, int8_ms: float, float_ms: float) -> None:
     store.save(SPEED_KIND, fields, {"int8_ms": int8_ms, "float_ms": float_ms,
-                                    "faster": int8_ms <= FASTER_THAN * float_ms})
+                                    "faster": worth_switching(int8_ms, float_ms)})
 
 
 def nncf_problem() -> str | None:
@@ -145,11 +150,12 @@ def nncf_problem() -> str | None:
     return None if nncf_version() is not None else "the int8 renderer needs nncf, which is not installed"
 
 
-def cached_verdict(base, images, calibration: str, store: DecisionStore) -> GateResult | None:
-    """The stored verdict for these avatars, weights and CPU (None: none, or int8 cannot be built here)."""
+def cached_verdict(store: DecisionStore, fields: dict) -> GateResult | None:
+    """The stored verdict for these decision fields (avatars, weights, CPU; None: none, or int8 cannot be built
+    here)."""
     if nncf_problem() is not None:
         return None
-    return cached_gate(store, decision_fields(base, images, calibration))
+    return cached_gate(store, fields)
 
 
 def check_int8(base, images, *, build_int8: Callable, calibration: str, store: DecisionStore,
@@ -208,7 +214,7 @@ class Int8Upgrade(Job):
             int8_ms, float_ms = self._compare(engine, self.target.current)
             if int8_ms is not None and float_ms is not None:
                 self._timed(int8_ms, float_ms)
-                if int8_ms > FASTER_THAN * float_ms:  # as good, but no faster here: nothing to gain
+                if not worth_switching(int8_ms, float_ms):  # as good, but no faster here: nothing to gain
                     self.state = "slower"
                     self.notice = (f"int8 renderer passed the quality gate but is not faster here ({int8_ms:.0f} "
                                    f"ms per frame vs {float_ms:.0f}): keeping {self.target.name}")
